@@ -1,0 +1,232 @@
+// Package chserver starts a local ClickHouse server as a child process with
+// its own data directory on loopback: the one-machine mode and the test
+// harness use it. It works with Debian's clickhouse-server (18.16) and with
+// current releases (the single "clickhouse" binary).
+package chserver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"text/template"
+	"time"
+)
+
+// Config says where the server keeps data and listens.
+type Config struct {
+	// Dir holds config, data and logs. It is reused across restarts.
+	Dir string
+	// TCPPort is the native protocol port; 0 picks a free one.
+	TCPPort int
+	// Binary overrides the server binary lookup.
+	Binary string
+	// ReadyTimeout bounds the wait for the server to accept connections.
+	ReadyTimeout time.Duration
+	// MaxMemoryUsage caps one query's memory, in bytes.
+	MaxMemoryUsage int64
+}
+
+// Validate checks the configuration.
+func (c Config) Validate() error {
+	if c.Dir == "" {
+		return errors.New("clickhouse directory is required")
+	}
+	if c.TCPPort < 0 || c.TCPPort > 65535 {
+		return fmt.Errorf("clickhouse tcp port %d out of range", c.TCPPort)
+	}
+	return nil
+}
+
+// Server is a running local ClickHouse.
+type Server struct {
+	cmd  *exec.Cmd
+	addr string
+	done chan error
+	log  *slog.Logger
+}
+
+// ErrNoBinary means no ClickHouse server binary is installed.
+var ErrNoBinary = errors.New("no clickhouse-server or clickhouse binary on PATH (install the clickhouse-server package, or run make deps)")
+
+// FindBinary returns the server binary and the arguments that select the
+// server mode.
+func FindBinary(override string) (string, []string, error) {
+	if override != "" {
+		return override, nil, nil
+	}
+	if p, err := exec.LookPath("clickhouse-server"); err == nil {
+		return p, nil, nil
+	}
+	if p, err := exec.LookPath("clickhouse"); err == nil {
+		return p, []string{"server"}, nil
+	}
+	return "", nil, ErrNoBinary
+}
+
+var configTemplate = template.Must(template.New("config").Parse(`<?xml version="1.0"?>
+<yandex>
+  <logger>
+    <level>warning</level>
+    <log>{{.Dir}}/log/clickhouse-server.log</log>
+    <errorlog>{{.Dir}}/log/clickhouse-server.err.log</errorlog>
+    <size>50M</size>
+    <count>2</count>
+  </logger>
+  <tcp_port>{{.TCPPort}}</tcp_port>
+  <listen_host>127.0.0.1</listen_host>
+  <path>{{.Dir}}/data/</path>
+  <tmp_path>{{.Dir}}/tmp/</tmp_path>
+  <user_files_path>{{.Dir}}/user_files/</user_files_path>
+  <format_schema_path>{{.Dir}}/format_schemas/</format_schema_path>
+  <mark_cache_size>268435456</mark_cache_size>
+  <max_concurrent_queries>200</max_concurrent_queries>
+  <users>
+    <default>
+      <password></password>
+      <networks><ip>127.0.0.1</ip><ip>::1</ip></networks>
+      <profile>default</profile>
+      <quota>default</quota>
+    </default>
+  </users>
+  <profiles>
+    <default>
+      <max_memory_usage>{{.MaxMemoryUsage}}</max_memory_usage>
+    </default>
+  </profiles>
+  <quotas>
+    <default>
+      <interval><duration>3600</duration><queries>0</queries><errors>0</errors><result_rows>0</result_rows><read_rows>0</read_rows><execution_time>0</execution_time></interval>
+    </default>
+  </quotas>
+  <default_profile>default</default_profile>
+  <default_database>default</default_database>
+  <timezone>UTC</timezone>
+</yandex>
+`))
+
+// Start writes the configuration into cfg.Dir, starts the server and waits
+// until it accepts connections. The server dies with this process.
+func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	bin, args, err := FindBinary(cfg.Binary)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.ReadyTimeout == 0 {
+		cfg.ReadyTimeout = 60 * time.Second
+	}
+	if cfg.MaxMemoryUsage == 0 {
+		cfg.MaxMemoryUsage = 8 << 30
+	}
+	dir, err := filepath.Abs(cfg.Dir)
+	if err != nil {
+		return nil, fmt.Errorf("resolve clickhouse directory: %w", err)
+	}
+	cfg.Dir = dir
+	for _, sub := range []string{"data", "tmp", "log", "user_files", "format_schemas"} {
+		if err := os.MkdirAll(filepath.Join(dir, sub), 0o755); err != nil {
+			return nil, fmt.Errorf("create clickhouse directory: %w", err)
+		}
+	}
+	if cfg.TCPPort == 0 {
+		if cfg.TCPPort, err = freePort(); err != nil {
+			return nil, err
+		}
+	}
+	confPath := filepath.Join(dir, "config.xml")
+	f, err := os.Create(confPath)
+	if err != nil {
+		return nil, fmt.Errorf("write clickhouse config: %w", err)
+	}
+	if err := configTemplate.Execute(f, cfg); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("write clickhouse config: %w", err)
+	}
+	if err := f.Close(); err != nil {
+		return nil, fmt.Errorf("write clickhouse config: %w", err)
+	}
+
+	args = append(args, "--config-file="+confPath)
+	cmd := exec.Command(bin, args...)
+	cmd.Dir = dir
+	out, err := os.OpenFile(filepath.Join(dir, "log", "stdout.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("open clickhouse stdout log: %w", err)
+	}
+	cmd.Stdout, cmd.Stderr = out, out
+	// The server must not outlive us, whatever way we exit.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		out.Close()
+		return nil, fmt.Errorf("start %s: %w", bin, err)
+	}
+	s := &Server{cmd: cmd, addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(cfg.TCPPort)), done: make(chan error, 1), log: log}
+	go func() { s.done <- cmd.Wait(); out.Close() }()
+	if err := s.waitReady(ctx, cfg.ReadyTimeout); err != nil {
+		_ = s.Stop()
+		return nil, fmt.Errorf("clickhouse at %s (logs in %s): %w", s.addr, filepath.Join(dir, "log"), err)
+	}
+	log.Info("clickhouse started", slog.String("addr", s.addr), slog.String("dir", dir))
+	return s, nil
+}
+
+func (s *Server) waitReady(ctx context.Context, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		select {
+		case err := <-s.done:
+			s.done <- err
+			return fmt.Errorf("server exited: %v", err)
+		default:
+		}
+		c, err := net.DialTimeout("tcp", s.addr, time.Second)
+		if err == nil {
+			c.Close()
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("not accepting connections after %s", timeout)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// Addr is host:port of the native protocol.
+func (s *Server) Addr() string { return s.addr }
+
+// Stop terminates the server and waits for it to exit.
+func (s *Server) Stop() error {
+	if s.cmd.Process == nil {
+		return nil
+	}
+	_ = s.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-s.done:
+	case <-time.After(15 * time.Second):
+		_ = s.cmd.Process.Kill()
+		<-s.done
+	}
+	return nil
+}
+
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, fmt.Errorf("find a free port: %w", err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}

@@ -1,0 +1,19 @@
+// Package chstore is flatfhir's access to ClickHouse: the schema of the
+// append-only table of resource versions, batch inserts, the bucket counts
+// a planner splits exports by, and the point-in-time reads a writer streams.
+//
+// Every resource change is one row: (type, id, id_hash, seq, last_updated,
+// deleted, patients, body). seq is the CHANGES stream sequence, which is
+// also the resource's meta.versionId; last_updated is the ingest stamp in
+// microseconds since the Unix epoch. The sort key (type, id_hash, id, seq)
+// lets a read of one type and one hash range prune on the primary key, and
+// the hash spreads every type evenly over ranges of similar size.
+//
+// Reads are point-in-time: the latest version of each resource with
+// last_updated <= T. They are two-pass so that ClickHouse holds only the
+// (id, seq) set of one task in memory, never the bodies.
+//
+// The SQL works on ClickHouse 18.16 (Debian's package) and on current
+// releases; where a newer server offers better column storage, Open detects
+// the version and uses it.
+package chstore

@@ -1,0 +1,131 @@
+package chstore
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"github.com/ClickHouse/clickhouse-go/v2"
+)
+
+// BucketCount is how many versions of one type, stamped at or before the
+// plan's time, fall in one hash bucket.
+type BucketCount struct {
+	Type   string
+	Bucket uint64 // 0 .. HashBuckets-1
+	Rows   uint64
+}
+
+// BucketCounts counts versions per type and hash bucket up to until
+// (microseconds). types limits the count; empty means every type. The
+// counts size tasks; they count versions, not resources, so they are an
+// upper bound of what a range exports.
+func (s *Store) BucketCounts(ctx context.Context, types []string, until uint64) ([]BucketCount, error) {
+	q := "SELECT type, toUInt64(intDiv(id_hash, " + fmt.Sprint(HashSpace/HashBuckets) + ")) AS b, count() FROM " + s.table +
+		" WHERE last_updated <= ?"
+	args := []any{until}
+	if len(types) > 0 {
+		// A GroupSet renders as a tuple, which 18.16 accepts in IN (an
+		// array it does not).
+		set := make([]any, len(types))
+		for i, t := range types {
+			set[i] = t
+		}
+		q += " AND type IN ?"
+		args = append(args, clickhouse.GroupSet{Value: set})
+	}
+	q += " GROUP BY type, b ORDER BY type, b"
+	rows, err := s.conn.Query(ctx, q, args...)
+	if err != nil {
+		return nil, fmt.Errorf("count buckets in %s: %w", s.table, err)
+	}
+	defer rows.Close()
+	var out []BucketCount
+	for rows.Next() {
+		var c BucketCount
+		if err := rows.Scan(&c.Type, &c.Bucket, &c.Rows); err != nil {
+			return nil, fmt.Errorf("scan bucket count: %w", err)
+		}
+		out = append(out, c)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("count buckets in %s: %w", s.table, err)
+	}
+	return out, nil
+}
+
+// Range selects the resources of one type in a hash range, as they stood at
+// Until, changed after Since when Since is not zero. Times are microseconds.
+type Range struct {
+	Type   string
+	HashLo uint64 // inclusive
+	HashHi uint64 // exclusive, at most HashSpace
+	Since  uint64
+	Until  uint64
+}
+
+func (r Range) validate() error {
+	if r.Type == "" || strings.ContainsAny(r.Type, "'\\") {
+		return fmt.Errorf("invalid resource type %q in range", r.Type)
+	}
+	if r.HashLo >= r.HashHi || r.HashHi > HashSpace {
+		return fmt.Errorf("invalid hash range [%d, %d)", r.HashLo, r.HashHi)
+	}
+	return nil
+}
+
+// latestSQL selects (id, body) of the latest version at or before Until of
+// each resource in the range, keeping only resources whose latest version
+// has the wanted deleted flag. The inner query holds only ids and seqs;
+// LIMIT 1 BY drops rows a crashed ingester inserted twice.
+func (s *Store) latestSQL(deleted bool) string {
+	del := "0"
+	if deleted {
+		del = "1"
+	}
+	where := "type = ? AND id_hash >= ? AND id_hash < ? AND last_updated <= ?"
+	return "SELECT id, body FROM " + s.table + " WHERE " + where +
+		" AND (id, seq) IN (SELECT id, max(seq) FROM " + s.table + " WHERE " + where +
+		" GROUP BY id HAVING argMax(deleted, seq) = " + del + " AND max(last_updated) > ?)" +
+		" LIMIT 1 BY id"
+}
+
+// ReadLatest streams the latest version of every live resource in r to fn,
+// in no particular order. fn must not keep body after it returns.
+func (s *Store) ReadLatest(ctx context.Context, r Range, fn func(id string, body []byte) error) error {
+	return s.read(ctx, r, false, fn)
+}
+
+// ReadDeleted streams the resources in r whose latest version is a delete
+// made after r.Since. body is empty.
+func (s *Store) ReadDeleted(ctx context.Context, r Range, fn func(id string, body []byte) error) error {
+	return s.read(ctx, r, true, fn)
+}
+
+func (s *Store) read(ctx context.Context, r Range, deleted bool, fn func(id string, body []byte) error) error {
+	if err := r.validate(); err != nil {
+		return err
+	}
+	hi := r.HashHi // id_hash is UInt32; HashSpace itself does not fit, so compare with <=
+	q := s.latestSQL(deleted)
+	ctx = clickhouse.Context(ctx, clickhouse.WithSettings(clickhouse.Settings{"max_block_size": s.cfg.ReadBlockRows}))
+	args := []any{r.Type, uint32(r.HashLo), hi, r.Until, r.Type, uint32(r.HashLo), hi, r.Until, r.Since}
+	rows, err := s.conn.Query(ctx, q, args...)
+	if err != nil {
+		return fmt.Errorf("read %s range [%d, %d): %w", r.Type, r.HashLo, r.HashHi, err)
+	}
+	defer rows.Close()
+	var id, body string
+	for rows.Next() {
+		if err := rows.Scan(&id, &body); err != nil {
+			return fmt.Errorf("scan %s row: %w", r.Type, err)
+		}
+		if err := fn(id, []byte(body)); err != nil {
+			return err
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("read %s range [%d, %d): %w", r.Type, r.HashLo, r.HashHi, err)
+	}
+	return nil
+}

@@ -1,0 +1,186 @@
+package chstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"log/slog"
+	"regexp"
+	"time"
+
+	"github.com/ClickHouse/clickhouse-go/v2"
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+)
+
+// Table is the name of the resource-versions table.
+const Table = "resource_versions"
+
+// HashBuckets is how many equal slices of the 32-bit id hash space the
+// planner counts resources in.
+const HashBuckets = 1024
+
+// HashSpace is the size of the id hash space.
+const HashSpace = uint64(1) << 32
+
+// Config says how to reach ClickHouse.
+type Config struct {
+	Addr     []string
+	Database string
+	Username string
+	Password string
+	// DialTimeout bounds connecting; ReadBlockRows bounds the rows
+	// ClickHouse sends per block on a read (and so a reader's memory).
+	DialTimeout   time.Duration
+	ReadBlockRows int
+	MaxOpenConns  int
+}
+
+var dbName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]{0,63}$`)
+
+// Validate checks the configuration.
+func (c Config) Validate() error {
+	if len(c.Addr) == 0 {
+		return errors.New("clickhouse address is required")
+	}
+	if !dbName.MatchString(c.Database) {
+		return fmt.Errorf("clickhouse database name %q is not a plain identifier", c.Database)
+	}
+	return nil
+}
+
+func (c *Config) setDefaults() {
+	if c.Database == "" {
+		c.Database = "flatfhir"
+	}
+	if c.Username == "" {
+		c.Username = "default"
+	}
+	if c.DialTimeout == 0 {
+		c.DialTimeout = 10 * time.Second
+	}
+	if c.ReadBlockRows == 0 {
+		c.ReadBlockRows = 2048
+	}
+	if c.MaxOpenConns == 0 {
+		c.MaxOpenConns = 16
+	}
+}
+
+// Store is a connection to ClickHouse holding the resource versions.
+type Store struct {
+	conn    driver.Conn
+	cfg     Config
+	version Version
+	table   string
+	log     *slog.Logger
+}
+
+// Open connects, creates the database and table when missing, and returns
+// the store.
+func Open(ctx context.Context, cfg Config, log *slog.Logger) (*Store, error) {
+	cfg.setDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	conn, err := clickhouse.Open(&clickhouse.Options{
+		Addr:         cfg.Addr,
+		Auth:         clickhouse.Auth{Username: cfg.Username, Password: cfg.Password},
+		DialTimeout:  cfg.DialTimeout,
+		MaxOpenConns: cfg.MaxOpenConns,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("open clickhouse %v: %w", cfg.Addr, err)
+	}
+	if err := conn.Ping(ctx); err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("ping clickhouse %v: %w", cfg.Addr, err)
+	}
+	sv, err := conn.ServerVersion()
+	if err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("read clickhouse server version: %w", err)
+	}
+	s := &Store{
+		conn:    conn,
+		cfg:     cfg,
+		version: Version{Major: int(sv.Version.Major), Minor: int(sv.Version.Minor)},
+		table:   cfg.Database + "." + Table,
+		log:     log,
+	}
+	if err := s.migrate(ctx); err != nil {
+		conn.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// Close releases the connections.
+func (s *Store) Close() error { return s.conn.Close() }
+
+// Version is the server's release.
+func (s *Store) Version() Version { return s.version }
+
+// Conn exposes the driver connection, for benchmarks that measure raw reads.
+func (s *Store) Conn() driver.Conn { return s.conn }
+
+// TableName is the fully qualified table name.
+func (s *Store) TableName() string { return s.table }
+
+func (s *Store) migrate(ctx context.Context) error {
+	if err := s.conn.Exec(ctx, "CREATE DATABASE IF NOT EXISTS "+s.cfg.Database); err != nil {
+		return fmt.Errorf("create database %s: %w", s.cfg.Database, err)
+	}
+	if err := s.conn.Exec(ctx, CreateTableSQL(s.table, s.version)); err != nil {
+		return fmt.Errorf("create table %s: %w", s.table, err)
+	}
+	return nil
+}
+
+// Version is a ClickHouse release number.
+type Version struct{ Major, Minor int }
+
+// AtLeast reports whether v is major.minor or later.
+func (v Version) AtLeast(major, minor int) bool {
+	return v.Major > major || (v.Major == major && v.Minor >= minor)
+}
+
+func (v Version) String() string { return fmt.Sprintf("%d.%d", v.Major, v.Minor) }
+
+// CreateTableSQL is the DDL of the resource-versions table for a server of
+// version v. Servers from 20.3 get LowCardinality types and ZSTD-compressed
+// bodies; older ones plain types with the server's default compression.
+func CreateTableSQL(table string, v Version) string {
+	typeCol, bodyCol := "String", "String"
+	if v.AtLeast(20, 3) {
+		typeCol, bodyCol = "LowCardinality(String)", "String CODEC(ZSTD(3))"
+	}
+	return `CREATE TABLE IF NOT EXISTS ` + table + ` (
+	type ` + typeCol + `,
+	id String,
+	id_hash UInt32,
+	seq UInt64,
+	last_updated UInt64,
+	deleted UInt8,
+	patients Array(String),
+	body ` + bodyCol + `
+) ENGINE = MergeTree
+PARTITION BY toYYYYMM(toDate(toDateTime(intDiv(last_updated, 1000000))))
+ORDER BY (type, id_hash, id, seq)`
+}
+
+// IDHash is the hash that spreads resources over key ranges.
+func IDHash(id string) uint32 {
+	h := fnv.New32a()
+	h.Write([]byte(id))
+	return h.Sum32()
+}
+
+// Micros is t in microseconds since the Unix epoch, the unit of
+// last_updated. Times before the epoch map to 0.
+func Micros(t time.Time) uint64 {
+	if t.IsZero() || t.Before(time.Unix(0, 0)) {
+		return 0
+	}
+	return uint64(t.UnixMicro())
+}

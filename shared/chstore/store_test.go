@@ -1,0 +1,131 @@
+package chstore_test
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"strings"
+	"testing"
+
+	"github.com/flatfhir/flatfhir/shared/chstore"
+	"github.com/flatfhir/flatfhir/shared/testenv"
+)
+
+func readAll(t *testing.T, s *chstore.Store, r chstore.Range, deleted bool) map[string]string {
+	t.Helper()
+	got := map[string]string{}
+	fn := func(id string, body []byte) error {
+		if _, dup := got[id]; dup {
+			return fmt.Errorf("resource %s returned twice", id)
+		}
+		got[id] = string(body)
+		return nil
+	}
+	var err error
+	if deleted {
+		err = s.ReadDeleted(context.Background(), r, fn)
+	} else {
+		err = s.ReadLatest(context.Background(), r, fn)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return got
+}
+
+func TestStorePointInTimeReads(t *testing.T) {
+	s := testenv.Store(t)
+	ctx := t.Context()
+	rows := []chstore.Row{
+		{Type: "Patient", ID: "a", Seq: 1, LastUpdated: 100, Body: []byte(`a1`)},
+		{Type: "Patient", ID: "b", Seq: 2, LastUpdated: 200, Body: []byte(`b1`)},
+		{Type: "Patient", ID: "a", Seq: 3, LastUpdated: 300, Body: []byte(`a2`)},
+		{Type: "Patient", ID: "b", Seq: 4, LastUpdated: 400, Deleted: true},
+		{Type: "Observation", ID: "a", Seq: 5, LastUpdated: 500, Body: []byte(`oa`)},
+	}
+	if err := s.Insert(ctx, rows); err != nil {
+		t.Fatal(err)
+	}
+	// A replayed batch (ingester crashed before committing its watermark).
+	if err := s.Insert(ctx, rows[2:3]); err != nil {
+		t.Fatal(err)
+	}
+	all := func(since, until uint64) chstore.Range {
+		return chstore.Range{Type: "Patient", HashLo: 0, HashHi: chstore.HashSpace, Since: since, Until: until}
+	}
+	cases := []struct {
+		name         string
+		r            chstore.Range
+		live, delete string
+	}{
+		{"before anything", all(0, 99), "", ""},
+		{"first versions", all(0, 250), "a=a1 b=b1", ""},
+		{"update visible at its stamp", all(0, 300), "a=a2 b=b1", ""},
+		{"delete hides resource", all(0, 1000), "a=a2", "b="},
+		{"since excludes older changes", all(300, 1000), "", "b="},
+		{"since is strictly after", all(299, 1000), "a=a2", "b="},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			if got := render(readAll(t, s, c.r, false)); got != c.live {
+				t.Errorf("live = %q, want %q", got, c.live)
+			}
+			if got := render(readAll(t, s, c.r, true)); got != c.delete {
+				t.Errorf("deleted = %q, want %q", got, c.delete)
+			}
+		})
+	}
+}
+
+func TestStoreHashRangesPartitionResources(t *testing.T) {
+	s := testenv.Store(t)
+	var rows []chstore.Row
+	for i := range 500 {
+		rows = append(rows, chstore.Row{Type: "Observation", ID: fmt.Sprintf("o%d", i), Seq: uint64(i + 1), LastUpdated: 10, Body: []byte("{}")})
+	}
+	if err := s.Insert(t.Context(), rows); err != nil {
+		t.Fatal(err)
+	}
+	counts, err := s.BucketCounts(t.Context(), []string{"Observation"}, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var total uint64
+	for _, c := range counts {
+		total += c.Rows
+	}
+	if total != 500 {
+		t.Fatalf("bucket counts sum to %d, want 500", total)
+	}
+	// Four uneven ranges covering the space see every resource once.
+	bounds := []uint64{0, 1 << 30, 1 << 31, 3 << 30, chstore.HashSpace}
+	seen := map[string]int{}
+	for i := 0; i+1 < len(bounds); i++ {
+		for id := range readAll(t, s, chstore.Range{Type: "Observation", HashLo: bounds[i], HashHi: bounds[i+1], Until: 10}, false) {
+			seen[id]++
+		}
+	}
+	if len(seen) != 500 {
+		t.Fatalf("ranges returned %d resources, want 500", len(seen))
+	}
+}
+
+func TestStoreCreateTableSQLByVersion(t *testing.T) {
+	old := chstore.CreateTableSQL("db.t", chstore.Version{Major: 18, Minor: 16})
+	if strings.Contains(old, "CODEC") || strings.Contains(old, "LowCardinality") {
+		t.Errorf("18.16 DDL uses features it lacks:\n%s", old)
+	}
+	recent := chstore.CreateTableSQL("db.t", chstore.Version{Major: 24, Minor: 8})
+	if !strings.Contains(recent, "CODEC(ZSTD") || !strings.Contains(recent, "LowCardinality(String)") {
+		t.Errorf("24.8 DDL does not use codecs and LowCardinality:\n%s", recent)
+	}
+}
+
+func render(m map[string]string) string {
+	var parts []string
+	for k, v := range m {
+		parts = append(parts, k+"="+v)
+	}
+	sort.Strings(parts)
+	return strings.Join(parts, " ")
+}

@@ -1,0 +1,76 @@
+// Package natsembed runs a NATS server with JetStream inside the process,
+// for the one-machine mode and for tests.
+package natsembed
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+)
+
+// Config says where the embedded server listens and stores.
+type Config struct {
+	// Host and Port to listen on; Port -1 picks a free port.
+	Host string
+	Port int
+	// StoreDir holds JetStream data; it survives restarts.
+	StoreDir string
+	// ReadyTimeout bounds the wait for the server to accept connections.
+	ReadyTimeout time.Duration
+}
+
+// Validate checks the configuration.
+func (c Config) Validate() error {
+	if c.StoreDir == "" {
+		return errors.New("nats store directory is required")
+	}
+	return nil
+}
+
+// Server is a running embedded server.
+type Server struct {
+	srv *server.Server
+}
+
+// Start starts the server and waits until it accepts connections.
+func Start(cfg Config) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.Host == "" {
+		cfg.Host = "127.0.0.1"
+	}
+	if cfg.ReadyTimeout == 0 {
+		cfg.ReadyTimeout = 10 * time.Second
+	}
+	opts := &server.Options{
+		ServerName: "flatfhir",
+		Host:       cfg.Host,
+		Port:       cfg.Port,
+		JetStream:  true,
+		StoreDir:   cfg.StoreDir,
+		NoSigs:     true,
+		MaxPayload: 8 << 20,
+	}
+	srv, err := server.NewServer(opts)
+	if err != nil {
+		return nil, fmt.Errorf("create nats server: %w", err)
+	}
+	go srv.Start()
+	if !srv.ReadyForConnections(cfg.ReadyTimeout) {
+		srv.Shutdown()
+		return nil, fmt.Errorf("nats server not ready after %s", cfg.ReadyTimeout)
+	}
+	return &Server{srv: srv}, nil
+}
+
+// URL is the client URL of the server.
+func (s *Server) URL() string { return s.srv.ClientURL() }
+
+// Shutdown stops the server and waits for it.
+func (s *Server) Shutdown() {
+	s.srv.Shutdown()
+	s.srv.WaitForShutdown()
+}

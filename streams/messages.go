@@ -1,0 +1,132 @@
+package streams
+
+import (
+	"encoding/json"
+	"fmt"
+	"time"
+)
+
+// Watermark is the ingest position: every change up to Seq in CHANGES is
+// queryable in ClickHouse, and every such change was stamped with a
+// lastUpdated at or below Stamp. Every later change is stamped above Stamp.
+type Watermark struct {
+	Seq   uint64    `json:"seq"`
+	Stamp time.Time `json:"stamp"`
+}
+
+// Export levels.
+const (
+	LevelSystem  = "system"
+	LevelPatient = "patient"
+	LevelGroup   = "group"
+)
+
+// Job states.
+const (
+	JobAccepted  = "accepted"
+	JobRunning   = "running"
+	JobComplete  = "complete"
+	JobFailed    = "failed"
+	JobCancelled = "cancelled"
+)
+
+// ExportRequest is a kick-off the API accepted. Everything in it was
+// validated at the edge; the planner only resolves it.
+type ExportRequest struct {
+	JobID      string   `json:"jobId"`
+	ClientID   string   `json:"clientId,omitempty"`
+	Level      string   `json:"level"`
+	GroupID    string   `json:"groupId,omitempty"`
+	RequestURL string   `json:"request"`
+	Types      []string `json:"types,omitempty"` // empty: every type
+	// Since is the _since instant; zero when absent.
+	Since time.Time `json:"since,omitzero"`
+	// MinChangeSeq is the last CHANGES sequence when the kick-off arrived:
+	// the plan waits until the watermark reaches it (read-your-writes).
+	MinChangeSeq uint64    `json:"minChangeSeq"`
+	SubmittedAt  time.Time `json:"submittedAt"`
+}
+
+// Job is the record of an export in BucketJobs under KeyJob.
+type Job struct {
+	ExportRequest
+	Status string `json:"status"`
+	// TransactionTime is fixed when the plan is made.
+	TransactionTime time.Time `json:"transactionTime,omitzero"`
+	TasksTotal      int       `json:"tasksTotal"`
+	TasksDone       int       `json:"tasksDone"`
+	// Error says why a failed job failed, for the status endpoint.
+	Error       string    `json:"error,omitempty"`
+	CompletedAt time.Time `json:"completedAt,omitzero"`
+	ExpiresAt   time.Time `json:"expiresAt,omitzero"`
+	// Manifest is the object name of the assembled manifest once complete.
+	Manifest string `json:"manifest,omitempty"`
+}
+
+// Task is one bounded unit of export work: the resources of one type whose
+// id hash falls in [HashLo, HashHi), as they stood at Until, changed after
+// Since (when set).
+type Task struct {
+	JobID  string    `json:"jobId"`
+	TaskID string    `json:"taskId"`
+	Type   string    `json:"type"`
+	HashLo uint64    `json:"hashLo"`
+	HashHi uint64    `json:"hashHi"`
+	Since  time.Time `json:"since,omitzero"`
+	Until  time.Time `json:"until"`
+	// MaxFileResources and MaxFileBytes roll output files over.
+	MaxFileResources int   `json:"maxFileResources"`
+	MaxFileBytes     int64 `json:"maxFileBytes"`
+}
+
+// File is one NDJSON file a task wrote.
+type File struct {
+	Name  string `json:"name"` // object name within the job, see ObjectName
+	Type  string `json:"type"`
+	Count int    `json:"count"`
+	Bytes int64  `json:"bytes"`
+}
+
+// TaskResult is what a writer records under KeyTask when a task completes.
+// The first result recorded wins; a retried attempt never adds a second.
+type TaskResult struct {
+	JobID   string `json:"jobId"`
+	TaskID  string `json:"taskId"`
+	Attempt uint64 `json:"attempt"`
+	Files   []File `json:"files"`
+}
+
+// ManifestFile is an output entry of a manifest before URLs are attached.
+type ManifestFile struct {
+	Type  string `json:"type"`
+	Name  string `json:"name"`
+	Count int    `json:"count"`
+}
+
+// Manifest is the planner's assembled result, stored as an object; the API
+// turns names into absolute URLs.
+type Manifest struct {
+	TransactionTime time.Time      `json:"transactionTime"`
+	Request         string         `json:"request"`
+	Output          []ManifestFile `json:"output"`
+	Deleted         []ManifestFile `json:"deleted"`
+	Error           []ManifestFile `json:"error"`
+}
+
+// Encode marshals a message. Messages are plain JSON.
+func Encode(v any) []byte {
+	b, err := json.Marshal(v)
+	if err != nil {
+		// Every message type here marshals; a failure is a programming error.
+		panic(fmt.Sprintf("streams: encode %T: %v", v, err))
+	}
+	return b
+}
+
+// Decode unmarshals a message, naming what it was decoding on failure.
+func Decode(data []byte, v any) error {
+	if err := json.Unmarshal(data, v); err != nil {
+		return fmt.Errorf("decode %T: %w", v, err)
+	}
+	return nil
+}

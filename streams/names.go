@@ -1,0 +1,100 @@
+package streams
+
+import (
+	"fmt"
+	"regexp"
+)
+
+// Stream, bucket and consumer names.
+const (
+	StreamChanges     = "CHANGES"
+	StreamExportJobs  = "EXPORT_JOBS"
+	StreamExportTasks = "EXPORT_TASKS"
+
+	BucketJobs   = "export_jobs"
+	BucketIngest = "ingest"
+	ObjectFiles  = "export_files"
+
+	ConsumerPlanner = "planner"
+	ConsumerWriters = "writers"
+
+	// KeyWatermark is the key of the ingest watermark in BucketIngest.
+	KeyWatermark = "watermark"
+)
+
+// Subject templates. Use the functions below rather than formatting them.
+const (
+	subjectChangesAll   = "changes.>"
+	subjectChangePut    = "changes.put.%s"
+	subjectChangeDelete = "changes.delete.%s"
+
+	subjectJobsAll    = "export.jobs.>"
+	subjectJobSubmit  = "export.jobs.submit.%s"
+	subjectJobDone    = "export.jobs.done.%s"
+	subjectJobCancel  = "export.jobs.cancel.%s"
+	subjectTasksAll   = "export.tasks.>"
+	subjectTasksOfJob = "export.tasks.%s"
+)
+
+// Message headers.
+const (
+	// HeaderOp is "put" or "delete" on a change message.
+	HeaderOp = "Flatfhir-Op"
+	// HeaderType and HeaderID name the resource a change is about.
+	HeaderType = "Flatfhir-Type"
+	HeaderID   = "Flatfhir-Id"
+)
+
+// Change operations.
+const (
+	OpPut    = "put"
+	OpDelete = "delete"
+)
+
+var (
+	typePattern = regexp.MustCompile(`^[A-Z][A-Za-z]{0,63}$`)
+	idPattern   = regexp.MustCompile(`^[A-Za-z0-9\-.]{1,64}$`)
+	jobPattern  = regexp.MustCompile(`^[A-Za-z0-9]{1,64}$`)
+)
+
+// ValidType reports whether s is shaped like a FHIR resource type name and
+// therefore safe as a subject token.
+func ValidType(s string) bool { return typePattern.MatchString(s) }
+
+// ValidID reports whether s is a legal FHIR id.
+func ValidID(s string) bool { return idPattern.MatchString(s) }
+
+// ValidJobID reports whether s is shaped like a job id.
+func ValidJobID(s string) bool { return jobPattern.MatchString(s) }
+
+// SubjectChange is the subject of a change of op to a resource of type typ.
+func SubjectChange(op, typ string) string {
+	if op == OpDelete {
+		return fmt.Sprintf(subjectChangeDelete, typ)
+	}
+	return fmt.Sprintf(subjectChangePut, typ)
+}
+
+// SubjectJobSubmit is where the API announces an accepted kick-off.
+func SubjectJobSubmit(job string) string { return fmt.Sprintf(subjectJobSubmit, job) }
+
+// SubjectJobDone is where a writer announces that a task of job finished.
+func SubjectJobDone(job string) string { return fmt.Sprintf(subjectJobDone, job) }
+
+// SubjectJobCancel is where the API asks planners to cancel or release job.
+func SubjectJobCancel(job string) string { return fmt.Sprintf(subjectJobCancel, job) }
+
+// SubjectTasks carries the tasks of one job; purging it cancels them.
+func SubjectTasks(job string) string { return fmt.Sprintf(subjectTasksOfJob, job) }
+
+// KeyJob is the KV key of a job record.
+func KeyJob(job string) string { return "job." + job }
+
+// KeyTask is the KV key of a task's result.
+func KeyTask(job, task string) string { return "task." + job + "." + task }
+
+// KeyTasksOfJob is a KV key filter matching every task result of job.
+func KeyTasksOfJob(job string) string { return "task." + job + ".*" }
+
+// ObjectName is the object-store name of a file of job.
+func ObjectName(job, file string) string { return job + "/" + file }
