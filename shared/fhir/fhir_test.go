@@ -1,0 +1,95 @@
+package fhir
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestFHIRInspect(t *testing.T) {
+	cases := []struct {
+		body, wantErr string
+		requireID     bool
+	}{
+		{`{"resourceType":"Patient","id":"p1"}`, "", true},
+		{`{"resourceType":"Patient"}`, "", false},
+		{`{"resourceType":"Patient"}`, "id is missing", true},
+		{`not json`, "not valid JSON", true},
+		{`[1,2]`, "not a JSON object", true},
+		{`{"id":"x"}`, "resourceType is missing", true},
+		{`{"resourceType":"Patiant","id":"x"}`, `"Patiant" is not an R4 resource type`, true},
+		{`{"resourceType":"Patient","id":"a/b"}`, "not a valid FHIR id", true},
+		{`{"resourceType":7,"id":"x"}`, "resourceType is not a string", true},
+		{`{"resourceType":"Patient","id":""}`, "not a valid FHIR id", true},
+	}
+	for _, c := range cases {
+		_, err := Inspect([]byte(c.body), c.requireID)
+		if c.wantErr == "" && err != nil || c.wantErr != "" && (err == nil || !strings.Contains(err.Error(), c.wantErr)) {
+			t.Errorf("Inspect(%s) error = %v, want %q", c.body, err, c.wantErr)
+		}
+	}
+}
+
+func TestFHIRSetMetaKeepsEverythingElse(t *testing.T) {
+	cases := []struct{ in, want string }{
+		{`{"resourceType":"Patient","id":"p","gender":"male"}`,
+			`{"resourceType":"Patient","id":"p","meta":{"versionId":"7","lastUpdated":"T"},"gender":"male"}`},
+		{`{"resourceType":"Patient","id":"p","meta":{"versionId":"1","profile":["x"],"lastUpdated":"old"},"a":{"b":"}"}}`,
+			`{"resourceType":"Patient","id":"p","meta":{"versionId":"7","lastUpdated":"T","profile":["x"]},"a":{"b":"}"}}`},
+		{` { "resourceType" : "Basic" , "x" : [1, "a\"b", {"y": null}] } `,
+			`{"resourceType":"Basic","x":[1, "a\"b", {"y": null}],"meta":{"versionId":"7","lastUpdated":"T"}}`},
+		{`{"resourceType":"Patient","meta":null,"id":"p"}`,
+			`{"resourceType":"Patient","meta":{"versionId":"7","lastUpdated":"T"},"id":"p"}`},
+	}
+	for _, c := range cases {
+		got, err := SetMeta(nil, []byte(c.in), "7", "T")
+		if err != nil {
+			t.Fatalf("SetMeta(%s): %v", c.in, err)
+		}
+		if string(got) != c.want {
+			t.Errorf("SetMeta(%s)\n got %s\nwant %s", c.in, got, c.want)
+		}
+		if !json.Valid(got) {
+			t.Errorf("SetMeta(%s) produced invalid JSON", c.in)
+		}
+	}
+}
+
+func TestFHIRInstants(t *testing.T) {
+	good := map[string]string{
+		"2024-03-05T14:07:11Z":              "2024-03-05T14:07:11.000000Z",
+		"2024-03-05T09:07:11.512345-05:00":  "2024-03-05T14:07:11.512345Z",
+		"2024-03-05T14:07:11.1234567+00:00": "2024-03-05T14:07:11.123456Z", // truncated, never rounded up
+	}
+	for in, want := range good {
+		ts, err := ParseInstant(in)
+		if err != nil {
+			t.Errorf("ParseInstant(%q): %v", in, err)
+			continue
+		}
+		if got := FormatInstant(ts); got != want {
+			t.Errorf("FormatInstant(ParseInstant(%q)) = %q, want %q", in, got, want)
+		}
+	}
+	for _, bad := range []string{"2024-03-05", "2024-03-05T14:07Z", "2024-03-05T14:07:11", "2024-03-05 14:07:11Z", "yesterday", "2024-13-05T14:07:11Z"} {
+		if _, err := ParseInstant(bad); err == nil {
+			t.Errorf("ParseInstant(%q) accepted an invalid instant", bad)
+		}
+	}
+	if got := FormatInstant(time.Unix(0, 1999).UTC()); got != "1970-01-01T00:00:00.000001Z" {
+		t.Errorf("FormatInstant rounds: %s", got)
+	}
+}
+
+func TestFHIRResourceTypes(t *testing.T) {
+	types := ResourceTypes()
+	if len(types) != 146 {
+		t.Errorf("R4 has 146 resource types, list has %d", len(types))
+	}
+	for _, ty := range []string{"Patient", "ExplanationOfBenefit", "VisionPrescription", "Account"} {
+		if !IsResourceType(ty) {
+			t.Errorf("%s missing", ty)
+		}
+	}
+}
