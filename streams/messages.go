@@ -45,6 +45,9 @@ type ExportRequest struct {
 	// the plan waits until the watermark reaches it (read-your-writes).
 	MinChangeSeq uint64    `json:"minChangeSeq"`
 	SubmittedAt  time.Time `json:"submittedAt"`
+	// Ignored lists what a lenient kick-off ignored; each becomes an
+	// OperationOutcome in the manifest's error file.
+	Ignored []string `json:"ignored,omitempty"`
 }
 
 // Job is the record of an export in BucketJobs under KeyJob.
@@ -54,7 +57,9 @@ type Job struct {
 	// TransactionTime is fixed when the plan is made.
 	TransactionTime time.Time `json:"transactionTime,omitzero"`
 	TasksTotal      int       `json:"tasksTotal"`
-	TasksDone       int       `json:"tasksDone"`
+	// TasksPublished is set once every task is on EXPORT_TASKS.
+	TasksPublished bool `json:"tasksPublished"`
+	TasksDone      int  `json:"tasksDone"`
 	// Error says why a failed job failed, for the status endpoint.
 	Error       string    `json:"error,omitempty"`
 	CompletedAt time.Time `json:"completedAt,omitzero"`

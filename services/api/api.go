@@ -1,0 +1,162 @@
+package api
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/gofiber/fiber/v2"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/flatfhir/flatfhir/streams"
+)
+
+// Config is the API's configuration.
+type Config struct {
+	// Listen is host:port to serve on.
+	Listen string
+	// BaseURL is the public FHIR base (scheme://host[:port][/path]) used in
+	// Content-Location, manifests and file URLs. Empty derives it from each
+	// request's scheme and Host.
+	BaseURL string
+	// RetryAfter is the polling delay suggested while an export runs.
+	RetryAfter time.Duration
+	// SpoolDir holds ingest bodies while they are validated; empty is the
+	// system temp directory.
+	SpoolDir string
+}
+
+// DefaultConfig returns the defaults.
+func DefaultConfig() Config {
+	return Config{Listen: "127.0.0.1:8080", RetryAfter: 2 * time.Second}
+}
+
+// Validate checks the configuration.
+func (c Config) Validate() error {
+	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
+		return fmt.Errorf("api listen address %q: %w", c.Listen, err)
+	}
+	if c.BaseURL != "" {
+		u, err := url.Parse(c.BaseURL)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return fmt.Errorf("api base url %q must be an absolute http(s) URL", c.BaseURL)
+		}
+	}
+	if c.RetryAfter < time.Second {
+		return errors.New("api retry-after must be at least one second")
+	}
+	return nil
+}
+
+// Deps are what the API works with.
+type Deps struct {
+	NC     *nats.Conn
+	JS     jetstream.JetStream
+	Log    *slog.Logger
+	Tracer trace.TracerProvider
+	Meter  metric.MeterProvider
+	Now    func() time.Time
+}
+
+// Server is the HTTP edge.
+type Server struct {
+	cfg    Config
+	deps   Deps
+	app    *fiber.App
+	tracer trace.Tracer
+	jobs   streams.Jobs
+	files  jetstream.ObjectStore
+}
+
+// New builds the server and its routes.
+func New(ctx context.Context, cfg Config, deps Deps) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if deps.NC == nil || deps.JS == nil || deps.Log == nil || deps.Tracer == nil || deps.Meter == nil {
+		return nil, errors.New("api needs nats, jetstream, logger, tracer and meter")
+	}
+	if deps.Now == nil {
+		deps.Now = time.Now
+	}
+	s := &Server{cfg: cfg, deps: deps, tracer: deps.Tracer.Tracer("flatfhir/api")}
+	var err error
+	if s.jobs, err = streams.OpenJobs(ctx, deps.JS); err != nil {
+		return nil, err
+	}
+	if s.files, err = deps.JS.ObjectStore(ctx, streams.ObjectFiles); err != nil {
+		return nil, fmt.Errorf("open object store %s: %w", streams.ObjectFiles, err)
+	}
+	s.app = fiber.New(fiber.Config{
+		AppName:               "flatfhir",
+		DisableStartupMessage: true,
+		StreamRequestBody:     true,
+		BodyLimit:             64 << 20, // larger bodies stream (ingest); others are read whole
+		ErrorHandler:          s.errorHandler,
+		ReadTimeout:           5 * time.Minute,
+		IdleTimeout:           2 * time.Minute,
+	})
+	s.routes()
+	return s, nil
+}
+
+func (s *Server) routes() {
+	s.app.Use(s.traceRequests)
+	s.app.Get("/metadata", s.metadata)
+	s.app.Post("/$ingest", s.ingest)
+	s.app.Get("/$export", s.kickoff(levelSystem))
+	s.app.Get("/jobs/:job", s.status)
+	s.app.Delete("/jobs/:job", s.cancel)
+	s.app.Get("/files/:job/:name", s.file)
+}
+
+// traceRequests starts a span per request.
+func (s *Server) traceRequests(c *fiber.Ctx) error {
+	ctx, span := s.tracer.Start(c.UserContext(), c.Method()+" "+c.Route().Path)
+	defer span.End()
+	c.SetUserContext(ctx)
+	return c.Next()
+}
+
+// Handler exposes the app for in-process tests.
+func (s *Server) App() *fiber.App { return s.app }
+
+// Run serves until ctx is done, then shuts down gracefully.
+func (s *Server) Run(ctx context.Context) error {
+	ln, err := net.Listen("tcp", s.cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", s.cfg.Listen, err)
+	}
+	return s.Serve(ctx, ln)
+}
+
+// Serve serves on ln until ctx is done.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	errc := make(chan error, 1)
+	go func() { errc <- s.app.Listener(ln) }()
+	s.deps.Log.InfoContext(ctx, "api listening", slog.String("addr", ln.Addr().String()))
+	select {
+	case err := <-errc:
+		return fmt.Errorf("serve http: %w", err)
+	case <-ctx.Done():
+		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		return s.app.ShutdownWithContext(sctx)
+	}
+}
+
+// baseURL is the public FHIR base for this request, without trailing slash.
+func (s *Server) baseURL(c *fiber.Ctx) string {
+	if s.cfg.BaseURL != "" {
+		return strings.TrimRight(s.cfg.BaseURL, "/")
+	}
+	return c.BaseURL()
+}

@@ -1,0 +1,77 @@
+package api
+
+import (
+	"fmt"
+
+	"github.com/gofiber/fiber/v2"
+
+	"github.com/flatfhir/flatfhir/shared/fhir"
+)
+
+// problem is an error a request can end in. It becomes an OperationOutcome
+// at the edge.
+type problem struct {
+	status   int
+	severity string
+	code     string
+	msg      string
+}
+
+func (p *problem) Error() string { return p.msg }
+
+// The kinds of failure, one constructor each: status and issue code live here only.
+func badRequest(format string, a ...any) *problem {
+	return &problem{fiber.StatusBadRequest, fhir.SeverityError, fhir.CodeInvalid, fmt.Sprintf(format, a...)}
+}
+
+func notSupported(format string, a ...any) *problem {
+	return &problem{fiber.StatusBadRequest, fhir.SeverityError, fhir.CodeNotSupported, fmt.Sprintf(format, a...)}
+}
+
+func notFound(format string, a ...any) *problem {
+	return &problem{fiber.StatusNotFound, fhir.SeverityError, fhir.CodeNotFound, fmt.Sprintf(format, a...)}
+}
+
+func unsupportedMedia(format string, a ...any) *problem {
+	return &problem{fiber.StatusUnsupportedMediaType, fhir.SeverityError, fhir.CodeNotSupported, fmt.Sprintf(format, a...)}
+}
+
+func tooLarge(format string, a ...any) *problem {
+	return &problem{fiber.StatusRequestEntityTooLarge, fhir.SeverityError, fhir.CodeTooCostly, fmt.Sprintf(format, a...)}
+}
+
+func jobFailed(format string, a ...any) *problem {
+	return &problem{fiber.StatusInternalServerError, fhir.SeverityError, fhir.CodeProcessing, fmt.Sprintf(format, a...)}
+}
+
+// transient is a failure of this request while the job itself may be fine.
+func transient(format string, a ...any) *problem {
+	return &problem{fiber.StatusServiceUnavailable, fhir.SeverityError, fhir.CodeTransient, fmt.Sprintf(format, a...)}
+}
+
+// sendOutcome writes p as an OperationOutcome.
+func sendOutcome(c *fiber.Ctx, p *problem) error {
+	c.Set(fiber.HeaderContentType, "application/fhir+json")
+	return c.Status(p.status).Send(fhir.Outcome(p.severity, p.code, p.msg).JSON())
+}
+
+// errorHandler turns every error into an OperationOutcome: problems as
+// they are, Fiber's own errors (unknown route, bad method) with their
+// status, anything else as a 500 that does not leak internals.
+func (s *Server) errorHandler(c *fiber.Ctx, err error) error {
+	switch e := err.(type) {
+	case *problem:
+		return sendOutcome(c, e)
+	case *fiber.Error:
+		code := fhir.CodeProcessing
+		if e.Code == fiber.StatusNotFound {
+			code = fhir.CodeNotFound
+		} else if e.Code < 500 {
+			code = fhir.CodeInvalid
+		}
+		return sendOutcome(c, &problem{e.Code, fhir.SeverityError, code, e.Message})
+	default:
+		s.deps.Log.ErrorContext(c.UserContext(), "request failed", "method", c.Method(), "path", c.Path(), "error", err)
+		return sendOutcome(c, &problem{fiber.StatusInternalServerError, fhir.SeverityError, fhir.CodeException, "internal error; the request may be retried"})
+	}
+}

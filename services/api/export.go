@@ -1,0 +1,247 @@
+package api
+
+import (
+	"errors"
+	"fmt"
+	"mime"
+	"net/url"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/gofiber/fiber/v2"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nuid"
+
+	"github.com/flatfhir/flatfhir/shared/fhir"
+	"github.com/flatfhir/flatfhir/streams"
+)
+
+type level = string
+
+const levelSystem level = streams.LevelSystem
+
+// outputFormats are the accepted spellings of NDJSON. A raw '+' decoded as
+// a space by a form decoder is mapped back.
+var outputFormats = map[string]bool{
+	"application/fhir+ndjson": true, "application/ndjson": true, "ndjson": true,
+	"application/fhir ndjson": true,
+}
+
+// listParams are the kick-off parameters whose value is a comma list and
+// may be repeated; the others are 0..1.
+var listParams = map[string]bool{"_type": true, "_elements": true, "includeAssociatedData": true, "_typeFilter": true, "patient": true}
+
+// kickoffRequest is the parsed and validated kick-off.
+type kickoffRequest struct {
+	types   []string
+	since   time.Time
+	ignored []string
+}
+
+// kickoff serves GET [base]/$export at a level.
+func (s *Server) kickoff(lvl level) fiber.Handler {
+	return func(c *fiber.Ctx) error {
+		if err := checkAccept(c.Get(fiber.HeaderAccept)); err != nil {
+			return err
+		}
+		lenient, err := parsePrefer(c.Request().Header.PeekAll("Prefer"))
+		if err != nil {
+			return err
+		}
+		params := map[string][]string{}
+		c.Context().QueryArgs().VisitAll(func(k, v []byte) {
+			params[string(k)] = append(params[string(k)], string(v))
+		})
+		req, err := parseKickoff(params, lenient)
+		if err != nil {
+			return err
+		}
+		return s.accept(c, lvl, req)
+	}
+}
+
+// checkAccept allows the one type the spec defines, its JSON relatives, or
+// no Accept at all (treated as application/fhir+json).
+func checkAccept(accept string) error {
+	if strings.TrimSpace(accept) == "" {
+		return nil
+	}
+	for _, part := range strings.Split(accept, ",") {
+		mt, _, err := mime.ParseMediaType(strings.TrimSpace(part))
+		if err != nil {
+			continue
+		}
+		switch mt {
+		case "application/fhir+json", "application/json", "application/*", "*/*", "application/fhir json":
+			return nil
+		}
+	}
+	return badRequest("Accept %q is not supported for $export: send Accept: application/fhir+json", accept)
+}
+
+// parsePrefer reads every Prefer header. respond-async is assumed when
+// absent (the async pattern is the only one $export offers); handling=lenient
+// switches to lenient parameter handling.
+func parsePrefer(values [][]byte) (lenient bool, err error) {
+	for _, v := range values {
+		for _, tok := range strings.Split(string(v), ",") {
+			tok = strings.ToLower(strings.TrimSpace(tok))
+			switch {
+			case tok == "", tok == "respond-async":
+			case strings.HasPrefix(tok, "handling="):
+				switch strings.Trim(strings.TrimPrefix(tok, "handling="), `"`) {
+				case "lenient":
+					lenient = true
+				case "strict":
+				default:
+					return false, badRequest("Prefer handling must be strict or lenient, not %q", tok)
+				}
+			}
+		}
+	}
+	return lenient, nil
+}
+
+// parseKickoff validates the parameters. In strict mode anything it cannot
+// honour is a 400 naming it; in lenient mode it is ignored and reported.
+func parseKickoff(params map[string][]string, lenient bool) (kickoffRequest, error) {
+	var req kickoffRequest
+	refuse := func(p *problem) error {
+		if lenient {
+			req.ignored = append(req.ignored, p.msg+" (ignored: Prefer: handling=lenient)")
+			return nil
+		}
+		return p
+	}
+	names := make([]string, 0, len(params))
+	for k := range params {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		vals := params[name]
+		if !listParams[name] && len(vals) > 1 {
+			if err := refuse(badRequest("parameter %s may appear only once", name)); err != nil {
+				return req, err
+			}
+			continue
+		}
+		var err error
+		switch name {
+		case "_outputFormat":
+			if !outputFormats[vals[0]] {
+				err = refuse(notSupported("_outputFormat %q is not supported; use application/fhir+ndjson, application/ndjson or ndjson", vals[0]))
+			}
+		case "_since":
+			v := strings.ReplaceAll(vals[0], " ", "+") // a raw '+' in the offset arrives as a space
+			t, perr := fhir.ParseInstant(v)
+			switch {
+			case perr != nil:
+				err = badRequest("_since: %v", perr) // never ignorable: it would widen the export
+			default:
+				req.since = t
+			}
+		case "_type":
+			var perr error
+			req.types, perr = parseTypes(vals)
+			if perr != nil {
+				// Lenient mode drops the unknown types; with none left it
+				// cannot proceed without widening the export.
+				req.types = validTypesOnly(vals)
+				if len(req.types) == 0 {
+					return req, perr
+				}
+				err = refuse(perr.(*problem))
+			}
+		default:
+			err = refuse(notSupported("parameter %s is not supported by this server", name))
+		}
+		if err != nil {
+			return req, err
+		}
+	}
+	return req, nil
+}
+
+func splitList(vals []string) []string {
+	var out []string
+	for _, v := range vals {
+		for _, item := range strings.Split(v, ",") {
+			if item = strings.TrimSpace(item); item != "" {
+				out = append(out, item)
+			}
+		}
+	}
+	return out
+}
+
+// parseTypes reads _type: the union of every value, comma-split.
+func parseTypes(vals []string) ([]string, error) {
+	items := splitList(vals)
+	if len(items) == 0 {
+		return nil, badRequest("_type is empty")
+	}
+	seen := map[string]bool{}
+	var out []string
+	for _, t := range items {
+		if !fhir.IsResourceType(t) {
+			return nil, notSupported("_type %q is not a FHIR R4 resource type", t)
+		}
+		if !seen[t] {
+			seen[t] = true
+			out = append(out, t)
+		}
+	}
+	sort.Strings(out)
+	return out, nil
+}
+
+func validTypesOnly(vals []string) []string {
+	seen := map[string]bool{}
+	var out []string
+	for _, t := range splitList(vals) {
+		if fhir.IsResourceType(t) && !seen[t] {
+			seen[t] = true
+			out = append(out, t)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// accept records the job, announces it to planners and answers 202.
+func (s *Server) accept(c *fiber.Ctx, lvl level, req kickoffRequest) error {
+	ctx := c.UserContext()
+	if !req.since.IsZero() && req.since.After(s.deps.Now()) {
+		return badRequest("_since %s is in the future", fhir.FormatInstant(req.since))
+	}
+	minSeq, err := streams.LastChangeSeq(ctx, s.deps.JS)
+	if err != nil {
+		return err
+	}
+	id := nuid.Next()
+	job := streams.Job{
+		ExportRequest: streams.ExportRequest{
+			JobID: id, Level: lvl, RequestURL: s.baseURL(c) + string(c.Request().URI().RequestURI()),
+			Types: req.types, Since: req.since, MinChangeSeq: minSeq, SubmittedAt: s.deps.Now().UTC(),
+			Ignored: req.ignored,
+		},
+		Status: streams.JobAccepted,
+	}
+	if err := s.jobs.Create(ctx, job); err != nil {
+		return err
+	}
+	m := nats.NewMsg(streams.SubjectJobSubmit(id))
+	m.Data = streams.Encode(job.ExportRequest)
+	streams.InjectTrace(ctx, m.Header)
+	if _, err := s.deps.JS.PublishMsg(ctx, m); err != nil {
+		return fmt.Errorf("announce job %s: %w", id, err)
+	}
+	c.Set(fiber.HeaderContentLocation, s.baseURL(c)+"/jobs/"+url.PathEscape(id))
+	c.Set(fiber.HeaderContentType, "application/fhir+json")
+	msg := "export accepted; poll the Content-Location URL for its status"
+	return c.Status(fiber.StatusAccepted).Send(fhir.Outcome(fhir.SeverityInformation, fhir.CodeInformational, msg).JSON())
+}
+
+var errNoJob = errors.New("no such export")

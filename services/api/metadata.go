@@ -1,0 +1,41 @@
+package api
+
+import (
+	"encoding/json"
+
+	"github.com/gofiber/fiber/v2"
+)
+
+// capabilityStatement declares what this server does, and only that.
+var capabilityStatement = func() []byte {
+	cs := map[string]any{
+		"resourceType": "CapabilityStatement",
+		"status":       "active",
+		"date":         "2026-11-26",
+		"publisher":    "flatfhir",
+		"kind":         "instance",
+		"instantiates": []string{"http://hl7.org/fhir/uv/bulkdata/CapabilityStatement/bulk-data"},
+		"software":     map[string]any{"name": "flatfhir"},
+		"implementation": map[string]any{
+			"description": "flatfhir FHIR Bulk Data export engine. Export files hold at most 100,000 resources or 128 MiB each; " +
+				"a type may span several files. _outputFormat accepts application/fhir+ndjson, application/ndjson and ndjson. " +
+				"Unsupported parameters are refused with 400 unless the request carries Prefer: handling=lenient.",
+		},
+		"fhirVersion": "4.0.1",
+		"format":      []string{"json", "application/fhir+json"},
+		"rest": []any{map[string]any{
+			"mode": "server",
+			"operation": []any{map[string]any{
+				"name":       "export",
+				"definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export",
+			}},
+		}},
+	}
+	b, _ := json.Marshal(cs)
+	return b
+}()
+
+func (s *Server) metadata(c *fiber.Ctx) error {
+	c.Set(fiber.HeaderContentType, "application/fhir+json")
+	return c.Send(capabilityStatement)
+}

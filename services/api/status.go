@@ -1,0 +1,151 @@
+package api
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"regexp"
+	"strconv"
+
+	"github.com/gofiber/fiber/v2"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/flatfhir/flatfhir/shared/fhir"
+	"github.com/flatfhir/flatfhir/streams"
+)
+
+// loadJob returns the job named in the path, or a 404 problem for an
+// unknown, cancelled or released one.
+func (s *Server) loadJob(c *fiber.Ctx) (streams.Job, error) {
+	id := c.Params("job")
+	if !streams.ValidJobID(id) {
+		return streams.Job{}, notFound("no export %q", id)
+	}
+	job, _, err := s.jobs.Get(c.UserContext(), id)
+	if errors.Is(err, jetstream.ErrKeyNotFound) || err == nil && job.Status == streams.JobCancelled {
+		return streams.Job{}, notFound("no export %q: it does not exist, or it was cancelled or deleted", id)
+	}
+	if err != nil {
+		return streams.Job{}, transient("the status of export %s could not be read; retry later: %v", id, err)
+	}
+	return job, nil
+}
+
+// manifestJSON is the complete-status body, exactly as the IG shapes it.
+type manifestJSON struct {
+	TransactionTime     string         `json:"transactionTime"`
+	Request             string         `json:"request"`
+	RequiresAccessToken bool           `json:"requiresAccessToken"`
+	Output              []manifestItem `json:"output"`
+	Deleted             []manifestItem `json:"deleted,omitempty"`
+	Error               []manifestItem `json:"error"`
+}
+
+type manifestItem struct {
+	Type  string `json:"type"`
+	URL   string `json:"url"`
+	Count int    `json:"count"`
+}
+
+// status serves GET on the polling URL.
+func (s *Server) status(c *fiber.Ctx) error {
+	job, err := s.loadJob(c)
+	if err != nil {
+		return err
+	}
+	switch job.Status {
+	case streams.JobFailed:
+		return jobFailed("export %s failed: %s", job.JobID, job.Error)
+	case streams.JobComplete:
+	default:
+		pct := 0
+		if job.TasksTotal > 0 {
+			pct = job.TasksDone * 100 / job.TasksTotal
+		}
+		c.Set("X-Progress", fmt.Sprintf("%d%% complete (%d of %d tasks)", pct, job.TasksDone, job.TasksTotal))
+		if job.Status == streams.JobAccepted {
+			c.Set("X-Progress", "0% complete (planning)")
+		}
+		c.Set(fiber.HeaderRetryAfter, strconv.Itoa(int(s.cfg.RetryAfter.Seconds())))
+		return c.SendStatus(fiber.StatusAccepted)
+	}
+	obj, err := s.files.GetBytes(c.UserContext(), job.Manifest)
+	if err != nil {
+		return transient("the manifest of export %s could not be read; retry later: %v", job.JobID, err)
+	}
+	var m streams.Manifest
+	if err := streams.Decode(obj, &m); err != nil {
+		return err
+	}
+	base := s.baseURL(c) + "/files/" + url.PathEscape(job.JobID) + "/"
+	items := func(files []streams.ManifestFile) []manifestItem {
+		out := make([]manifestItem, 0, len(files))
+		for _, f := range files {
+			out = append(out, manifestItem{Type: f.Type, URL: base + url.PathEscape(f.Name), Count: f.Count})
+		}
+		return out
+	}
+	body := manifestJSON{
+		TransactionTime:     fhir.FormatInstant(m.TransactionTime),
+		Request:             m.Request,
+		RequiresAccessToken: false,
+		Output:              items(m.Output),
+		Deleted:             items(m.Deleted),
+		Error:               items(m.Error),
+	}
+	c.Set(fiber.HeaderExpires, job.ExpiresAt.UTC().Format(http.TimeFormat))
+	c.Set(fiber.HeaderContentType, fiber.MIMEApplicationJSON)
+	return c.Status(fiber.StatusOK).Send(streams.Encode(body))
+}
+
+// cancel serves DELETE on the polling URL: it cancels a running export or
+// releases a finished one. Planners then remove its tasks and files.
+func (s *Server) cancel(c *fiber.Ctx) error {
+	job, err := s.loadJob(c)
+	if err != nil {
+		return err
+	}
+	ctx := c.UserContext()
+	if _, err := s.jobs.Update(ctx, job.JobID, func(j *streams.Job) bool {
+		j.Status = streams.JobCancelled
+		return true
+	}); err != nil {
+		return transient("export %s could not be cancelled; retry: %v", job.JobID, err)
+	}
+	if _, err := s.deps.JS.Publish(ctx, streams.SubjectJobCancel(job.JobID), nil); err != nil {
+		return transient("export %s is cancelled but its clean-up could not be queued; retry: %v", job.JobID, err)
+	}
+	c.Set(fiber.HeaderContentType, "application/fhir+json")
+	return c.Status(fiber.StatusAccepted).Send(fhir.Outcome(fhir.SeverityInformation, fhir.CodeInformational,
+		"export "+job.JobID+" is cancelled and its files will be deleted").JSON())
+}
+
+var fileName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9.\-]{0,200}\.ndjson$`)
+
+// file streams one output file of a complete export.
+func (s *Server) file(c *fiber.Ctx) error {
+	job, err := s.loadJob(c)
+	if err != nil {
+		return err
+	}
+	name := c.Params("name")
+	if job.Status != streams.JobComplete || !fileName.MatchString(name) {
+		return notFound("export %s has no file %q", job.JobID, name)
+	}
+	obj, err := s.files.Get(c.UserContext(), streams.ObjectName(job.JobID, name))
+	if errors.Is(err, jetstream.ErrObjectNotFound) {
+		return notFound("export %s has no file %q", job.JobID, name)
+	}
+	if err != nil {
+		return transient("file %s of export %s could not be read; retry: %v", name, job.JobID, err)
+	}
+	info, err := obj.Info()
+	if err != nil {
+		obj.Close()
+		return transient("file %s of export %s could not be read; retry: %v", name, job.JobID, err)
+	}
+	c.Set(fiber.HeaderContentType, "application/fhir+ndjson")
+	c.Context().SetBodyStream(obj, int(info.Size))
+	return nil
+}

@@ -1,0 +1,113 @@
+package flatfhir
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+)
+
+// Roles a process can play.
+const (
+	RoleAll      = "all"
+	RoleAPI      = "api"
+	RoleIngester = "ingester"
+	RolePlanner  = "planner"
+	RoleWriter   = "writer"
+)
+
+// Config is the launcher's configuration, read from FLATFHIR_* variables.
+type Config struct {
+	Role string
+	// DataDir holds the embedded NATS store and the local ClickHouse.
+	DataDir string
+	// Listen and BaseURL configure the API.
+	Listen  string
+	BaseURL string
+	// NATSURL points at an external NATS; empty embeds one on NATSPort.
+	NATSURL  string
+	NATSPort int
+	// ClickHouseAddr points at an external ClickHouse; empty starts a local
+	// one on ClickHousePort.
+	ClickHouseAddr     string
+	ClickHousePort     int
+	ClickHouseDatabase string
+	// SamplePatients is how many generated patients to load into an empty
+	// store at start-up (0: none).
+	SamplePatients int
+	// Writers is how many writer instances to run in this process.
+	Writers int
+	// Replicas is the JetStream replication factor.
+	Replicas int
+	// OTLPEndpoint receives traces and metrics when set.
+	OTLPEndpoint string
+	LogLevel     string
+}
+
+// FromEnv reads the configuration from the environment.
+func FromEnv() (Config, error) {
+	c := Config{
+		Role:               env("FLATFHIR_ROLE", RoleAll),
+		DataDir:            env("FLATFHIR_DATA_DIR", "var"),
+		Listen:             env("FLATFHIR_LISTEN", "127.0.0.1:8080"),
+		BaseURL:            env("FLATFHIR_BASE_URL", ""),
+		NATSURL:            env("FLATFHIR_NATS_URL", ""),
+		ClickHouseAddr:     env("FLATFHIR_CLICKHOUSE_ADDR", ""),
+		ClickHouseDatabase: env("FLATFHIR_CLICKHOUSE_DATABASE", "flatfhir"),
+		OTLPEndpoint:       env("FLATFHIR_OTLP_ENDPOINT", ""),
+		LogLevel:           env("FLATFHIR_LOG_LEVEL", "info"),
+	}
+	var errs []error
+	c.NATSPort = envInt("FLATFHIR_NATS_PORT", 4222, &errs)
+	c.ClickHousePort = envInt("FLATFHIR_CLICKHOUSE_PORT", 19000, &errs)
+	c.SamplePatients = envInt("FLATFHIR_SAMPLE_PATIENTS", 200, &errs)
+	c.Writers = envInt("FLATFHIR_WRITERS", 2, &errs)
+	c.Replicas = envInt("FLATFHIR_REPLICAS", 1, &errs)
+	if err := errors.Join(errs...); err != nil {
+		return c, err
+	}
+	return c, c.Validate()
+}
+
+// Validate checks the configuration.
+func (c Config) Validate() error {
+	switch c.Role {
+	case RoleAll, RoleAPI, RoleIngester, RolePlanner, RoleWriter:
+	default:
+		return fmt.Errorf("role %q is not one of all, api, ingester, planner, writer", c.Role)
+	}
+	if c.Role != RoleAll && (c.NATSURL == "" || c.ClickHouseAddr == "") {
+		return fmt.Errorf("role %s needs FLATFHIR_NATS_URL and FLATFHIR_CLICKHOUSE_ADDR (only role all embeds servers)", c.Role)
+	}
+	if c.Writers < 1 {
+		return errors.New("FLATFHIR_WRITERS must be at least 1")
+	}
+	if c.SamplePatients < 0 {
+		return errors.New("FLATFHIR_SAMPLE_PATIENTS must not be negative")
+	}
+	return nil
+}
+
+func (c Config) dir(sub string) string { return filepath.Join(c.DataDir, sub) }
+
+func env(key, def string) string {
+	if v, ok := os.LookupEnv(key); ok && strings.TrimSpace(v) != "" {
+		return strings.TrimSpace(v)
+	}
+	return def
+}
+
+func envInt(key string, def int, errs *[]error) int {
+	v := env(key, "")
+	if v == "" {
+		return def
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil {
+		*errs = append(*errs, fmt.Errorf("%s=%q is not a whole number", key, v))
+		return def
+	}
+	return n
+}

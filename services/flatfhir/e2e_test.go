@@ -1,0 +1,399 @@
+package flatfhir_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"reflect"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/flatfhir/flatfhir/services/flatfhir"
+	"github.com/flatfhir/flatfhir/services/ingester"
+	"github.com/flatfhir/flatfhir/services/planner"
+	"github.com/flatfhir/flatfhir/services/writer"
+	"github.com/flatfhir/flatfhir/shared/fhir"
+	"github.com/flatfhir/flatfhir/shared/testenv"
+	"github.com/flatfhir/flatfhir/streams"
+)
+
+// synthea is the shared Synthea sample, relative to this file.
+func synthea(t testing.TB) string {
+	_, file, _, _ := runtime.Caller(0)
+	dir := filepath.Join(filepath.Dir(file), "..", "..", "..", "shared", "data", "synthea-100")
+	if _, err := os.Stat(dir); err != nil {
+		t.Fatalf("synthea sample missing: %v", err)
+	}
+	return dir
+}
+
+// startEngine runs every service in-process on real NATS and ClickHouse
+// with small tasks and files, so that splitting and rollover happen.
+func startEngine(t *testing.T) string {
+	t.Helper()
+	ch := testenv.ClickHouse(t)
+	cfg := flatfhir.Config{
+		Role: flatfhir.RoleAll, DataDir: t.TempDir(), Listen: "127.0.0.1:0", NATSPort: -1,
+		ClickHouseAddr: ch.Addr[0], ClickHouseDatabase: ch.Database, Writers: 2, Replicas: 1,
+	}
+	pc := planner.DefaultConfig()
+	pc.TaskRows, pc.MaxFileResources = 4000, 1500
+	wc := writer.DefaultConfig()
+	wc.CheckEvery = 200 * time.Millisecond
+	tune := flatfhir.Tuning{Planner: pc, Writer: wc, Ingester: ingester.DefaultConfig()}
+	ctx, cancel := context.WithCancel(context.Background())
+	e, err := flatfhir.Start(ctx, cfg, tune, testenv.Logger(t))
+	if err != nil {
+		cancel()
+		t.Fatalf("start engine: %v", err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- e.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("engine stopped with: %v", err)
+		}
+	})
+	return "http://" + e.APIAddr()
+}
+
+func do(t testing.TB, method, url string, body io.Reader, headers ...string) (*http.Response, []byte) {
+	t.Helper()
+	req, err := http.NewRequest(method, url, body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i+1 < len(headers); i += 2 {
+		req.Header.Add(headers[i], headers[i+1])
+	}
+	client := &http.Client{Timeout: 60 * time.Second}
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, url, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp, b
+}
+
+// ingestSynthea posts every sample file in one gzip request (a
+// multi-member gzip body) and returns the input resources by "Type/id".
+func ingestSynthea(t *testing.T, base string) map[string]map[string]any {
+	t.Helper()
+	files, _ := filepath.Glob(filepath.Join(synthea(t), "*.ndjson.gz"))
+	var body bytes.Buffer
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body.Write(b)
+	}
+	resp, out := do(t, "POST", base+"/$ingest", bytes.NewReader(body.Bytes()),
+		"Content-Type", "application/fhir+ndjson", "Content-Encoding", "gzip")
+	if resp.StatusCode != 200 {
+		t.Fatalf("ingest: %d %s", resp.StatusCode, out)
+	}
+	want := map[string]map[string]any{}
+	for _, f := range files {
+		for _, line := range gunzipLines(t, f) {
+			var r map[string]any
+			if err := json.Unmarshal(line, &r); err != nil {
+				t.Fatal(err)
+			}
+			want[r["resourceType"].(string)+"/"+r["id"].(string)] = r
+		}
+	}
+	if !strings.Contains(string(out), fmt.Sprintf("accepted %d resources", len(want))) {
+		t.Fatalf("ingest outcome %s does not report %d resources", out, len(want))
+	}
+	return want
+}
+
+type manifest struct {
+	TransactionTime     string `json:"transactionTime"`
+	Request             string `json:"request"`
+	RequiresAccessToken *bool  `json:"requiresAccessToken"`
+	Output              []struct {
+		Type  string `json:"type"`
+		URL   string `json:"url"`
+		Count *int   `json:"count"`
+	} `json:"output"`
+	Error []json.RawMessage `json:"error"`
+}
+
+// kickoff starts an export and returns its status URL.
+func kickoff(t *testing.T, url string) string {
+	t.Helper()
+	resp, body := do(t, "GET", url, nil, "Accept", "application/fhir+json", "Prefer", "respond-async")
+	if resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("kick-off %s: %d %s", url, resp.StatusCode, body)
+	}
+	loc := resp.Header.Get("Content-Location")
+	if !strings.HasPrefix(loc, "http://") {
+		t.Fatalf("Content-Location %q is not absolute", loc)
+	}
+	return loc
+}
+
+// await polls the status URL as a client would, until the manifest arrives.
+func await(t *testing.T, status string) (manifest, *http.Response, []byte) {
+	t.Helper()
+	deadline := time.Now().Add(3 * time.Minute)
+	for {
+		resp, body := do(t, "GET", status, nil, "Accept", "application/json")
+		switch resp.StatusCode {
+		case http.StatusAccepted:
+			if resp.Header.Get("Retry-After") == "" || !strings.Contains(resp.Header.Get("X-Progress"), "%") {
+				t.Fatalf("in-progress status lacks Retry-After or X-Progress: %v", resp.Header)
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("export not complete after 3 minutes (%s)", resp.Header.Get("X-Progress"))
+			}
+			time.Sleep(100 * time.Millisecond)
+			continue
+		case http.StatusOK:
+			var m manifest
+			if err := json.Unmarshal(body, &m); err != nil {
+				t.Fatalf("manifest is not JSON: %v\n%s", err, body)
+			}
+			return m, resp, body
+		default:
+			t.Fatalf("status: %d %s", resp.StatusCode, body)
+		}
+	}
+}
+
+func gunzipLines(t testing.TB, path string) [][]byte {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	zr, err := gzipReader(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return splitLines(t, zr)
+}
+
+func splitLines(t testing.TB, r io.Reader) [][]byte {
+	t.Helper()
+	var out [][]byte
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 1<<20), 64<<20)
+	for sc.Scan() {
+		if len(bytes.TrimSpace(sc.Bytes())) > 0 {
+			out = append(out, append([]byte(nil), sc.Bytes()...))
+		}
+	}
+	if err := sc.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func TestE2ESystemExportReturnsEveryResourceExactlyOnce(t *testing.T) {
+	base := startEngine(t)
+	want := ingestSynthea(t, base)
+
+	// Kick-off right after the ingest returned: read-your-writes.
+	status := kickoff(t, base+"/$export")
+	m, resp, raw := await(t, status)
+
+	if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, "application/json") {
+		t.Errorf("manifest Content-Type %q, want application/json", ct)
+	}
+	if _, err := http.ParseTime(resp.Header.Get("Expires")); err != nil {
+		t.Errorf("Expires %q is not an HTTP date", resp.Header.Get("Expires"))
+	}
+	var keys map[string]json.RawMessage
+	_ = json.Unmarshal(raw, &keys)
+	for _, k := range []string{"transactionTime", "request", "requiresAccessToken", "output", "error"} {
+		if _, ok := keys[k]; !ok {
+			t.Errorf("manifest lacks %q: %s", k, raw)
+		}
+	}
+	tt, err := fhir.ParseInstant(m.TransactionTime)
+	if err != nil {
+		t.Errorf("transactionTime: %v", err)
+	}
+	if m.Request != base+"/$export" {
+		t.Errorf("request = %q, want %q", m.Request, base+"/$export")
+	}
+	if m.RequiresAccessToken == nil {
+		t.Error("requiresAccessToken missing")
+	}
+	if len(m.Error) != 0 {
+		t.Errorf("error = %s, want []", keys["error"])
+	}
+
+	got := map[string]int{}
+	perType := map[string]int{}
+	files := map[string]int{}
+	for _, o := range m.Output {
+		if o.Count == nil {
+			t.Fatalf("output %s has no count", o.URL)
+		}
+		if !strings.HasPrefix(o.URL, base+"/") {
+			t.Fatalf("output url %q is not absolute on the base", o.URL)
+		}
+		resp, body := do(t, "GET", o.URL, nil)
+		if resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "application/fhir+ndjson" {
+			t.Fatalf("GET %s: %d %q", o.URL, resp.StatusCode, resp.Header.Get("Content-Type"))
+		}
+		lines := splitLines(t, bytes.NewReader(body))
+		if len(lines) != *o.Count {
+			t.Errorf("%s: count %d, file has %d lines", o.URL, *o.Count, len(lines))
+		}
+		files[o.Type]++
+		for _, line := range lines {
+			var r map[string]any
+			if err := json.Unmarshal(line, &r); err != nil {
+				t.Fatalf("%s: invalid JSON line: %v", o.URL, err)
+			}
+			if r["resourceType"] != o.Type {
+				t.Fatalf("%s of type %s holds a %v", o.URL, o.Type, r["resourceType"])
+			}
+			key := o.Type + "/" + r["id"].(string)
+			got[key]++
+			perType[o.Type]++
+			meta, _ := r["meta"].(map[string]any)
+			lu, err := fhir.ParseInstant(fmt.Sprint(meta["lastUpdated"]))
+			if err != nil || lu.After(tt) || meta["versionId"] == nil {
+				t.Fatalf("%s: meta %v not stamped at or before transactionTime %s", key, meta, m.TransactionTime)
+			}
+			delete(r, "meta")
+			if w, ok := want[key]; !ok {
+				t.Fatalf("%s exported but never ingested", key)
+			} else if !reflect.DeepEqual(w, r) {
+				t.Fatalf("%s differs from the input apart from meta", key)
+			}
+		}
+	}
+	for key := range want {
+		if got[key] != 1 {
+			t.Errorf("%s exported %d times, want once", key, got[key])
+		}
+	}
+	if files["Observation"] < 2 {
+		t.Errorf("16k Observations with 1,500 per file landed in %d files: no rollover", files["Observation"])
+	}
+	wantPerType := map[string]int{}
+	for key := range want {
+		wantPerType[strings.SplitN(key, "/", 2)[0]]++
+	}
+	if !reflect.DeepEqual(perType, wantPerType) {
+		t.Errorf("per-type counts %v, want %v", perType, wantPerType)
+	}
+}
+
+func TestE2EKickoffParameters(t *testing.T) {
+	base := startEngine(t)
+	ingestSynthea(t, base)
+	h := []string{"Accept", "application/fhir+json", "Prefer", "respond-async"}
+
+	t.Run("type filter exports only the listed types", func(t *testing.T) {
+		m, _, _ := await(t, kickoff(t, base+"/$export?_type=Patient&_type=Device,Patient"))
+		counts := map[string]int{}
+		for _, o := range m.Output {
+			counts[o.Type] += *o.Count
+		}
+		if !reflect.DeepEqual(counts, map[string]int{"Patient": 100, "Device": 4}) {
+			t.Errorf("counts %v, want 100 Patients and 4 Devices", counts)
+		}
+	})
+	for _, f := range []string{"application%2Ffhir%2Bndjson", "application/fhir+ndjson", "application/ndjson", "ndjson"} {
+		t.Run("output format "+f, func(t *testing.T) {
+			kickoff(t, base+"/$export?_type=Patient&_outputFormat="+f)
+		})
+	}
+	t.Run("since with an offset", func(t *testing.T) {
+		kickoff(t, base+"/$export?_type=Patient&_since=2020-01-01T00:00:00%2B05:00")
+	})
+	bad := map[string]string{
+		"unknown type":      "_type=Patiant",
+		"unsupported param": "_foo=bar",
+		"bad since":         "_since=yesterday",
+		"future since":      "_since=2999-01-01T00:00:00Z",
+		"twice since":       "_since=2020-01-01T00:00:00Z&_since=2021-01-01T00:00:00Z",
+		"csv format":        "_outputFormat=text/csv",
+	}
+	for name, q := range bad {
+		t.Run("refuses "+name, func(t *testing.T) {
+			resp, body := do(t, "GET", base+"/$export?"+q, nil, h...)
+			var oo fhir.OperationOutcome
+			if resp.StatusCode != 400 || json.Unmarshal(body, &oo) != nil || oo.ResourceType != "OperationOutcome" || len(oo.Issue) == 0 {
+				t.Errorf("%s: %d %s, want 400 OperationOutcome", q, resp.StatusCode, body)
+			}
+			if resp.Header.Get("Content-Type") != "application/fhir+json" {
+				t.Errorf("%s: Content-Type %q", q, resp.Header.Get("Content-Type"))
+			}
+		})
+	}
+	t.Run("lenient ignores and reports", func(t *testing.T) {
+		resp, body := do(t, "GET", base+"/$export?_type=Patient&_foo=bar", nil, "Accept", "application/fhir+json", "Prefer", "respond-async, handling=lenient")
+		if resp.StatusCode != 202 {
+			t.Fatalf("lenient kick-off: %d %s", resp.StatusCode, body)
+		}
+		m, _, _ := await(t, resp.Header.Get("Content-Location"))
+		if len(m.Error) != 1 {
+			t.Fatalf("error = %d entries, want 1 file listing the ignored parameter", len(m.Error))
+		}
+		var item struct{ Type, URL string }
+		_ = json.Unmarshal(m.Error[0], &item)
+		r, b := do(t, "GET", item.URL, nil)
+		if r.StatusCode != 200 || item.Type != "OperationOutcome" || !strings.Contains(string(b), "_foo") {
+			t.Errorf("error file %s: %d %s", item.URL, r.StatusCode, b)
+		}
+	})
+	t.Run("delete then 404", func(t *testing.T) {
+		status := kickoff(t, base+"/$export?_type=Patient")
+		m, _, _ := await(t, status)
+		resp, body := do(t, "DELETE", status, nil)
+		if resp.StatusCode != 202 {
+			t.Fatalf("DELETE: %d %s", resp.StatusCode, body)
+		}
+		for _, u := range []string{status, m.Output[0].URL} {
+			resp, body = do(t, "GET", u, nil)
+			var oo fhir.OperationOutcome
+			if resp.StatusCode != 404 || json.Unmarshal(body, &oo) != nil || len(oo.Issue) == 0 {
+				t.Errorf("GET %s after DELETE: %d %s, want 404 OperationOutcome", u, resp.StatusCode, body)
+			}
+		}
+	})
+}
+
+func TestE2EIngestRefusesBadLineAndAppliesNothing(t *testing.T) {
+	base := startEngine(t)
+	body := `{"resourceType":"Patient","id":"ok1"}
+{"resourceType":"Patient","id":"ok2"}
+{"resourceType":"Patient","id":"bad/id"}
+`
+	resp, out := do(t, "POST", base+"/$ingest", strings.NewReader(body), "Content-Type", "application/fhir+ndjson")
+	if resp.StatusCode != 400 || !strings.Contains(string(out), "line 3") {
+		t.Fatalf("bad ingest: %d %s, want 400 naming line 3", resp.StatusCode, out)
+	}
+	resp, out = do(t, "POST", base+"/$ingest", strings.NewReader(`{"resourceType":"Patient","id":"p9"}`), "Content-Type", "text/plain")
+	if resp.StatusCode != 415 {
+		t.Errorf("text/plain ingest: %d %s, want 415", resp.StatusCode, out)
+	}
+	m, _, _ := await(t, kickoff(t, base+"/$export"))
+	if len(m.Output) != 0 {
+		t.Errorf("a refused ingest applied something: %+v", m.Output)
+	}
+	_ = streams.OpPut
+}

@@ -1,0 +1,246 @@
+package flatfhir
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/flatfhir/flatfhir/services/api"
+	"github.com/flatfhir/flatfhir/services/ingester"
+	"github.com/flatfhir/flatfhir/services/planner"
+	"github.com/flatfhir/flatfhir/services/writer"
+	"github.com/flatfhir/flatfhir/shared/chserver"
+	"github.com/flatfhir/flatfhir/shared/chstore"
+	"github.com/flatfhir/flatfhir/shared/natsembed"
+	"github.com/flatfhir/flatfhir/shared/synth"
+	"github.com/flatfhir/flatfhir/shared/telemetry"
+	"github.com/flatfhir/flatfhir/streams"
+)
+
+// Tuning overrides service defaults; zero values keep them. Tests use it
+// to make tasks and files small.
+type Tuning struct {
+	Planner  planner.Config
+	Writer   writer.Config
+	Ingester ingester.Config
+	Streams  streams.Config
+}
+
+// Engine is a started set of services.
+type Engine struct {
+	cfg     Config
+	log     *slog.Logger
+	tel     *telemetry.Providers
+	natsSrv *natsembed.Server
+	chSrv   *chserver.Server
+	nc      *nats.Conn
+	js      jetstream.JetStream
+	store   *chstore.Store
+	apiLn   net.Listener
+	runners []func(context.Context) error
+}
+
+// Start brings up the servers this role needs and builds its services;
+// Run runs them.
+func Start(ctx context.Context, cfg Config, tune Tuning, log *slog.Logger) (_ *Engine, err error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	e := &Engine{cfg: cfg, log: log}
+	defer func() {
+		if err != nil {
+			e.close()
+		}
+	}()
+	if e.tel, err = telemetry.Setup(ctx, telemetry.Config{ServiceName: "flatfhir-" + cfg.Role, OTLPEndpoint: cfg.OTLPEndpoint, Insecure: true}); err != nil {
+		return nil, err
+	}
+	natsURL := cfg.NATSURL
+	if natsURL == "" {
+		if e.natsSrv, err = natsembed.Start(natsembed.Config{Port: cfg.NATSPort, StoreDir: cfg.dir("nats")}); err != nil {
+			return nil, err
+		}
+		natsURL = e.natsSrv.URL()
+		log.Info("nats started", slog.String("url", natsURL))
+	}
+	chAddr := cfg.ClickHouseAddr
+	if chAddr == "" {
+		if e.chSrv, err = chserver.Start(ctx, chserver.Config{Dir: cfg.dir("clickhouse"), TCPPort: cfg.ClickHousePort}, log); err != nil {
+			return nil, err
+		}
+		chAddr = e.chSrv.Addr()
+	}
+	if e.nc, err = nats.Connect(natsURL, nats.Name("flatfhir-"+cfg.Role), nats.MaxReconnects(-1)); err != nil {
+		return nil, fmt.Errorf("connect to nats %s: %w", natsURL, err)
+	}
+	if e.js, err = jetstream.New(e.nc); err != nil {
+		return nil, fmt.Errorf("jetstream: %w", err)
+	}
+	sc := tune.Streams
+	if sc.Replicas == 0 {
+		sc = streams.DefaultConfig()
+		sc.Replicas = cfg.Replicas
+	}
+	if err := streams.Ensure(ctx, e.js, sc); err != nil {
+		return nil, err
+	}
+	if cfg.Role != RoleAPI {
+		if e.store, err = chstore.Open(ctx, chstore.Config{Addr: []string{chAddr}, Database: cfg.ClickHouseDatabase}, log); err != nil {
+			return nil, err
+		}
+	}
+	if err := e.build(ctx, tune, sc); err != nil {
+		return nil, err
+	}
+	if cfg.Role == RoleAll && cfg.SamplePatients > 0 {
+		if err := e.loadSample(ctx); err != nil {
+			return nil, err
+		}
+	}
+	return e, nil
+}
+
+func (e *Engine) has(role string) bool { return e.cfg.Role == RoleAll || e.cfg.Role == role }
+
+func (e *Engine) build(ctx context.Context, tune Tuning, sc streams.Config) error {
+	tp, mp := e.tel.Tracer, e.tel.Meter
+	if e.has(RoleIngester) {
+		cfg := tune.Ingester
+		if cfg.BatchSize == 0 {
+			cfg = ingester.DefaultConfig()
+		}
+		in, err := ingester.New(cfg, ingester.Deps{JS: e.js, Store: e.store, Log: e.log.With("service", "ingester"), Tracer: tp, Meter: mp})
+		if err != nil {
+			return err
+		}
+		e.runners = append(e.runners, in.Run)
+	}
+	if e.has(RolePlanner) {
+		cfg := tune.Planner
+		if cfg.TaskRows == 0 {
+			cfg = planner.DefaultConfig()
+		}
+		p, err := planner.New(cfg, planner.Deps{JS: e.js, Store: e.store, Log: e.log.With("service", "planner"), Tracer: tp, Meter: mp})
+		if err != nil {
+			return err
+		}
+		e.runners = append(e.runners, p.Run)
+	}
+	if e.has(RoleWriter) {
+		cfg := tune.Writer
+		if cfg.Concurrency == 0 {
+			cfg = writer.DefaultConfig()
+			cfg.MaxDeliver = sc.TaskMaxDeliver
+		}
+		for i := range e.cfg.Writers {
+			w, err := writer.New(cfg, writer.Deps{JS: e.js, Store: e.store, Log: e.log.With("service", "writer", "writer", i), Tracer: tp, Meter: mp})
+			if err != nil {
+				return err
+			}
+			e.runners = append(e.runners, w.Run)
+		}
+	}
+	if e.has(RoleAPI) {
+		cfg := api.DefaultConfig()
+		cfg.Listen, cfg.BaseURL = e.cfg.Listen, e.cfg.BaseURL
+		srv, err := api.New(ctx, cfg, api.Deps{NC: e.nc, JS: e.js, Log: e.log.With("service", "api"), Tracer: tp, Meter: mp})
+		if err != nil {
+			return err
+		}
+		if e.apiLn, err = net.Listen("tcp", cfg.Listen); err != nil {
+			return fmt.Errorf("listen on %s: %w", cfg.Listen, err)
+		}
+		ln := e.apiLn
+		e.runners = append(e.runners, func(ctx context.Context) error { return srv.Serve(ctx, ln) })
+	}
+	return nil
+}
+
+// loadSample fills an empty store with generated data, once.
+func (e *Engine) loadSample(ctx context.Context) error {
+	last, err := streams.LastChangeSeq(ctx, e.js)
+	if err != nil {
+		return err
+	}
+	if last > 0 {
+		return nil
+	}
+	e.log.Info("loading sample data", slog.Int("patients", e.cfg.SamplePatients))
+	pub := streams.NewChangePublisher(e.js)
+	n := 0
+	err = synth.Generate(ctx, synth.Config{Patients: e.cfg.SamplePatients, Seed: 1}, func(typ string, body []byte) error {
+		n++
+		id, err := idOf(body)
+		if err != nil {
+			return err
+		}
+		return pub.Put(ctx, typ, id, append([]byte(nil), body...))
+	})
+	if err == nil {
+		err = pub.Wait(ctx)
+	}
+	if err != nil {
+		return fmt.Errorf("load sample data: %w", err)
+	}
+	e.log.Info("sample data loaded", slog.Int("resources", n))
+	return nil
+}
+
+// APIAddr is where the API listens (role all or api).
+func (e *Engine) APIAddr() string {
+	if e.apiLn == nil {
+		return ""
+	}
+	return e.apiLn.Addr().String()
+}
+
+// Run runs every service until ctx is done or one fails, then shuts down:
+// the API first (no new work), then the workers, then NATS and ClickHouse.
+func (e *Engine) Run(ctx context.Context) error {
+	defer e.close()
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	var wg sync.WaitGroup
+	for _, run := range e.runners {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := run(ctx); err != nil {
+				cancel(err)
+			}
+		}()
+	}
+	<-ctx.Done()
+	wg.Wait()
+	if err := context.Cause(ctx); err != nil && !errors.Is(err, context.Canceled) {
+		return err
+	}
+	return nil
+}
+
+func (e *Engine) close() {
+	if e.nc != nil {
+		_ = e.nc.Drain()
+	}
+	if e.store != nil {
+		_ = e.store.Close()
+	}
+	if e.natsSrv != nil {
+		e.natsSrv.Shutdown()
+	}
+	if e.chSrv != nil {
+		_ = e.chSrv.Stop()
+	}
+	if e.tel != nil {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = e.tel.Shutdown(sctx)
+	}
+}

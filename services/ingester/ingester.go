@@ -1,0 +1,258 @@
+package ingester
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/flatfhir/flatfhir/shared/chstore"
+	"github.com/flatfhir/flatfhir/shared/compartment"
+	"github.com/flatfhir/flatfhir/shared/fhir"
+	"github.com/flatfhir/flatfhir/streams"
+)
+
+// Config tunes batching.
+type Config struct {
+	// BatchSize and BatchBytes bound one ClickHouse insert.
+	BatchSize  int
+	BatchBytes int
+	// FlushInterval is the longest a change waits for its batch to fill.
+	FlushInterval time.Duration
+	// IdleAdvance is how often an idle ingester moves the watermark's stamp
+	// up to the current time, so that transactionTime tracks the clock.
+	IdleAdvance time.Duration
+}
+
+// Validate checks the configuration.
+func (c Config) Validate() error {
+	if c.BatchSize < 1 || c.BatchBytes < 1 || c.FlushInterval <= 0 || c.IdleAdvance <= 0 {
+		return fmt.Errorf("ingester batch size, batch bytes, flush interval and idle advance must be positive")
+	}
+	return nil
+}
+
+// DefaultConfig returns sane defaults.
+func DefaultConfig() Config {
+	return Config{BatchSize: 10000, BatchBytes: 16 << 20, FlushInterval: 50 * time.Millisecond, IdleAdvance: 200 * time.Millisecond}
+}
+
+// Deps are what the ingester works with.
+type Deps struct {
+	JS     jetstream.JetStream
+	Store  *chstore.Store
+	Log    *slog.Logger
+	Tracer trace.TracerProvider
+	Meter  metric.MeterProvider
+	// Now is the clock; time.Now when nil.
+	Now func() time.Time
+}
+
+// Ingester is the CHANGES consumer.
+type Ingester struct {
+	cfg      Config
+	deps     Deps
+	tracer   trace.Tracer
+	ingested metric.Int64Counter
+	rejected metric.Int64Counter
+	wm       streams.Watermark
+	rev      uint64
+}
+
+// New builds an ingester.
+func New(cfg Config, deps Deps) (*Ingester, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if deps.JS == nil || deps.Store == nil || deps.Log == nil || deps.Tracer == nil || deps.Meter == nil {
+		return nil, errors.New("ingester needs jetstream, store, logger, tracer and meter")
+	}
+	if deps.Now == nil {
+		deps.Now = time.Now
+	}
+	m := deps.Meter.Meter("flatfhir/ingester")
+	in := &Ingester{cfg: cfg, deps: deps, tracer: deps.Tracer.Tracer("flatfhir/ingester")}
+	var err error
+	if in.ingested, err = m.Int64Counter("flatfhir.ingest.resources", metric.WithDescription("resource versions inserted into ClickHouse")); err != nil {
+		return nil, err
+	}
+	if in.rejected, err = m.Int64Counter("flatfhir.ingest.rejected", metric.WithDescription("change messages that were not valid and were skipped")); err != nil {
+		return nil, err
+	}
+	if _, err = m.Float64ObservableGauge("flatfhir.ingest.lag", metric.WithUnit("s"),
+		metric.WithDescription("now minus the watermark stamp"),
+		metric.WithFloat64Callback(func(_ context.Context, o metric.Float64Observer) error {
+			o.Observe(deps.Now().Sub(in.wm.Stamp).Seconds())
+			return nil
+		})); err != nil {
+		return nil, err
+	}
+	return in, nil
+}
+
+// Run consumes until ctx is done.
+func (in *Ingester) Run(ctx context.Context) error {
+	kv, err := in.deps.JS.KeyValue(ctx, streams.BucketIngest)
+	if err != nil {
+		return fmt.Errorf("open bucket %s: %w", streams.BucketIngest, err)
+	}
+	for {
+		err := in.follow(ctx, kv)
+		if ctx.Err() != nil {
+			return nil
+		}
+		// A lost CAS (another ingester moved the watermark) or a broken
+		// consumer: reload the watermark and resume from it.
+		in.deps.Log.WarnContext(ctx, "ingester resuming from watermark", slog.Any("error", err))
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// follow reads CHANGES from the watermark on, until an error.
+func (in *Ingester) follow(ctx context.Context, kv jetstream.KeyValue) error {
+	wm, rev, err := streams.LoadWatermark(ctx, in.deps.JS)
+	if err != nil {
+		return err
+	}
+	in.wm, in.rev = wm, rev
+	cons, err := in.deps.JS.OrderedConsumer(ctx, streams.StreamChanges, jetstream.OrderedConsumerConfig{
+		DeliverPolicy: jetstream.DeliverByStartSequencePolicy,
+		OptStartSeq:   wm.Seq + 1,
+	})
+	if err != nil {
+		return fmt.Errorf("create ordered consumer on %s: %w", streams.StreamChanges, err)
+	}
+	in.deps.Log.InfoContext(ctx, "ingester following changes", slog.Uint64("from_seq", wm.Seq+1))
+	rows := make([]chstore.Row, 0, in.cfg.BatchSize)
+	lastAdvance := in.deps.Now()
+	for ctx.Err() == nil {
+		batch, err := cons.Fetch(in.cfg.BatchSize, jetstream.FetchMaxWait(in.cfg.FlushInterval))
+		if err != nil {
+			return fmt.Errorf("fetch changes: %w", err)
+		}
+		rows = rows[:0]
+		next := in.wm
+		size := 0
+		for msg := range batch.Messages() {
+			md, err := msg.Metadata()
+			if err != nil {
+				return fmt.Errorf("read change metadata: %w", err)
+			}
+			next.Seq = md.Sequence.Stream
+			next.Stamp = nextStamp(next.Stamp, md.Timestamp)
+			row, err := toRow(msg, next)
+			if err != nil {
+				in.rejected.Add(ctx, 1)
+				in.deps.Log.WarnContext(ctx, "change skipped", slog.Uint64("seq", next.Seq), slog.String("subject", msg.Subject()), slog.Any("error", err))
+				continue
+			}
+			size += len(row.Body)
+			rows = append(rows, row)
+			if size >= in.cfg.BatchBytes {
+				// Insert what we have; the rest of the fetch continues the batch.
+				if err := in.commit(ctx, kv, rows, next); err != nil {
+					return err
+				}
+				rows, size = rows[:0], 0
+			}
+		}
+		if err := batch.Error(); err != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, jetstream.ErrNoMessages) {
+			return fmt.Errorf("fetch changes: %w", err)
+		}
+		if next.Seq != in.wm.Seq {
+			if err := in.commit(ctx, kv, rows, next); err != nil {
+				return err
+			}
+			lastAdvance = in.deps.Now()
+			continue
+		}
+		// Idle: let the watermark's stamp follow the clock.
+		if now := in.deps.Now(); now.Sub(lastAdvance) >= in.cfg.IdleAdvance {
+			lastAdvance = now
+			adv := in.wm
+			if t := now.UTC().Truncate(time.Microsecond); t.After(adv.Stamp) {
+				adv.Stamp = t
+				if err := in.commit(ctx, kv, nil, adv); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// nextStamp is the stamp of the change after one stamped prev, accepted by
+// the stream at accepted: strictly increasing, in microseconds.
+func nextStamp(prev, accepted time.Time) time.Time {
+	t := accepted.UTC().Truncate(time.Microsecond)
+	if floor := prev.Add(time.Microsecond); t.Before(floor) {
+		return floor
+	}
+	return t
+}
+
+// commit inserts rows and then moves the watermark to next.
+func (in *Ingester) commit(ctx context.Context, kv jetstream.KeyValue, rows []chstore.Row, next streams.Watermark) error {
+	if len(rows) > 0 {
+		ctx, span := in.tracer.Start(ctx, "ingester.insert")
+		err := in.deps.Store.Insert(ctx, rows)
+		span.End()
+		if err != nil {
+			return err
+		}
+		in.ingested.Add(ctx, int64(len(rows)))
+	}
+	var rev uint64
+	var err error
+	if in.rev == 0 {
+		rev, err = kv.Create(ctx, streams.KeyWatermark, streams.Encode(next))
+	} else {
+		rev, err = kv.Update(ctx, streams.KeyWatermark, streams.Encode(next), in.rev)
+	}
+	if err != nil {
+		return fmt.Errorf("advance watermark to %d: %w", next.Seq, err)
+	}
+	in.wm, in.rev = next, rev
+	return nil
+}
+
+// toRow turns a change message into a resource version stamped with wm.
+func toRow(msg jetstream.Msg, wm streams.Watermark) (chstore.Row, error) {
+	h := msg.Headers()
+	op := h.Get(streams.HeaderOp)
+	version := strconv.FormatUint(wm.Seq, 10)
+	row := chstore.Row{Seq: wm.Seq, LastUpdated: chstore.Micros(wm.Stamp)}
+	switch op {
+	case streams.OpDelete:
+		row.Type, row.ID, row.Deleted = h.Get(streams.HeaderType), h.Get(streams.HeaderID), true
+		if !fhir.IsResourceType(row.Type) || !fhir.ValidID(row.ID) {
+			return chstore.Row{}, fmt.Errorf("delete of %q/%q names no valid resource", row.Type, row.ID)
+		}
+		return row, nil
+	case streams.OpPut:
+		hdr, err := fhir.Inspect(msg.Data(), true)
+		if err != nil {
+			return chstore.Row{}, err
+		}
+		row.Type, row.ID = hdr.ResourceType, hdr.ID
+		if row.Patients, err = compartment.PatientIDs(row.Type, msg.Data()); err != nil {
+			return chstore.Row{}, err
+		}
+		if row.Body, err = fhir.SetMeta(nil, msg.Data(), version, fhir.FormatInstant(wm.Stamp)); err != nil {
+			return chstore.Row{}, err
+		}
+		return row, nil
+	default:
+		return chstore.Row{}, fmt.Errorf("unknown change operation %q", op)
+	}
+}

@@ -1,0 +1,325 @@
+package planner
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/flatfhir/flatfhir/shared/chstore"
+	"github.com/flatfhir/flatfhir/shared/fhir"
+	"github.com/flatfhir/flatfhir/streams"
+)
+
+// Config tunes planning.
+type Config struct {
+	// TaskRows is the target number of resource versions per task.
+	TaskRows int
+	// MaxFileResources and MaxFileBytes roll output files over.
+	MaxFileResources int
+	MaxFileBytes     int64
+	// Retention is how long a completed export's files stay available.
+	Retention time.Duration
+	// WatermarkTimeout fails a kick-off whose changes are not ingested in time.
+	WatermarkTimeout time.Duration
+	// Concurrency bounds the messages handled at once.
+	Concurrency int
+}
+
+// DefaultConfig returns the defaults.
+func DefaultConfig() Config {
+	return Config{
+		TaskRows: 200_000, MaxFileResources: 100_000, MaxFileBytes: 128 << 20,
+		Retention: 24 * time.Hour, WatermarkTimeout: 10 * time.Minute, Concurrency: 16,
+	}
+}
+
+// Validate checks the configuration.
+func (c Config) Validate() error {
+	if c.TaskRows < 1 || c.MaxFileResources < 1 || c.MaxFileBytes < 1 || c.Retention <= 0 || c.WatermarkTimeout <= 0 || c.Concurrency < 1 {
+		return errors.New("planner task rows, file limits, retention, watermark timeout and concurrency must be positive")
+	}
+	return nil
+}
+
+// Deps are what the planner works with.
+type Deps struct {
+	JS     jetstream.JetStream
+	Store  *chstore.Store
+	Log    *slog.Logger
+	Tracer trace.TracerProvider
+	Meter  metric.MeterProvider
+	Now    func() time.Time
+}
+
+// Planner is the EXPORT_JOBS consumer.
+type Planner struct {
+	cfg     Config
+	deps    Deps
+	tracer  trace.Tracer
+	planned metric.Int64Counter
+	jobs    streams.Jobs
+	files   jetstream.ObjectStore
+	tasks   jetstream.Stream
+}
+
+// New builds a planner.
+func New(cfg Config, deps Deps) (*Planner, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if deps.JS == nil || deps.Store == nil || deps.Log == nil || deps.Tracer == nil || deps.Meter == nil {
+		return nil, errors.New("planner needs jetstream, store, logger, tracer and meter")
+	}
+	if deps.Now == nil {
+		deps.Now = time.Now
+	}
+	p := &Planner{cfg: cfg, deps: deps, tracer: deps.Tracer.Tracer("flatfhir/planner")}
+	var err error
+	if p.planned, err = deps.Meter.Meter("flatfhir/planner").Int64Counter("flatfhir.export.tasks_planned"); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// Run consumes until ctx is done.
+func (p *Planner) Run(ctx context.Context) error {
+	var err error
+	if p.jobs, err = streams.OpenJobs(ctx, p.deps.JS); err != nil {
+		return err
+	}
+	if p.files, err = p.deps.JS.ObjectStore(ctx, streams.ObjectFiles); err != nil {
+		return fmt.Errorf("open object store %s: %w", streams.ObjectFiles, err)
+	}
+	if p.tasks, err = p.deps.JS.Stream(ctx, streams.StreamExportTasks); err != nil {
+		return fmt.Errorf("open stream %s: %w", streams.StreamExportTasks, err)
+	}
+	cons, err := p.deps.JS.Consumer(ctx, streams.StreamExportJobs, streams.ConsumerPlanner)
+	if err != nil {
+		return fmt.Errorf("open consumer %s: %w", streams.ConsumerPlanner, err)
+	}
+	it, err := cons.Messages(jetstream.PullMaxMessages(p.cfg.Concurrency))
+	if err != nil {
+		return fmt.Errorf("consume %s: %w", streams.StreamExportJobs, err)
+	}
+	go func() { <-ctx.Done(); it.Stop() }()
+	sem := make(chan struct{}, p.cfg.Concurrency)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		msg, err := it.Next()
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+				return nil
+			}
+			return fmt.Errorf("next job message: %w", err)
+		}
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			p.handle(ctx, msg)
+		}()
+	}
+}
+
+func (p *Planner) handle(ctx context.Context, msg jetstream.Msg) {
+	parts := strings.Split(msg.Subject(), ".")
+	if len(parts) != 4 {
+		_ = msg.Term()
+		return
+	}
+	kind, job := parts[2], parts[3]
+	ctx = streams.ExtractTrace(ctx, msg.Headers())
+	ctx, span := p.tracer.Start(ctx, "planner."+kind, trace.WithAttributes(attribute.String("job", job)))
+	defer span.End()
+	stop := heartbeat(msg, 5*time.Second)
+	defer stop()
+	var err error
+	switch kind {
+	case "submit":
+		err = p.plan(ctx, job)
+	case "done":
+		err = p.progress(ctx, job)
+	case "cancel":
+		err = p.cleanup(ctx, job)
+	default:
+		_ = msg.Term()
+		return
+	}
+	if err != nil {
+		if ctx.Err() != nil {
+			return
+		}
+		p.deps.Log.ErrorContext(ctx, "job message failed", slog.String("job", job), slog.String("kind", kind), slog.Any("error", err))
+		span.RecordError(err)
+		_ = msg.NakWithDelay(time.Second)
+		return
+	}
+	_ = msg.Ack()
+}
+
+// heartbeat tells JetStream the message is still being worked on.
+func heartbeat(msg jetstream.Msg, every time.Duration) (stop func()) {
+	done := make(chan struct{})
+	go func() {
+		t := time.NewTicker(every)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				_ = msg.InProgress()
+			}
+		}
+	}()
+	return func() { close(done) }
+}
+
+// plan fixes transactionTime, splits the job into tasks and publishes them.
+func (p *Planner) plan(ctx context.Context, id string) error {
+	job, _, err := p.jobs.Get(ctx, id)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil // cancelled and cleaned up before planning
+	}
+	if err != nil {
+		return err
+	}
+	if job.Status != streams.JobAccepted && !(job.Status == streams.JobRunning && !job.TasksPublished) {
+		return nil // already planned
+	}
+	var tasks []streams.Task
+	if job.Status == streams.JobAccepted {
+		t, err := p.waitWatermark(ctx, job.MinChangeSeq)
+		if err != nil {
+			_, uerr := p.jobs.Update(ctx, id, func(j *streams.Job) bool {
+				j.Status, j.Error = streams.JobFailed, "the export could not start: "+err.Error()
+				return true
+			})
+			return errors.Join(err, uerr)
+		}
+		tasks, err = p.split(ctx, job, t)
+		if err != nil {
+			return err
+		}
+		job, err = p.jobs.Update(ctx, id, func(j *streams.Job) bool {
+			if j.Status != streams.JobAccepted {
+				return false
+			}
+			j.Status, j.TransactionTime, j.TasksTotal = streams.JobRunning, t, len(tasks)
+			return true
+		})
+		if err != nil {
+			return err
+		}
+		if job.Status != streams.JobRunning || !job.TransactionTime.Equal(t) {
+			return nil // cancelled, or another planner planned it first
+		}
+	} else {
+		// A planner died between recording the plan and publishing it:
+		// rebuild the same tasks (same time, same counts) and publish again.
+		if tasks, err = p.split(ctx, job, job.TransactionTime); err != nil {
+			return err
+		}
+		if len(tasks) != job.TasksTotal {
+			return fmt.Errorf("replanned job %s into %d tasks, recorded %d", id, len(tasks), job.TasksTotal)
+		}
+	}
+	for _, task := range tasks {
+		m := nats.NewMsg(streams.SubjectTasks(id))
+		m.Data = streams.Encode(task)
+		m.Header.Set(jetstream.MsgIDHeader, id+"."+task.TaskID)
+		streams.InjectTrace(ctx, m.Header)
+		if _, err := p.deps.JS.PublishMsg(ctx, m); err != nil {
+			return fmt.Errorf("publish task %s of job %s: %w", task.TaskID, id, err)
+		}
+	}
+	p.planned.Add(ctx, int64(len(tasks)))
+	if _, err := p.jobs.Update(ctx, id, func(j *streams.Job) bool {
+		if j.TasksPublished {
+			return false
+		}
+		j.TasksPublished = true
+		return true
+	}); err != nil {
+		return err
+	}
+	p.deps.Log.InfoContext(ctx, "export planned", slog.String("job", id), slog.Int("tasks", len(tasks)), slog.String("transaction_time", fhir.FormatInstant(job.TransactionTime)))
+	if len(tasks) == 0 || len(job.Ignored) > 0 {
+		return p.progress(ctx, id)
+	}
+	return nil
+}
+
+// waitWatermark waits until every change up to minSeq is queryable and
+// returns the watermark's stamp: the transactionTime.
+func (p *Planner) waitWatermark(ctx context.Context, minSeq uint64) (time.Time, error) {
+	deadline := p.deps.Now().Add(p.cfg.WatermarkTimeout)
+	for {
+		wm, _, err := streams.LoadWatermark(ctx, p.deps.JS)
+		if err != nil {
+			return time.Time{}, err
+		}
+		if wm.Seq >= minSeq && !wm.Stamp.IsZero() {
+			return wm.Stamp, nil
+		}
+		if p.deps.Now().After(deadline) {
+			return time.Time{}, fmt.Errorf("changes up to %d not ingested after %s (ingested up to %d)", minSeq, p.cfg.WatermarkTimeout, wm.Seq)
+		}
+		select {
+		case <-ctx.Done():
+			return time.Time{}, ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// split cuts the export into tasks: for each type, consecutive hash buckets
+// are merged until a task holds about TaskRows versions. Buckets without
+// rows join their neighbours, so each type's tasks cover the whole hash space.
+func (p *Planner) split(ctx context.Context, job streams.Job, t time.Time) ([]streams.Task, error) {
+	counts, err := p.deps.Store.BucketCounts(ctx, job.Types, chstore.Micros(t))
+	if err != nil {
+		return nil, err
+	}
+	return Split(job, t, counts, p.cfg), nil
+}
+
+// Split is the pure splitting rule; counts must be ordered by type and bucket.
+func Split(job streams.Job, t time.Time, counts []chstore.BucketCount, cfg Config) []streams.Task {
+	width := chstore.HashSpace / chstore.HashBuckets
+	var tasks []streams.Task
+	emit := func(typ string, lo, hi uint64) {
+		tasks = append(tasks, streams.Task{
+			JobID: job.JobID, TaskID: fmt.Sprintf("%05d", len(tasks)), Type: typ,
+			HashLo: lo, HashHi: hi, Since: job.Since, Until: t,
+			MaxFileResources: cfg.MaxFileResources, MaxFileBytes: cfg.MaxFileBytes,
+		})
+	}
+	for i := 0; i < len(counts); {
+		typ := counts[i].Type
+		lo, acc := uint64(0), uint64(0)
+		for ; i < len(counts) && counts[i].Type == typ; i++ {
+			acc += counts[i].Rows
+			if acc >= uint64(cfg.TaskRows) {
+				hi := (counts[i].Bucket + 1) * width
+				if hi < chstore.HashSpace {
+					emit(typ, lo, hi)
+					lo, acc = hi, 0
+				}
+			}
+		}
+		emit(typ, lo, chstore.HashSpace)
+	}
+	return tasks
+}

@@ -1,0 +1,132 @@
+package writer
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"strconv"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/flatfhir/flatfhir/streams"
+)
+
+// fileSet writes the NDJSON files of one task attempt, one open file per
+// kind of output at a time, streaming each into the object store as it is
+// written.
+type fileSet struct {
+	store   jetstream.ObjectStore
+	task    streams.Task
+	attempt uint64
+	open    map[string]*file // by file prefix
+	parts   map[string]int
+	files   []streams.File
+	written []string // object names, for abort
+}
+
+type file struct {
+	name  string
+	typ   string
+	pw    *io.PipeWriter
+	buf   *bufio.Writer
+	done  chan error
+	count int
+	bytes int64
+}
+
+func newFileSet(store jetstream.ObjectStore, task streams.Task, attempt uint64) *fileSet {
+	return &fileSet{store: store, task: task, attempt: attempt, open: map[string]*file{}, parts: map[string]int{}}
+}
+
+// write appends one resource line to the current file of prefix, rolling
+// over first when the file is full.
+func (s *fileSet) write(ctx context.Context, typ, prefix string, line []byte) error {
+	key := prefix + typ
+	f := s.open[key]
+	if f == nil {
+		s.parts[key]++
+		name := fmt.Sprintf("%s%s-%s-a%d-%03d.ndjson", prefix, typ, s.task.TaskID, s.attempt, s.parts[key])
+		fileType := typ
+		if prefix != "" {
+			fileType = "Bundle"
+		}
+		f = s.start(ctx, name, fileType)
+		s.open[key] = f
+	}
+	if _, err := f.buf.Write(line); err != nil {
+		return fmt.Errorf("write %s: %w", f.name, err)
+	}
+	if err := f.buf.WriteByte('\n'); err != nil {
+		return fmt.Errorf("write %s: %w", f.name, err)
+	}
+	f.count++
+	f.bytes += int64(len(line)) + 1
+	if f.count >= s.task.MaxFileResources || f.bytes >= s.task.MaxFileBytes {
+		delete(s.open, key)
+		return s.finish(f)
+	}
+	return nil
+}
+
+// writeDeleted records a deletion as a transaction Bundle line.
+func (s *fileSet) writeDeleted(ctx context.Context, typ, id string) error {
+	line := make([]byte, 0, 160)
+	line = append(line, `{"resourceType":"Bundle","type":"transaction","entry":[{"request":{"method":"DELETE","url":`...)
+	line = strconv.AppendQuote(line, typ+"/"+id)
+	line = append(line, `}}]}`...)
+	return s.write(ctx, typ, "deleted-", line)
+}
+
+func (s *fileSet) start(ctx context.Context, name, typ string) *file {
+	pr, pw := io.Pipe()
+	f := &file{name: name, typ: typ, pw: pw, buf: bufio.NewWriterSize(pw, 256<<10), done: make(chan error, 1)}
+	obj := streams.ObjectName(s.task.JobID, name)
+	s.written = append(s.written, obj)
+	go func() {
+		_, err := s.store.Put(ctx, jetstream.ObjectMeta{Name: obj}, pr)
+		pr.CloseWithError(err) // unblocks the writer side if Put stopped early
+		f.done <- err
+	}()
+	return f
+}
+
+func (s *fileSet) finish(f *file) error {
+	err := f.buf.Flush()
+	if err != nil {
+		f.pw.CloseWithError(err)
+	} else {
+		f.pw.Close()
+	}
+	if perr := <-f.done; perr != nil {
+		return fmt.Errorf("store %s: %w", f.name, perr)
+	}
+	if err != nil {
+		return fmt.Errorf("write %s: %w", f.name, err)
+	}
+	s.files = append(s.files, streams.File{Name: f.name, Type: f.typ, Count: f.count, Bytes: f.bytes})
+	return nil
+}
+
+// close finishes every open file.
+func (s *fileSet) close(context.Context) error {
+	for key, f := range s.open {
+		delete(s.open, key)
+		if err := s.finish(f); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// abort stops open files and deletes everything this attempt stored.
+func (s *fileSet) abort(ctx context.Context) {
+	for key, f := range s.open {
+		delete(s.open, key)
+		f.pw.CloseWithError(context.Canceled)
+		<-f.done
+	}
+	for _, name := range s.written {
+		_ = s.store.Delete(ctx, name)
+	}
+}

@@ -1,0 +1,272 @@
+package writer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/flatfhir/flatfhir/shared/chstore"
+	"github.com/flatfhir/flatfhir/streams"
+)
+
+// Config tunes a writer.
+type Config struct {
+	// Concurrency is how many tasks this writer runs at once.
+	Concurrency int
+	// CheckEvery is how often a running task checks for cancellation and
+	// tells JetStream it is alive.
+	CheckEvery time.Duration
+	// MaxDeliver must match the consumer's: the last attempt of a failing
+	// task fails the job.
+	MaxDeliver int
+}
+
+// DefaultConfig returns the defaults.
+func DefaultConfig() Config {
+	return Config{Concurrency: 2, CheckEvery: 2 * time.Second, MaxDeliver: streams.DefaultConfig().TaskMaxDeliver}
+}
+
+// Validate checks the configuration.
+func (c Config) Validate() error {
+	if c.Concurrency < 1 || c.CheckEvery <= 0 || c.MaxDeliver < 1 {
+		return errors.New("writer concurrency, check interval and max deliver must be positive")
+	}
+	return nil
+}
+
+// Deps are what a writer works with.
+type Deps struct {
+	JS     jetstream.JetStream
+	Store  *chstore.Store
+	Log    *slog.Logger
+	Tracer trace.TracerProvider
+	Meter  metric.MeterProvider
+}
+
+// Writer is one member of the writer pool.
+type Writer struct {
+	cfg       Config
+	deps      Deps
+	tracer    trace.Tracer
+	resources metric.Int64Counter
+	bytes     metric.Int64Counter
+	duration  metric.Float64Histogram
+	jobs      streams.Jobs
+	files     jetstream.ObjectStore
+}
+
+// New builds a writer.
+func New(cfg Config, deps Deps) (*Writer, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if deps.JS == nil || deps.Store == nil || deps.Log == nil || deps.Tracer == nil || deps.Meter == nil {
+		return nil, errors.New("writer needs jetstream, store, logger, tracer and meter")
+	}
+	w := &Writer{cfg: cfg, deps: deps, tracer: deps.Tracer.Tracer("flatfhir/writer")}
+	m := deps.Meter.Meter("flatfhir/writer")
+	var err error
+	if w.resources, err = m.Int64Counter("flatfhir.export.resources", metric.WithDescription("resources written to export files")); err != nil {
+		return nil, err
+	}
+	if w.bytes, err = m.Int64Counter("flatfhir.export.bytes", metric.WithUnit("By")); err != nil {
+		return nil, err
+	}
+	if w.duration, err = m.Float64Histogram("flatfhir.export.task_duration", metric.WithUnit("s")); err != nil {
+		return nil, err
+	}
+	return w, nil
+}
+
+// Run works tasks until ctx is done.
+func (w *Writer) Run(ctx context.Context) error {
+	var err error
+	if w.jobs, err = streams.OpenJobs(ctx, w.deps.JS); err != nil {
+		return err
+	}
+	if w.files, err = w.deps.JS.ObjectStore(ctx, streams.ObjectFiles); err != nil {
+		return fmt.Errorf("open object store %s: %w", streams.ObjectFiles, err)
+	}
+	cons, err := w.deps.JS.Consumer(ctx, streams.StreamExportTasks, streams.ConsumerWriters)
+	if err != nil {
+		return fmt.Errorf("open consumer %s: %w", streams.ConsumerWriters, err)
+	}
+	it, err := cons.Messages(jetstream.PullMaxMessages(w.cfg.Concurrency))
+	if err != nil {
+		return fmt.Errorf("consume %s: %w", streams.StreamExportTasks, err)
+	}
+	go func() { <-ctx.Done(); it.Stop() }()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for range w.cfg.Concurrency {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				msg, err := it.Next()
+				if err != nil {
+					return
+				}
+				w.handle(ctx, msg)
+			}
+		}()
+	}
+	wg.Wait()
+	return nil
+}
+
+func (w *Writer) handle(ctx context.Context, msg jetstream.Msg) {
+	var task streams.Task
+	if err := streams.Decode(msg.Data(), &task); err != nil {
+		w.deps.Log.ErrorContext(ctx, "malformed task dropped", slog.Any("error", err))
+		_ = msg.Term()
+		return
+	}
+	md, err := msg.Metadata()
+	if err != nil {
+		_ = msg.Nak()
+		return
+	}
+	ctx = streams.ExtractTrace(ctx, msg.Headers())
+	ctx, span := w.tracer.Start(ctx, "writer.task", trace.WithAttributes(
+		attribute.String("job", task.JobID), attribute.String("task", task.TaskID),
+		attribute.String("type", task.Type), attribute.Int64("attempt", int64(md.NumDelivered))))
+	defer span.End()
+	start := time.Now()
+	err = w.run(ctx, msg, task, md.NumDelivered)
+	switch {
+	case err == nil:
+		w.duration.Record(ctx, time.Since(start).Seconds())
+		_ = msg.Ack()
+	case errors.Is(err, errJobGone):
+		_ = msg.Ack()
+	case ctx.Err() != nil:
+		// Shutting down: another writer takes the task over.
+		_ = msg.Nak()
+	default:
+		span.RecordError(err)
+		w.deps.Log.ErrorContext(ctx, "export task failed", slog.String("job", task.JobID), slog.String("task", task.TaskID), slog.Uint64("attempt", md.NumDelivered), slog.Any("error", err))
+		if int(md.NumDelivered) >= w.cfg.MaxDeliver {
+			w.failJob(ctx, task, err)
+			_ = msg.Term()
+			return
+		}
+		_ = msg.NakWithDelay(time.Duration(md.NumDelivered) * time.Second)
+	}
+}
+
+// errJobGone means the job was cancelled or removed: the task is moot.
+var errJobGone = errors.New("job cancelled or removed")
+
+// run writes the files of one attempt and records its result.
+func (w *Writer) run(ctx context.Context, msg jetstream.Msg, task streams.Task, attempt uint64) error {
+	if err := w.checkJob(ctx, task); err != nil {
+		return err
+	}
+	if _, err := w.jobs.KV.Get(ctx, streams.KeyTask(task.JobID, task.TaskID)); err == nil {
+		return nil // an earlier attempt already finished this task
+	}
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	go w.watch(ctx, cancel, msg, task)
+
+	out := newFileSet(w.files, task, attempt)
+	r := chstore.Range{Type: task.Type, HashLo: task.HashLo, HashHi: task.HashHi, Since: chstore.Micros(task.Since), Until: chstore.Micros(task.Until)}
+	err := w.deps.Store.ReadLatest(ctx, r, func(_ string, body []byte) error {
+		return out.write(ctx, task.Type, "", body)
+	})
+	if err == nil && !task.Since.IsZero() {
+		err = w.deps.Store.ReadDeleted(ctx, r, func(id string, _ []byte) error {
+			return out.writeDeleted(ctx, task.Type, id)
+		})
+	}
+	if err == nil {
+		err = out.close(ctx)
+	}
+	if err != nil {
+		out.abort(context.WithoutCancel(ctx))
+		if cause := context.Cause(ctx); errors.Is(cause, errJobGone) {
+			return errJobGone
+		}
+		return err
+	}
+	result := streams.TaskResult{JobID: task.JobID, TaskID: task.TaskID, Attempt: attempt, Files: out.files}
+	if _, err := w.jobs.KV.Create(ctx, streams.KeyTask(task.JobID, task.TaskID), streams.Encode(result)); err != nil {
+		// Another attempt won the race: drop ours so no line is listed twice.
+		out.abort(context.WithoutCancel(ctx))
+		if errors.Is(err, jetstream.ErrKeyExists) {
+			return nil
+		}
+		return fmt.Errorf("record result of task %s: %w", task.TaskID, err)
+	}
+	for _, f := range out.files {
+		w.resources.Add(ctx, int64(f.Count), metric.WithAttributes(attribute.String("type", f.Type)))
+		w.bytes.Add(ctx, f.Bytes)
+	}
+	m := nats.NewMsg(streams.SubjectJobDone(task.JobID))
+	m.Data = []byte(task.TaskID)
+	m.Header.Set(jetstream.MsgIDHeader, "done."+task.JobID+"."+task.TaskID)
+	streams.InjectTrace(ctx, m.Header)
+	if _, err := w.deps.JS.PublishMsg(ctx, m); err != nil {
+		return fmt.Errorf("announce task %s done: %w", task.TaskID, err)
+	}
+	return nil
+}
+
+// checkJob fails with errJobGone when the task's job is no longer running.
+func (w *Writer) checkJob(ctx context.Context, task streams.Task) error {
+	job, _, err := w.jobs.Get(ctx, task.JobID)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return errJobGone
+	}
+	if err != nil {
+		return err
+	}
+	if job.Status != streams.JobRunning {
+		return errJobGone
+	}
+	return nil
+}
+
+// watch keeps the task message alive and cancels the attempt promptly when
+// the job is cancelled.
+func (w *Writer) watch(ctx context.Context, cancel context.CancelCauseFunc, msg jetstream.Msg, task streams.Task) {
+	t := time.NewTicker(w.cfg.CheckEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			_ = msg.InProgress()
+			if err := w.checkJob(ctx, task); errors.Is(err, errJobGone) {
+				cancel(errJobGone)
+				return
+			}
+		}
+	}
+}
+
+// failJob marks the job failed after a task exhausted its attempts.
+func (w *Writer) failJob(ctx context.Context, task streams.Task, cause error) {
+	_, err := w.jobs.Update(ctx, task.JobID, func(j *streams.Job) bool {
+		if j.Status != streams.JobRunning {
+			return false
+		}
+		j.Status = streams.JobFailed
+		j.Error = fmt.Sprintf("export of %s failed after %d attempts: %v", task.Type, w.cfg.MaxDeliver, cause)
+		return true
+	})
+	if err != nil {
+		w.deps.Log.ErrorContext(ctx, "mark job failed", slog.String("job", task.JobID), slog.Any("error", err))
+	}
+}

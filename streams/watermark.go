@@ -1,0 +1,43 @@
+package streams
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// LoadWatermark reads the ingest watermark and its KV revision (0 when no
+// change was ever ingested).
+func LoadWatermark(ctx context.Context, js jetstream.JetStream) (Watermark, uint64, error) {
+	kv, err := js.KeyValue(ctx, BucketIngest)
+	if err != nil {
+		return Watermark{}, 0, fmt.Errorf("open bucket %s: %w", BucketIngest, err)
+	}
+	e, err := kv.Get(ctx, KeyWatermark)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return Watermark{}, 0, nil
+	}
+	if err != nil {
+		return Watermark{}, 0, fmt.Errorf("read watermark: %w", err)
+	}
+	var w Watermark
+	if err := Decode(e.Value(), &w); err != nil {
+		return Watermark{}, 0, err
+	}
+	return w, e.Revision(), nil
+}
+
+// LastChangeSeq is the sequence of the newest change accepted so far.
+func LastChangeSeq(ctx context.Context, js jetstream.JetStream) (uint64, error) {
+	s, err := js.Stream(ctx, StreamChanges)
+	if err != nil {
+		return 0, fmt.Errorf("open stream %s: %w", StreamChanges, err)
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("read stream %s info: %w", StreamChanges, err)
+	}
+	return info.State.LastSeq, nil
+}
