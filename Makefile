@@ -1,0 +1,46 @@
+# flatfhir: make help lists the targets.
+SHELL := /bin/bash
+MODULES := streams shared services/api services/ingester services/planner services/writer services/flatfhir benchmarks
+BIN := bin/flatfhir
+export FLATFHIR_DATA_DIR ?= $(CURDIR)/var
+GO_TEST_FLAGS ?= -count=1 -timeout 20m
+
+.PHONY: help deps build run test vet fmt fmt-check bench clean
+
+help: ## List the targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-10s %s\n", $$1, $$2}'
+
+deps: ## Install what is missing: ClickHouse (Debian package) and Go modules
+	@if ! command -v clickhouse-server >/dev/null 2>&1 && ! command -v clickhouse >/dev/null 2>&1; then \
+		echo "installing clickhouse-server (Debian package)"; \
+		if [ "$$(id -u)" != 0 ]; then echo "run as root, or install clickhouse-server yourself" >&2; exit 1; fi; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clickhouse-server >/dev/null; \
+	fi
+	@command -v go >/dev/null || { echo "Go is required (https://go.dev/doc/install)" >&2; exit 1; }
+	@for m in $(MODULES); do (cd $$m && go mod download) || exit 1; done
+
+build: deps ## Build the engine binary into bin/
+	go build -o $(BIN) ./services/flatfhir/cmd/flatfhir
+
+run: build ## Start the whole engine on this machine with sample data
+	$(BIN)
+
+test: deps ## Run every module's tests against real NATS and ClickHouse
+	@fail=0; for m in $(MODULES); do \
+		echo "== $$m"; (cd $$m && go test $(GO_TEST_FLAGS) ./...) || fail=1; \
+	done; exit $$fail
+
+vet: ## go vet every module
+	@for m in $(MODULES); do (cd $$m && go vet ./...) || exit 1; done
+
+fmt: ## gofmt every file
+	gofmt -w $$(git ls-files '*.go')
+
+fmt-check: ## Fail when a file is not gofmt-clean
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "not gofmt-clean:"; echo "$$out"; exit 1; fi
+
+bench: deps ## Ingest and export about a million generated resources and report rates
+	cd benchmarks && go run ./cmd/bulkbench -patients 20000
+
+clean: ## Remove build output and local data (var/)
+	rm -rf bin var
