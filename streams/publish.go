@@ -13,13 +13,14 @@ import (
 type ChangePublisher struct {
 	js      jetstream.JetStream
 	pending []jetstream.PubAckFuture
-	// MaxPending bounds unacknowledged publishes before Put waits.
+	// MaxPending bounds unacknowledged publishes before Put waits; keep it
+	// below the JetStream context's async limit (4,000 by default).
 	MaxPending int
 }
 
 // NewChangePublisher returns a publisher on js.
 func NewChangePublisher(js jetstream.JetStream) *ChangePublisher {
-	return &ChangePublisher{js: js, MaxPending: 4096}
+	return &ChangePublisher{js: js, MaxPending: 2000}
 }
 
 // Put publishes a create-or-update of a resource whose body was validated.

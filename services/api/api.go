@@ -101,7 +101,7 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Server, error) {
 		StreamRequestBody:     true,
 		BodyLimit:             64 << 20, // larger bodies stream (ingest); others are read whole
 		ErrorHandler:          s.errorHandler,
-		ReadTimeout:           5 * time.Minute,
+		ReadTimeout:           30 * time.Minute, // a large ingest body takes a while
 		IdleTimeout:           2 * time.Minute,
 	})
 	s.routes()

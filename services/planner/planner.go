@@ -33,6 +33,8 @@ type Config struct {
 	WatermarkTimeout time.Duration
 	// Concurrency bounds the messages handled at once.
 	Concurrency int
+	// SweepEvery is how often expired exports are looked for.
+	SweepEvery time.Duration
 }
 
 // DefaultConfig returns the defaults.
@@ -40,13 +42,14 @@ func DefaultConfig() Config {
 	return Config{
 		TaskRows: 200_000, MaxFileResources: 100_000, MaxFileBytes: 128 << 20,
 		Retention: 24 * time.Hour, WatermarkTimeout: 10 * time.Minute, Concurrency: 16,
+		SweepEvery: time.Minute,
 	}
 }
 
 // Validate checks the configuration.
 func (c Config) Validate() error {
-	if c.TaskRows < 1 || c.MaxFileResources < 1 || c.MaxFileBytes < 1 || c.Retention <= 0 || c.WatermarkTimeout <= 0 || c.Concurrency < 1 {
-		return errors.New("planner task rows, file limits, retention, watermark timeout and concurrency must be positive")
+	if c.TaskRows < 1 || c.MaxFileResources < 1 || c.MaxFileBytes < 1 || c.Retention <= 0 || c.WatermarkTimeout <= 0 || c.Concurrency < 1 || c.SweepEvery <= 0 {
+		return errors.New("planner task rows, file limits, retention, watermark timeout, concurrency and sweep interval must be positive")
 	}
 	return nil
 }
@@ -112,6 +115,7 @@ func (p *Planner) Run(ctx context.Context) error {
 		return fmt.Errorf("consume %s: %w", streams.StreamExportJobs, err)
 	}
 	go func() { <-ctx.Done(); it.Stop() }()
+	go p.janitor(ctx, p.cfg.SweepEvery)
 	sem := make(chan struct{}, p.cfg.Concurrency)
 	var wg sync.WaitGroup
 	defer wg.Wait()

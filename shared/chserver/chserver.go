@@ -142,6 +142,12 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 			return nil, err
 		}
 	}
+	// A server already on the port would answer for ours and hide that ours
+	// failed to bind.
+	if c, err := net.DialTimeout("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(cfg.TCPPort)), time.Second); err == nil {
+		c.Close()
+		return nil, fmt.Errorf("port %d is already in use: stop what listens there or choose another ClickHouse port", cfg.TCPPort)
+	}
 	confPath := filepath.Join(dir, "config.xml")
 	f, err := os.Create(confPath)
 	if err != nil {

@@ -1,0 +1,45 @@
+// Command bulkbench measures flatfhir end to end on this machine: ingest,
+// export, the raw ClickHouse read rate of the same rows, and peak memory.
+// See ../../README.md.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/flatfhir/flatfhir/benchmarks/harness"
+)
+
+func main() {
+	opts := harness.DefaultOptions()
+	flag.IntVar(&opts.Patients, "patients", opts.Patients, "synthetic patients to generate (about 50 resources each)")
+	flag.IntVar(&opts.Writers, "writers", opts.Writers, "writer instances in the writer process (FLATFHIR_WRITERS)")
+	flag.IntVar(&opts.Runs, "runs", opts.Runs, "export runs; the median is reported")
+	flag.BoolVar(&opts.Gzip, "gzip", false, "send ingest bodies gzip-compressed")
+	flag.BoolVar(&opts.Keep, "keep", false, "keep the temporary directory (data, logs, binary)")
+	jsonPath := flag.String("json", "", "also write the figures as JSON to this file")
+	flag.Parse()
+	opts.Progress = os.Stderr
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	report, err := harness.Run(ctx, opts)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bulkbench: FAILED:", err)
+		os.Exit(1)
+	}
+	if err := report.WriteTable(os.Stdout); err != nil {
+		fmt.Fprintln(os.Stderr, "bulkbench:", err)
+		os.Exit(1)
+	}
+	if *jsonPath != "" {
+		if err := report.WriteJSON(*jsonPath); err != nil {
+			fmt.Fprintln(os.Stderr, "bulkbench: write json:", err)
+			os.Exit(1)
+		}
+	}
+}

@@ -1,0 +1,356 @@
+package harness
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/ClickHouse/clickhouse-go/v2"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/flatfhir/flatfhir/streams"
+)
+
+// manifest is the complete-status body of an export.
+type manifest struct {
+	TransactionTime string         `json:"transactionTime"`
+	Request         string         `json:"request"`
+	Output          []manifestItem `json:"output"`
+	Deleted         []manifestItem `json:"deleted"`
+	Error           []manifestItem `json:"error"`
+}
+
+type manifestItem struct {
+	Type  string `json:"type"`
+	URL   string `json:"url"`
+	Count *int64 `json:"count"`
+}
+
+// export runs one system-level export, downloads and verifies every file.
+func (h *harness) export(ctx context.Context, run int) (RunResult, error) {
+	res := RunResult{Run: run}
+	start := time.Now()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, h.base+"/$export", nil)
+	if err != nil {
+		return res, err
+	}
+	req.Header.Set("Accept", "application/fhir+json")
+	req.Header.Set("Prefer", "respond-async")
+	resp, body, err := h.do(req)
+	if err != nil {
+		return res, fmt.Errorf("kick-off: %w", err)
+	}
+	if resp.StatusCode != http.StatusAccepted {
+		return res, fmt.Errorf("kick-off: %s: %s", resp.Status, body)
+	}
+	res.StatusURL = resp.Header.Get("Content-Location")
+	if !strings.HasPrefix(res.StatusURL, h.base+"/") {
+		return res, fmt.Errorf("kick-off: Content-Location %q is not a URL on %s", res.StatusURL, h.base)
+	}
+
+	m, polls, err := h.await(ctx, res.StatusURL)
+	res.Polls = polls
+	if err != nil {
+		return res, err
+	}
+	toManifest := time.Since(start)
+	res.TransactionTime = m.TransactionTime
+	if len(m.Error) != 0 || len(m.Deleted) != 0 {
+		return res, fmt.Errorf("export %s: manifest lists %d error and %d deleted files, want none", res.StatusURL, len(m.Error), len(m.Deleted))
+	}
+	res.Files = len(m.Output)
+
+	exported, bytes, err := h.downloadAll(ctx, m)
+	if err != nil {
+		return res, fmt.Errorf("export %s: %w", res.StatusURL, err)
+	}
+	toDownloaded := time.Since(start)
+	if err := h.verifyTotals(exported); err != nil {
+		return res, fmt.Errorf("export %s: %w", res.StatusURL, err)
+	}
+	res.Verified = true
+	total := h.report.Ingest.Resources
+	res.ToManifest = newRate(toManifest, total, bytes)
+	res.ToDownloaded = newRate(toDownloaded, total, bytes)
+	return res, nil
+}
+
+// await polls the status URL until the manifest arrives: at the server's
+// Retry-After when that is shorter than the poll interval, otherwise at the
+// poll interval, so that completion is seen within one interval.
+func (h *harness) await(ctx context.Context, status string) (manifest, int, error) {
+	deadline := time.Now().Add(h.opts.ExportTimeout)
+	polls := 0
+	lastProgress := ""
+	for {
+		if err := h.childrenAlive(); err != nil {
+			return manifest{}, polls, err
+		}
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, status, nil)
+		if err != nil {
+			return manifest{}, polls, err
+		}
+		req.Header.Set("Accept", "application/json")
+		resp, body, err := h.do(req)
+		polls++
+		if err != nil {
+			return manifest{}, polls, fmt.Errorf("poll %s: %w", status, err)
+		}
+		switch resp.StatusCode {
+		case http.StatusOK:
+			var m manifest
+			if err := json.Unmarshal(body, &m); err != nil {
+				return m, polls, fmt.Errorf("manifest of %s is not JSON: %v\n%s", status, err, body)
+			}
+			return m, polls, nil
+		case http.StatusAccepted:
+		default:
+			return manifest{}, polls, fmt.Errorf("poll %s: %s: %s", status, resp.Status, body)
+		}
+		if p := resp.Header.Get("X-Progress"); p != lastProgress {
+			lastProgress = p
+			fmt.Fprintf(h.opts.Progress, "bulkbench: export %s\n", p)
+		}
+		if time.Now().After(deadline) {
+			return manifest{}, polls, fmt.Errorf("export %s not complete after %s (%s)", status, h.opts.ExportTimeout, lastProgress)
+		}
+		wait := h.opts.PollInterval
+		if s, err := strconv.Atoi(strings.TrimSpace(resp.Header.Get("Retry-After"))); err == nil && s >= 0 && time.Duration(s)*time.Second < wait {
+			wait = time.Duration(s) * time.Second
+		}
+		select {
+		case <-ctx.Done():
+			return manifest{}, polls, ctx.Err()
+		case <-time.After(wait):
+		}
+	}
+}
+
+// downloadAll fetches every output file, DownloadParallel at a time, and
+// checks each against its manifest count. It returns the resources per
+// type and the bytes downloaded.
+func (h *harness) downloadAll(ctx context.Context, m manifest) (map[string]int64, int64, error) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	var (
+		mu       sync.Mutex
+		perType  = map[string]int64{}
+		total    int64
+		firstErr error
+		wg       sync.WaitGroup
+	)
+	items := make(chan manifestItem)
+	for range h.opts.DownloadParallel {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for it := range items {
+				lines, n, err := h.download(ctx, it)
+				mu.Lock()
+				if err != nil && firstErr == nil {
+					firstErr = err
+					cancel(err)
+				}
+				perType[it.Type] += lines
+				total += n
+				mu.Unlock()
+			}
+		}()
+	}
+feed:
+	for _, it := range m.Output {
+		if it.Count == nil {
+			mu.Lock()
+			if firstErr == nil {
+				firstErr = fmt.Errorf("manifest entry %s has no count", it.URL)
+			}
+			mu.Unlock()
+			break
+		}
+		select {
+		case items <- it:
+		case <-ctx.Done():
+			break feed
+		}
+	}
+	close(items)
+	wg.Wait()
+	return perType, total, firstErr
+}
+
+// download streams one file, counting its lines and bytes and checking that
+// every line is one JSON object.
+func (h *harness) download(ctx context.Context, it manifestItem) (lines, n int64, err error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, it.URL, nil)
+	if err != nil {
+		return 0, 0, err
+	}
+	resp, err := h.downloadClient.Do(req)
+	if err != nil {
+		return 0, 0, fmt.Errorf("GET %s: %w", it.URL, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		return 0, 0, fmt.Errorf("GET %s: %s: %s", it.URL, resp.Status, b)
+	}
+	if ct := resp.Header.Get("Content-Type"); ct != "application/fhir+ndjson" {
+		return 0, 0, fmt.Errorf("GET %s: Content-Type %q, want application/fhir+ndjson", it.URL, ct)
+	}
+	buf := make([]byte, 256<<10)
+	prev := byte('\n') // the byte before the current position
+	for {
+		k, rerr := resp.Body.Read(buf)
+		chunk := buf[:k]
+		for len(chunk) > 0 {
+			if prev == '\n' && chunk[0] != '{' {
+				return lines, n, fmt.Errorf("%s: line %d does not start a JSON object", it.URL, lines+1)
+			}
+			i := bytes.IndexByte(chunk, '\n')
+			if i < 0 {
+				prev = chunk[len(chunk)-1]
+				n += int64(len(chunk))
+				break
+			}
+			last := prev
+			if i > 0 {
+				last = chunk[i-1]
+			}
+			if last != '}' {
+				return lines, n, fmt.Errorf("%s: line %d does not end a JSON object", it.URL, lines+1)
+			}
+			lines++
+			n += int64(i + 1)
+			prev = '\n'
+			chunk = chunk[i+1:]
+		}
+		if errors.Is(rerr, io.EOF) {
+			break
+		}
+		if rerr != nil {
+			return lines, n, fmt.Errorf("GET %s: %w", it.URL, rerr)
+		}
+	}
+	if prev != '\n' {
+		if prev != '}' {
+			return lines, n, fmt.Errorf("%s: last line does not end a JSON object", it.URL)
+		}
+		lines++ // a last line without a newline
+	}
+	if lines != *it.Count {
+		return lines, n, fmt.Errorf("%s: manifest count %d, file has %d lines", it.URL, *it.Count, lines)
+	}
+	return lines, n, nil
+}
+
+// verifyTotals compares what an export held with what was ingested.
+func (h *harness) verifyTotals(exported map[string]int64) error {
+	want := h.report.Ingest.PerType
+	var total int64
+	var diffs []string
+	seen := map[string]bool{}
+	for typ, n := range exported {
+		total += n
+		seen[typ] = true
+		if n != want[typ] {
+			diffs = append(diffs, fmt.Sprintf("%s %d (ingested %d)", typ, n, want[typ]))
+		}
+	}
+	for typ, n := range want {
+		if !seen[typ] {
+			diffs = append(diffs, fmt.Sprintf("%s 0 (ingested %d)", typ, n))
+		}
+	}
+	sort.Strings(diffs)
+	if total != h.report.Ingest.Resources || len(diffs) > 0 {
+		return fmt.Errorf("exported %d resources, ingested %d; per type: %s", total, h.report.Ingest.Resources, strings.Join(diffs, ", "))
+	}
+	return nil
+}
+
+// release deletes the export and waits until its files are gone, so that
+// the next run starts from the same state.
+func (h *harness) release(ctx context.Context, status string) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodDelete, status, nil)
+	if err != nil {
+		return err
+	}
+	resp, body, err := h.do(req)
+	if err != nil {
+		return fmt.Errorf("DELETE %s: %w", status, err)
+	}
+	if resp.StatusCode != http.StatusAccepted {
+		return fmt.Errorf("DELETE %s: %s: %s", status, resp.Status, body)
+	}
+	job := status[strings.LastIndexByte(status, '/')+1:]
+	store, err := h.js.ObjectStore(ctx, streams.ObjectFiles)
+	if err != nil {
+		return err
+	}
+	prefix := streams.ObjectName(job, "")
+	deadline := time.Now().Add(5 * time.Minute)
+	for {
+		left := 0
+		infos, err := store.List(ctx)
+		if err != nil && !errors.Is(err, jetstream.ErrNoObjectsFound) {
+			return fmt.Errorf("list export files: %w", err)
+		}
+		for _, info := range infos {
+			if strings.HasPrefix(info.Name, prefix) {
+				left++
+			}
+		}
+		if left == 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%d files of deleted export %s still stored after 5 minutes", left, job)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// rawRead streams SELECT id, body of the whole table, as the engine's
+// writers read (same driver, same block size), counting rows and bytes.
+func (h *harness) rawRead(ctx context.Context) (Rate, error) {
+	ctx = clickhouse.Context(ctx, clickhouse.WithSettings(clickhouse.Settings{"max_block_size": 2048}))
+	start := time.Now()
+	q := "SELECT id, body FROM " + h.store.TableName()
+	rows, err := h.store.Conn().Query(ctx, q)
+	if err != nil {
+		return Rate{}, fmt.Errorf("%s: %w", q, err)
+	}
+	defer rows.Close()
+	var (
+		id, body string
+		n, bytes int64
+	)
+	for rows.Next() {
+		if err := rows.Scan(&id, &body); err != nil {
+			return Rate{}, fmt.Errorf("%s: scan: %w", q, err)
+		}
+		n++
+		bytes += int64(len(body)) + 1
+	}
+	if err := rows.Err(); err != nil {
+		return Rate{}, fmt.Errorf("%s: %w", q, err)
+	}
+	d := time.Since(start)
+	if n != h.report.Ingest.Resources {
+		return Rate{}, fmt.Errorf("%s returned %d rows, want the %d ingested", q, n, h.report.Ingest.Resources)
+	}
+	return newRate(d, n, bytes), nil
+}

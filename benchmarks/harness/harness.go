@@ -1,0 +1,352 @@
+package harness
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/flatfhir/flatfhir/services/flatfhir"
+	"github.com/flatfhir/flatfhir/shared/chserver"
+	"github.com/flatfhir/flatfhir/shared/chstore"
+	"github.com/flatfhir/flatfhir/shared/natsembed"
+	"github.com/flatfhir/flatfhir/shared/synth"
+	"github.com/flatfhir/flatfhir/streams"
+)
+
+// roles are the engine processes, in start order; they stop in reverse.
+var roles = []string{flatfhir.RoleIngester, flatfhir.RolePlanner, flatfhir.RoleWriter, flatfhir.RoleAPI}
+
+// harness is the state of one Run.
+type harness struct {
+	opts   Options
+	log    *slog.Logger
+	dir    string
+	report *Report
+
+	ch       *chserver.Server
+	nats     *natsembed.Server
+	nc       *nats.Conn
+	js       jetstream.JetStream
+	store    *chstore.Store
+	children []*child
+	base     string
+
+	client         *http.Client // small requests
+	ingestClient   *http.Client
+	downloadClient *http.Client
+}
+
+// Run performs the whole benchmark and returns its report. Any failed
+// verification is an error; the report is returned as far as it got.
+func Run(ctx context.Context, opts Options) (_ *Report, err error) {
+	opts.setDefaults()
+	if err := opts.Validate(); err != nil {
+		return nil, err
+	}
+	h := &harness{
+		opts:   opts,
+		log:    slog.New(slog.NewTextHandler(opts.Progress, &slog.HandlerOptions{Level: slog.LevelWarn})),
+		report: &Report{StartedAt: time.Now().UTC()},
+	}
+	transport := func() *http.Transport {
+		return &http.Transport{
+			Proxy:               nil, // everything is on 127.0.0.1
+			DialContext:         (&net.Dialer{Timeout: 10 * time.Second}).DialContext,
+			DisableCompression:  true, // count the NDJSON bytes as served
+			MaxIdleConnsPerHost: 8,
+		}
+	}
+	h.client = &http.Client{Transport: transport(), Timeout: time.Minute}
+	h.ingestClient = &http.Client{Transport: transport(), Timeout: 15 * time.Minute}
+	h.downloadClient = &http.Client{Transport: transport(), Timeout: 15 * time.Minute}
+
+	if h.dir, err = os.MkdirTemp("", "bulkbench-"); err != nil {
+		return nil, err
+	}
+	defer func() {
+		// After an interrupt the logs tell nothing new.
+		h.shutdown(err, err != nil && ctx.Err() == nil)
+		if opts.Keep {
+			h.report.KeptDir = h.dir
+			fmt.Fprintf(opts.Progress, "bulkbench: kept %s\n", h.dir)
+		} else {
+			_ = os.RemoveAll(h.dir)
+		}
+	}()
+	if err := h.setUp(ctx); err != nil {
+		return h.report, err
+	}
+	if err := h.measure(ctx); err != nil {
+		return h.report, err
+	}
+	return h.report, nil
+}
+
+// setUp builds the engine, starts ClickHouse, NATS and the four roles, and
+// waits until every role is ready.
+func (h *harness) setUp(ctx context.Context) error {
+	o := h.opts
+	s := &h.report.Setup
+	*s = Setup{
+		Patients: o.Patients, EstimatedResources: synth.Estimate(synth.Config{Patients: o.Patients, Seed: o.Seed}),
+		Writers: o.Writers, Runs: o.Runs, Gzip: o.Gzip, ChunkResources: o.ChunkResources,
+		DownloadParallel: o.DownloadParallel, PollIntervalMillis: o.PollInterval.Milliseconds(),
+		GoVersion: runtime.Version(), CPUs: runtime.NumCPU(),
+	}
+	root := o.RepoRoot
+	if root == "" {
+		var err error
+		if root, err = findRepoRoot(ctx); err != nil {
+			return err
+		}
+	}
+	for _, sub := range []string{"bin", "logs", "clickhouse", "nats"} {
+		if err := os.MkdirAll(filepath.Join(h.dir, sub), 0o755); err != nil {
+			return err
+		}
+	}
+	fmt.Fprintf(o.Progress, "bulkbench: building the engine in %s\n", root)
+	bin := filepath.Join(h.dir, "bin", "flatfhir")
+	t := time.Now()
+	if err := buildEngine(ctx, root, bin); err != nil {
+		return err
+	}
+	s.BuildSeconds = time.Since(t).Seconds()
+
+	var err error
+	if h.ch, err = chserver.Start(ctx, chserver.Config{Dir: filepath.Join(h.dir, "clickhouse")}, h.log); err != nil {
+		return fmt.Errorf("start clickhouse: %w", err)
+	}
+	s.ClickHouseAddr = h.ch.Addr()
+	if h.nats, err = natsembed.Start(natsembed.Config{Host: "127.0.0.1", Port: -1, StoreDir: filepath.Join(h.dir, "nats")}); err != nil {
+		return fmt.Errorf("start nats: %w", err)
+	}
+	s.NATSURL = h.nats.URL()
+	if h.nc, err = nats.Connect(s.NATSURL, nats.Name("bulkbench")); err != nil {
+		return fmt.Errorf("connect to nats: %w", err)
+	}
+	if h.js, err = jetstream.New(h.nc); err != nil {
+		return err
+	}
+	s.Database = "bulkbench_" + randomHex(6)
+	// Opening the store creates the database and table before the roles
+	// start, with the engine's own DDL.
+	if h.store, err = chstore.Open(ctx, chstore.Config{Addr: []string{s.ClickHouseAddr}, Database: s.Database}, h.log); err != nil {
+		return err
+	}
+	s.ClickHouseVersion = h.store.Version().String()
+
+	port, err := freePort()
+	if err != nil {
+		return err
+	}
+	listen := "127.0.0.1:" + strconv.Itoa(port)
+	h.base = "http://" + listen
+	s.APIBase = h.base
+	for _, role := range roles {
+		env := map[string]string{
+			"FLATFHIR_ROLE":                role,
+			"FLATFHIR_NATS_URL":            s.NATSURL,
+			"FLATFHIR_CLICKHOUSE_ADDR":     s.ClickHouseAddr,
+			"FLATFHIR_CLICKHOUSE_DATABASE": s.Database,
+			"FLATFHIR_LISTEN":              listen,
+			"FLATFHIR_WRITERS":             strconv.Itoa(o.Writers),
+			"FLATFHIR_LOG_LEVEL":           "warn",
+			"FLATFHIR_DATA_DIR":            filepath.Join(h.dir, "logs"),
+			"FLATFHIR_SAMPLE_PATIENTS":     "0",
+		}
+		c, err := startChild(bin, role, env, filepath.Join(h.dir, "logs", role+".log"))
+		if err != nil {
+			return err
+		}
+		h.children = append(h.children, c)
+	}
+	return h.waitReady(ctx)
+}
+
+// waitReady waits until the API answers, the planner and the writers pull
+// from their consumers, and the ingester has recorded a watermark.
+func (h *harness) waitReady(ctx context.Context) error {
+	deadline := time.Now().Add(2 * time.Minute)
+	var missing string
+	for {
+		if err := h.childrenAlive(); err != nil {
+			return err
+		}
+		missing = h.notReady(ctx)
+		if missing == "" {
+			fmt.Fprintf(h.opts.Progress, "bulkbench: engine ready at %s (4 processes, %d writers)\n", h.base, h.opts.Writers)
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("engine not ready after 2 minutes: %s", missing)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// notReady names the first role that is not ready yet, or returns "".
+func (h *harness) notReady(ctx context.Context) string {
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, h.base+"/metadata", nil)
+	resp, _, err := h.do(req)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		return "the api does not answer GET /metadata"
+	}
+	for _, c := range []struct{ stream, consumer, role string }{
+		{streams.StreamExportJobs, streams.ConsumerPlanner, "planner"},
+		{streams.StreamExportTasks, streams.ConsumerWriters, "writer"},
+	} {
+		cons, err := h.js.Consumer(ctx, c.stream, c.consumer)
+		if err != nil {
+			return "no consumer " + c.consumer + " yet"
+		}
+		info, err := cons.Info(ctx)
+		if err != nil || info.NumWaiting == 0 {
+			return "the " + c.role + " does not pull tasks yet"
+		}
+	}
+	if _, rev, err := streams.LoadWatermark(ctx, h.js); err != nil || rev == 0 {
+		return "the ingester has not recorded a watermark yet"
+	}
+	return ""
+}
+
+// measure ingests, exports Runs times and reads peak memory.
+func (h *harness) measure(ctx context.Context) error {
+	o := h.opts
+	fmt.Fprintf(o.Progress, "bulkbench: generating and ingesting %d patients (about %s resources)\n", o.Patients, group(int64(h.report.Setup.EstimatedResources)))
+	in, err := h.ingest(ctx)
+	h.report.Ingest = in
+	if err != nil {
+		return err
+	}
+	for run := 1; run <= o.Runs; run++ {
+		fmt.Fprintf(o.Progress, "bulkbench: export run %d of %d\n", run, o.Runs)
+		res, err := h.export(ctx, run)
+		if err != nil {
+			return fmt.Errorf("export run %d: %w", run, err)
+		}
+		if err := h.release(ctx, res.StatusURL); err != nil {
+			h.warn("run %d: releasing the export: %v", run, err)
+		}
+		fmt.Fprintf(o.Progress, "bulkbench: raw ClickHouse read %d of %d\n", run, o.Runs)
+		if res.Raw, err = h.rawRead(ctx); err != nil {
+			return fmt.Errorf("raw read %d: %w", run, err)
+		}
+		res.RatioManifest = ratio(res.ToManifest.ResourcesPerSec, res.Raw.ResourcesPerSec)
+		res.RatioDownloaded = ratio(res.ToDownloaded.ResourcesPerSec, res.Raw.ResourcesPerSec)
+		h.report.Runs = append(h.report.Runs, res)
+	}
+	h.report.computeMedians()
+	h.report.Verified = true
+
+	if err := h.childrenAlive(); err != nil {
+		return err
+	}
+	for _, c := range h.children {
+		h.addMemory("flatfhir "+c.role, c.pid())
+	}
+	for _, pid := range childrenNamed("clickhouse") {
+		h.addMemory("clickhouse-server", pid)
+	}
+	h.addMemory("harness (NATS, generator, client)", os.Getpid())
+	return nil
+}
+
+func (h *harness) addMemory(name string, pid int) {
+	b, err := peakRSS(pid)
+	if err != nil {
+		h.warn("peak memory of %s: %v", name, err)
+		return
+	}
+	h.report.Memory = append(h.report.Memory, Memory{Process: name, PID: pid, PeakMiB: float64(b) / MiB})
+}
+
+func (h *harness) warn(format string, a ...any) {
+	msg := fmt.Sprintf(format, a...)
+	h.report.Warnings = append(h.report.Warnings, msg)
+	fmt.Fprintf(h.opts.Progress, "bulkbench: warning: %s\n", msg)
+}
+
+// childrenAlive fails when an engine process has exited.
+func (h *harness) childrenAlive() error {
+	for _, c := range h.children {
+		if err := c.exited(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// shutdown stops the roles (API first), then NATS and ClickHouse. After a
+// failure it can print the end of every role's log first.
+func (h *harness) shutdown(failure error, showLogs bool) {
+	if showLogs {
+		for _, c := range h.children {
+			if t := c.tail(2048); t != "" {
+				fmt.Fprintf(h.opts.Progress, "bulkbench: --- end of the %s log ---\n%s\n", c.role, t)
+			}
+		}
+	}
+	for i := len(h.children) - 1; i >= 0; i-- {
+		c := h.children[i]
+		if failure != nil {
+			_ = c.stop(5 * time.Second)
+			continue
+		}
+		if err := c.stop(20 * time.Second); err != nil {
+			h.warn("stopping: %v", err)
+		}
+	}
+	if h.store != nil {
+		_ = h.store.Close()
+	}
+	if h.nc != nil {
+		h.nc.Close()
+	}
+	if h.nats != nil {
+		h.nats.Shutdown()
+	}
+	if h.ch != nil {
+		_ = h.ch.Stop()
+	}
+}
+
+// do sends a small request and reads the whole answer.
+func (h *harness) do(req *http.Request) (*http.Response, []byte, error) {
+	resp, err := h.client.Do(req)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	if err != nil {
+		return resp, b, err
+	}
+	return resp, b, nil
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		return strconv.FormatInt(time.Now().UnixNano(), 16)
+	}
+	return hex.EncodeToString(b)
+}

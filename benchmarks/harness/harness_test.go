@@ -1,0 +1,202 @@
+package harness
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/flatfhir/flatfhir/shared/chserver"
+)
+
+// logWriter sends progress lines to the test log.
+type logWriter struct {
+	t   *testing.T
+	mu  sync.Mutex
+	buf []byte
+}
+
+func (w *logWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.buf = append(w.buf, p...)
+	for {
+		i := bytes.IndexByte(w.buf, '\n')
+		if i < 0 {
+			return len(p), nil
+		}
+		w.t.Log(string(w.buf[:i]))
+		w.buf = w.buf[i+1:]
+	}
+}
+
+func positive(t *testing.T, what string, r Rate) {
+	t.Helper()
+	if r.Seconds <= 0 || r.Resources <= 0 || r.Bytes <= 0 || r.ResourcesPerSec <= 0 || r.MBPerSec <= 0 {
+		t.Errorf("%s has a figure that is not positive: %+v", what, r)
+	}
+}
+
+// TestRunTiny runs the whole benchmark at a tiny size: real ClickHouse,
+// NATS and four engine processes.
+func TestRunTiny(t *testing.T) {
+	if _, _, err := chserver.FindBinary(""); err != nil {
+		t.Fatalf("the benchmark needs a ClickHouse server binary: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+	defer cancel()
+	opts := DefaultOptions()
+	opts.Patients, opts.Runs, opts.Writers = 30, 1, 2
+	opts.ChunkResources = 500 // several ingest requests even at this size
+	opts.Gzip = true
+	opts.Progress = &logWriter{t: t}
+	rep, err := Run(ctx, opts)
+	if err != nil {
+		t.Fatalf("benchmark failed: %v", err)
+	}
+
+	if !rep.Verified {
+		t.Fatal("report not verified")
+	}
+	if len(rep.Warnings) > 0 {
+		t.Errorf("warnings: %q", rep.Warnings)
+	}
+	in := rep.Ingest
+	if in.Resources <= 0 || in.NDJSONBytes <= 0 || in.WireBytes <= 0 || in.WireBytes >= in.NDJSONBytes {
+		t.Errorf("ingest sizes: %d resources, %d NDJSON bytes, %d gzip bytes", in.Resources, in.NDJSONBytes, in.WireBytes)
+	}
+	if want := int((in.Resources + 499) / 500); in.Requests != want {
+		t.Errorf("%d ingest requests for %d resources in chunks of 500, want %d", in.Requests, in.Resources, want)
+	}
+	var perType int64
+	for _, n := range in.PerType {
+		perType += n
+	}
+	if perType != in.Resources {
+		t.Errorf("per-type counts add up to %d, want %d", perType, in.Resources)
+	}
+	positive(t, "ingest accepted", in.Accepted)
+	positive(t, "ingest queryable", in.Queryable)
+	if in.Queryable.Seconds < in.Accepted.Seconds {
+		t.Errorf("queryable after %.3fs, before accepted at %.3fs", in.Queryable.Seconds, in.Accepted.Seconds)
+	}
+
+	if len(rep.Runs) != 1 {
+		t.Fatalf("%d runs, want 1", len(rep.Runs))
+	}
+	run := rep.Runs[0]
+	if !run.Verified || run.Files <= 0 || run.Polls <= 0 || run.TransactionTime == "" {
+		t.Errorf("run: %+v", run)
+	}
+	for name, r := range map[string]Rate{
+		"run to manifest": run.ToManifest, "run to downloaded": run.ToDownloaded, "run raw": run.Raw,
+		"median to manifest": rep.Median.ToManifest, "median to downloaded": rep.Median.ToDownloaded, "median raw": rep.Median.Raw,
+	} {
+		positive(t, name, r)
+	}
+	if run.ToDownloaded.Seconds < run.ToManifest.Seconds {
+		t.Errorf("downloaded after %.3fs, before the manifest at %.3fs", run.ToDownloaded.Seconds, run.ToManifest.Seconds)
+	}
+	if run.RatioManifest <= 0 || run.RatioDownloaded <= 0 || rep.Median.RatioManifest <= 0 || rep.Median.RatioDownloaded <= 0 {
+		t.Errorf("ratios not positive: run %+v, median %+v", run, rep.Median)
+	}
+
+	procs := map[string]bool{}
+	for _, m := range rep.Memory {
+		if m.PeakMiB <= 0 || m.PID <= 0 {
+			t.Errorf("memory of %s: %+v", m.Process, m)
+		}
+		procs[strings.Fields(m.Process)[len(strings.Fields(m.Process))-1]] = true
+		procs[strings.Fields(m.Process)[0]] = true
+	}
+	for _, p := range []string{"api", "ingester", "planner", "writer", "harness", "clickhouse-server"} {
+		if !procs[p] {
+			t.Errorf("no peak memory of %s in %+v", p, rep.Memory)
+		}
+	}
+
+	var table bytes.Buffer
+	if err := rep.WriteTable(&table); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"accepted", "queryable", "kick-off -> manifest", "raw ClickHouse read", "VERIFIED", "flatfhir writer"} {
+		if !strings.Contains(table.String(), want) {
+			t.Errorf("table lacks %q:\n%s", want, table.String())
+		}
+	}
+	path := filepath.Join(t.TempDir(), "out.json")
+	if err := rep.WriteJSON(path); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var back Report
+	if err := json.Unmarshal(b, &back); err != nil || !back.Verified || back.Ingest.Resources != in.Resources {
+		t.Errorf("JSON does not round-trip (%v): %s", err, b)
+	}
+	t.Logf("\n%s", table.String())
+}
+
+func TestMedianOf(t *testing.T) {
+	for _, c := range []struct {
+		in   []float64
+		want float64
+	}{{nil, 0}, {[]float64{3}, 3}, {[]float64{5, 1, 3}, 3}, {[]float64{4, 1, 3, 2}, 2.5}} {
+		if got := medianOf(c.in); got != c.want {
+			t.Errorf("medianOf(%v) = %v, want %v", c.in, got, c.want)
+		}
+	}
+}
+
+func TestGroup(t *testing.T) {
+	for n, want := range map[int64]string{0: "0", 999: "999", 1000: "1,000", 1234567: "1,234,567", -12345: "-12,345"} {
+		if got := group(n); got != want {
+			t.Errorf("group(%d) = %q, want %q", n, got, want)
+		}
+	}
+}
+
+// TestDownloadVerifies checks that a file that does not match its manifest
+// entry, or is not NDJSON, fails the download.
+func TestDownloadVerifies(t *testing.T) {
+	files := map[string]string{
+		"/ok":        "{\"a\":1}\n{\"b\":2}\n",
+		"/nonewline": "{\"a\":1}\n{\"b\":2}",
+		"/blank":     "{\"a\":1}\n\n{\"b\":2}\n",
+		"/cut":       "{\"a\":1}\n{\"b\":\n",
+	}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/fhir+ndjson")
+		_, _ = io.WriteString(w, files[r.URL.Path])
+	}))
+	defer srv.Close()
+	h := &harness{downloadClient: srv.Client()}
+	two := int64(2)
+	three := int64(3)
+	for _, c := range []struct {
+		path  string
+		count *int64
+		ok    bool
+	}{
+		{"/ok", &two, true}, {"/nonewline", &two, true}, {"/ok", &three, false},
+		{"/blank", &two, false}, {"/cut", &two, false},
+	} {
+		lines, n, err := h.download(context.Background(), manifestItem{Type: "Patient", URL: srv.URL + c.path, Count: c.count})
+		if (err == nil) != c.ok {
+			t.Errorf("%s with count %d: err = %v, want ok %v", c.path, *c.count, err, c.ok)
+		}
+		if c.ok && (lines != 2 || n != int64(len(files[c.path]))) {
+			t.Errorf("%s: %d lines, %d bytes", c.path, lines, n)
+		}
+	}
+}

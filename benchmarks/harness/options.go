@@ -1,0 +1,102 @@
+package harness
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"time"
+)
+
+// Options configure one benchmark run. Zero values take the defaults of
+// [DefaultOptions] where one exists.
+type Options struct {
+	// Patients is how many synthetic patients to generate (about 50
+	// resources each).
+	Patients int
+	// Writers is FLATFHIR_WRITERS of the writer process.
+	Writers int
+	// Runs is how many times the export (and the raw read) is repeated.
+	Runs int
+	// Gzip sends the ingest bodies gzip-compressed.
+	Gzip bool
+	// Keep leaves the temporary directory (data, logs, binary) in place.
+	Keep bool
+	// Seed of the generator; 0 means 1.
+	Seed uint64
+	// ChunkResources is how many resources go into one POST /$ingest.
+	ChunkResources int
+	// DownloadParallel is how many export files are downloaded at once.
+	DownloadParallel int
+	// PollInterval is the longest wait between two polls of an export's
+	// status; the Retry-After the server suggests is honoured only when it
+	// is shorter, so that completion is timed to within this interval.
+	PollInterval time.Duration
+	// ExportTimeout bounds the wait for one export's manifest, and also the
+	// wait for ingested data to become queryable.
+	ExportTimeout time.Duration
+	// RepoRoot is the workspace root holding go.work; empty finds it with
+	// go env GOWORK (or by walking up from the working directory).
+	RepoRoot string
+	// Progress receives progress lines; nil discards them.
+	Progress io.Writer
+}
+
+// DefaultOptions are bulkbench's defaults: about a million resources.
+func DefaultOptions() Options {
+	return Options{
+		Patients:         20000,
+		Writers:          2,
+		Runs:             3,
+		Seed:             1,
+		ChunkResources:   50000,
+		DownloadParallel: 2,
+		PollInterval:     100 * time.Millisecond,
+		ExportTimeout:    30 * time.Minute,
+	}
+}
+
+func (o *Options) setDefaults() {
+	d := DefaultOptions()
+	if o.Seed == 0 {
+		o.Seed = d.Seed
+	}
+	if o.ChunkResources == 0 {
+		o.ChunkResources = d.ChunkResources
+	}
+	if o.DownloadParallel == 0 {
+		o.DownloadParallel = d.DownloadParallel
+	}
+	if o.PollInterval == 0 {
+		o.PollInterval = d.PollInterval
+	}
+	if o.ExportTimeout == 0 {
+		o.ExportTimeout = d.ExportTimeout
+	}
+	if o.Progress == nil {
+		o.Progress = io.Discard
+	}
+}
+
+// Validate checks the options after defaults are applied.
+func (o Options) Validate() error {
+	var errs []error
+	if o.Patients < 1 {
+		errs = append(errs, fmt.Errorf("patients must be at least 1, got %d", o.Patients))
+	}
+	if o.Writers < 1 {
+		errs = append(errs, fmt.Errorf("writers must be at least 1, got %d", o.Writers))
+	}
+	if o.Runs < 1 {
+		errs = append(errs, fmt.Errorf("runs must be at least 1, got %d", o.Runs))
+	}
+	if o.ChunkResources < 1 || o.DownloadParallel < 1 {
+		errs = append(errs, errors.New("chunk size and download parallelism must be positive"))
+	}
+	if o.PollInterval <= 0 || o.PollInterval > 200*time.Millisecond {
+		errs = append(errs, fmt.Errorf("poll interval must be in (0, 200ms], got %s", o.PollInterval))
+	}
+	if o.ExportTimeout <= 0 {
+		errs = append(errs, errors.New("export timeout must be positive"))
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,264 @@
+package harness
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+)
+
+// MB is the unit of the MB/s figures: 10^6 bytes.
+const MB = 1e6
+
+// MiB is the unit of the memory figures: 2^20 bytes.
+const MiB = 1 << 20
+
+// Rate is a timed transfer of Resources resources and Bytes bytes.
+type Rate struct {
+	Seconds         float64 `json:"seconds"`
+	Resources       int64   `json:"resources"`
+	Bytes           int64   `json:"bytes"`
+	ResourcesPerSec float64 `json:"resourcesPerSec"`
+	MBPerSec        float64 `json:"mbPerSec"`
+}
+
+func newRate(d time.Duration, resources, bytes int64) Rate {
+	r := Rate{Seconds: d.Seconds(), Resources: resources, Bytes: bytes}
+	if r.Seconds > 0 {
+		r.ResourcesPerSec = float64(resources) / r.Seconds
+		r.MBPerSec = float64(bytes) / MB / r.Seconds
+	}
+	return r
+}
+
+// Setup describes what was measured and on what.
+type Setup struct {
+	Patients           int     `json:"patients"`
+	EstimatedResources int     `json:"estimatedResources"`
+	Writers            int     `json:"writers"`
+	Runs               int     `json:"runs"`
+	Gzip               bool    `json:"gzip"`
+	ChunkResources     int     `json:"chunkResources"`
+	DownloadParallel   int     `json:"downloadParallel"`
+	PollIntervalMillis int64   `json:"pollIntervalMillis"`
+	ClickHouseVersion  string  `json:"clickhouseVersion"`
+	ClickHouseAddr     string  `json:"clickhouseAddr"`
+	NATSURL            string  `json:"natsUrl"`
+	APIBase            string  `json:"apiBase"`
+	Database           string  `json:"database"`
+	BuildSeconds       float64 `json:"buildSeconds"`
+	GoVersion          string  `json:"goVersion"`
+	CPUs               int     `json:"cpus"`
+}
+
+// IngestResult is the ingest of the whole data set.
+type IngestResult struct {
+	Resources int64 `json:"resources"`
+	// NDJSONBytes is the uncompressed body size; WireBytes what was sent
+	// (smaller with gzip). The MB/s figures use NDJSONBytes.
+	NDJSONBytes int64            `json:"ndjsonBytes"`
+	WireBytes   int64            `json:"wireBytes"`
+	Requests    int              `json:"requests"`
+	PerType     map[string]int64 `json:"perType"`
+	// Accepted runs from the first request to the last 200 answer: every
+	// change is durably in the CHANGES stream.
+	Accepted Rate `json:"accepted"`
+	// Queryable runs from the first request until every row is in
+	// ClickHouse (count() of resource_versions equals the total).
+	Queryable Rate `json:"queryable"`
+}
+
+// RunResult is one export run and the raw read that followed it.
+type RunResult struct {
+	Run             int    `json:"run"`
+	StatusURL       string `json:"statusUrl"`
+	TransactionTime string `json:"transactionTime"`
+	Files           int    `json:"files"`
+	Polls           int    `json:"polls"`
+	// ToManifest runs from the kick-off request to the 200 status answer
+	// with the manifest; ToDownloaded until every file is downloaded.
+	// Bytes are the downloaded NDJSON bytes in both.
+	ToManifest   Rate `json:"kickoffToManifest"`
+	ToDownloaded Rate `json:"kickoffToDownloaded"`
+	// Raw is SELECT id, body of the whole table straight from ClickHouse;
+	// Bytes count each body plus a newline, as in an export file.
+	Raw Rate `json:"rawRead"`
+	// The ratios are export resources/s divided by raw resources/s.
+	RatioManifest   float64 `json:"ratioManifestToRaw"`
+	RatioDownloaded float64 `json:"ratioDownloadedToRaw"`
+	Verified        bool    `json:"verified"`
+}
+
+// Medians are the medians over the runs.
+type Medians struct {
+	ToManifest      Rate    `json:"kickoffToManifest"`
+	ToDownloaded    Rate    `json:"kickoffToDownloaded"`
+	Raw             Rate    `json:"rawRead"`
+	RatioManifest   float64 `json:"ratioManifestToRaw"`
+	RatioDownloaded float64 `json:"ratioDownloadedToRaw"`
+}
+
+// Memory is the peak resident memory of one process.
+type Memory struct {
+	Process string  `json:"process"`
+	PID     int     `json:"pid"`
+	PeakMiB float64 `json:"peakMiB"`
+}
+
+// Report is everything one benchmark run measured.
+type Report struct {
+	StartedAt time.Time    `json:"startedAt"`
+	Setup     Setup        `json:"setup"`
+	Ingest    IngestResult `json:"ingest"`
+	Runs      []RunResult  `json:"runs"`
+	Median    Medians      `json:"median"`
+	Memory    []Memory     `json:"peakMemory"`
+	// Verified is true when every run's files matched their manifest
+	// counts and held exactly the ingested number of resources per type.
+	Verified bool     `json:"verified"`
+	Warnings []string `json:"warnings,omitempty"`
+	// KeptDir is the temporary directory when it was kept.
+	KeptDir string `json:"keptDir,omitempty"`
+}
+
+// medianOf returns the median of xs (the mean of the middle two for an even
+// count).
+func medianOf(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	s := append([]float64(nil), xs...)
+	sort.Float64s(s)
+	m := len(s) / 2
+	if len(s)%2 == 1 {
+		return s[m]
+	}
+	return (s[m-1] + s[m]) / 2
+}
+
+// medianRate takes the median of each figure of rates separately.
+func medianRate(rates []Rate) Rate {
+	var sec, res, mbs, bytes []float64
+	for _, r := range rates {
+		sec = append(sec, r.Seconds)
+		res = append(res, r.ResourcesPerSec)
+		mbs = append(mbs, r.MBPerSec)
+		bytes = append(bytes, float64(r.Bytes))
+	}
+	out := Rate{Seconds: medianOf(sec), ResourcesPerSec: medianOf(res), MBPerSec: medianOf(mbs), Bytes: int64(medianOf(bytes))}
+	if len(rates) > 0 {
+		out.Resources = rates[0].Resources
+	}
+	return out
+}
+
+func ratio(a, b float64) float64 {
+	if b == 0 {
+		return 0
+	}
+	return a / b
+}
+
+// computeMedians fills r.Median from r.Runs.
+func (r *Report) computeMedians() {
+	var man, dl, raw []Rate
+	for _, run := range r.Runs {
+		man, dl, raw = append(man, run.ToManifest), append(dl, run.ToDownloaded), append(raw, run.Raw)
+	}
+	r.Median = Medians{ToManifest: medianRate(man), ToDownloaded: medianRate(dl), Raw: medianRate(raw)}
+	r.Median.RatioManifest = ratio(r.Median.ToManifest.ResourcesPerSec, r.Median.Raw.ResourcesPerSec)
+	r.Median.RatioDownloaded = ratio(r.Median.ToDownloaded.ResourcesPerSec, r.Median.Raw.ResourcesPerSec)
+}
+
+// WriteJSON writes the report as indented JSON to path.
+func (r *Report) WriteJSON(path string) error {
+	b, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, append(b, '\n'), 0o644)
+}
+
+// group formats n with thousands separators.
+func group(n int64) string {
+	s := fmt.Sprint(n)
+	neg := strings.HasPrefix(s, "-")
+	s = strings.TrimPrefix(s, "-")
+	var b strings.Builder
+	for i, c := range s {
+		if i > 0 && (len(s)-i)%3 == 0 {
+			b.WriteByte(',')
+		}
+		b.WriteRune(c)
+	}
+	if neg {
+		return "-" + b.String()
+	}
+	return b.String()
+}
+
+// WriteTable prints the report for a person.
+func (r *Report) WriteTable(w io.Writer) error {
+	s := r.Setup
+	gz := "off"
+	if s.Gzip {
+		gz = "on"
+	}
+	fmt.Fprintf(w, "\nflatfhir bulk benchmark  (%s, %d CPUs, ClickHouse %s)\n", s.GoVersion, s.CPUs, s.ClickHouseVersion)
+	fmt.Fprintf(w, "  %d patients -> %s resources (estimate %s), %.1f MB NDJSON; gzip %s; %d writers; %d export runs\n",
+		s.Patients, group(r.Ingest.Resources), group(int64(s.EstimatedResources)), float64(r.Ingest.NDJSONBytes)/MB, gz, s.Writers, s.Runs)
+	fmt.Fprintf(w, "  engine built in %.1f s; API %s; NATS %s (in the harness); ClickHouse %s, database %s\n\n",
+		s.BuildSeconds, s.APIBase, s.NATSURL, s.ClickHouseAddr, s.Database)
+
+	const head = "%-40s %9s %13s %8s  %s\n"
+	row := func(label string, rt Rate, extra string) {
+		fmt.Fprintf(w, "  %-38s %9.2f %13s %8.1f  %s\n", label, rt.Seconds, group(int64(rt.ResourcesPerSec+0.5)), rt.MBPerSec, extra)
+	}
+	fmt.Fprintf(w, head, fmt.Sprintf("INGEST (%d requests)", r.Ingest.Requests), "seconds", "resources/s", "MB/s", "")
+	wire := ""
+	if s.Gzip {
+		wire = fmt.Sprintf("%.1f MB on the wire", float64(r.Ingest.WireBytes)/MB)
+	}
+	row("accepted (last POST answered)", r.Ingest.Accepted, wire)
+	row("queryable (all rows in ClickHouse)", r.Ingest.Queryable, "")
+	fmt.Fprintln(w)
+	fmt.Fprintf(w, head, fmt.Sprintf("EXPORT (median of %d runs)", len(r.Runs)), "seconds", "resources/s", "MB/s", "vs raw read")
+	row("kick-off -> manifest", r.Median.ToManifest, fmt.Sprintf("%.2fx", r.Median.RatioManifest))
+	row("kick-off -> all files downloaded", r.Median.ToDownloaded, fmt.Sprintf("%.2fx", r.Median.RatioDownloaded))
+	row("raw ClickHouse read (SELECT id, body)", r.Median.Raw, "1.00x")
+
+	fmt.Fprintf(w, "\nEach run (seconds; resources/s):\n")
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintf(tw, "run\tfiles\tto manifest\t\tto downloaded\t\traw read\t\tdownloaded/raw\t\n")
+	for _, run := range r.Runs {
+		fmt.Fprintf(tw, "%d\t%d\t%.2f\t%s\t%.2f\t%s\t%.2f\t%s\t%.2fx\t\n", run.Run, run.Files,
+			run.ToManifest.Seconds, group(int64(run.ToManifest.ResourcesPerSec+0.5)),
+			run.ToDownloaded.Seconds, group(int64(run.ToDownloaded.ResourcesPerSec+0.5)),
+			run.Raw.Seconds, group(int64(run.Raw.ResourcesPerSec+0.5)), run.RatioDownloaded)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+
+	fmt.Fprintf(w, "\nPeak memory (VmHWM):\n")
+	for _, m := range r.Memory {
+		fmt.Fprintf(w, "  %-38s %9.1f MiB   (pid %d)\n", m.Process, m.PeakMiB, m.PID)
+	}
+
+	if r.Verified {
+		fmt.Fprintf(w, "\nVERIFIED: in every run each file's line count matched the manifest and the export held exactly the %s ingested resources, per type.\n", group(r.Ingest.Resources))
+	} else {
+		fmt.Fprintf(w, "\nNOT VERIFIED\n")
+	}
+	for _, warn := range r.Warnings {
+		fmt.Fprintf(w, "warning: %s\n", warn)
+	}
+	if r.KeptDir != "" {
+		fmt.Fprintf(w, "kept: %s (logs in %s)\n", r.KeptDir, r.KeptDir+"/logs")
+	}
+	return nil
+}

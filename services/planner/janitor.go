@@ -1,0 +1,67 @@
+package planner
+
+import (
+	"context"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/flatfhir/flatfhir/streams"
+)
+
+// janitor periodically queues the removal of exports whose files expired,
+// and of failed or cancelled exports older than the retention. Removal goes
+// through the same cancel message as a client's DELETE, so every planner
+// replica may run a janitor: removal is idempotent.
+func (p *Planner) janitor(ctx context.Context, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if err := p.sweep(ctx); err != nil && ctx.Err() == nil {
+				p.deps.Log.WarnContext(ctx, "janitor sweep failed", slog.Any("error", err))
+			}
+		}
+	}
+}
+
+// sweep queues the removal of every job past its time.
+func (p *Planner) sweep(ctx context.Context) error {
+	lister, err := p.jobs.KV.ListKeysFiltered(ctx, "job.*")
+	if err != nil {
+		return err
+	}
+	now := p.deps.Now()
+	for key := range lister.Keys() {
+		id := strings.TrimPrefix(key, "job.")
+		job, _, err := p.jobs.Get(ctx, id)
+		if err != nil {
+			continue // removed meanwhile
+		}
+		if !expired(job, now, p.cfg.Retention) {
+			continue
+		}
+		if _, err := p.deps.JS.Publish(ctx, streams.SubjectJobCancel(id), nil, jetstream.WithMsgID("expire."+id)); err != nil {
+			return err
+		}
+		p.deps.Log.InfoContext(ctx, "export expired", slog.String("job", id), slog.String("status", job.Status))
+	}
+	return nil
+}
+
+// expired reports whether a job's files and record should go.
+func expired(job streams.Job, now time.Time, retention time.Duration) bool {
+	switch job.Status {
+	case streams.JobComplete:
+		return !job.ExpiresAt.IsZero() && now.After(job.ExpiresAt)
+	case streams.JobFailed, streams.JobCancelled:
+		return now.After(job.SubmittedAt.Add(retention))
+	default:
+		return false
+	}
+}
