@@ -259,10 +259,9 @@ func (p *Planner) plan(ctx context.Context, id string) error {
 		return err
 	}
 	p.deps.Log.InfoContext(ctx, "export planned", slog.String("job", id), slog.Int("tasks", len(tasks)), slog.String("transaction_time", fhir.FormatInstant(job.TransactionTime)))
-	if len(tasks) == 0 || len(job.Ignored) > 0 {
-		return p.progress(ctx, id)
-	}
-	return nil
+	// Completions handled before TasksPublished was set were not counted:
+	// count now (this also completes a job with no tasks).
+	return p.progress(ctx, id)
 }
 
 // waitWatermark waits until every change up to minSeq is queryable and
@@ -315,14 +314,14 @@ func Split(job streams.Job, t time.Time, counts []chstore.BucketCount, cfg Confi
 		lo, acc := uint64(0), uint64(0)
 		for ; i < len(counts) && counts[i].Type == typ; i++ {
 			acc += counts[i].Rows
-			if acc >= uint64(cfg.TaskRows) {
+			last := i+1 == len(counts) || counts[i+1].Type != typ
+			if acc >= uint64(cfg.TaskRows) && !last {
 				hi := (counts[i].Bucket + 1) * width
-				if hi < chstore.HashSpace {
-					emit(typ, lo, hi)
-					lo, acc = hi, 0
-				}
+				emit(typ, lo, hi)
+				lo, acc = hi, 0
 			}
 		}
+		// The type's last task runs to the end of the hash space.
 		emit(typ, lo, chstore.HashSpace)
 	}
 	return tasks

@@ -173,7 +173,9 @@ func (w *Writer) run(ctx context.Context, msg jetstream.Msg, task streams.Task, 
 		return err
 	}
 	if _, err := w.jobs.KV.Get(ctx, streams.KeyTask(task.JobID, task.TaskID)); err == nil {
-		return nil // an earlier attempt already finished this task
+		// An earlier attempt recorded its result but may have died before
+		// announcing it: announce again (the message id drops duplicates).
+		return w.announce(ctx, task)
 	}
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
@@ -212,6 +214,11 @@ func (w *Writer) run(ctx context.Context, msg jetstream.Msg, task streams.Task, 
 		w.resources.Add(ctx, int64(f.Count), metric.WithAttributes(attribute.String("type", f.Type)))
 		w.bytes.Add(ctx, f.Bytes)
 	}
+	return w.announce(ctx, task)
+}
+
+// announce tells planners that a task has its result.
+func (w *Writer) announce(ctx context.Context, task streams.Task) error {
 	m := nats.NewMsg(streams.SubjectJobDone(task.JobID))
 	m.Data = []byte(task.TaskID)
 	m.Header.Set(jetstream.MsgIDHeader, "done."+task.JobID+"."+task.TaskID)

@@ -1,0 +1,223 @@
+package planner_test
+
+import (
+	"math/rand/v2"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/flatfhir/flatfhir/services/planner"
+	"github.com/flatfhir/flatfhir/shared/chstore"
+	"github.com/flatfhir/flatfhir/streams"
+)
+
+const bucketWidth = chstore.HashSpace / chstore.HashBuckets
+
+// uniform gives every bucket of typ the same rows.
+func uniform(typ string, rows uint64) []chstore.BucketCount {
+	out := make([]chstore.BucketCount, 0, chstore.HashBuckets)
+	for b := range uint64(chstore.HashBuckets) {
+		out = append(out, chstore.BucketCount{Type: typ, Bucket: b, Rows: rows})
+	}
+	return out
+}
+
+// sparse gives typ rows only in the listed buckets (as BucketCounts does:
+// empty buckets are absent).
+func sparse(typ string, rowsByBucket map[uint64]uint64) []chstore.BucketCount {
+	var out []chstore.BucketCount
+	for b := range uint64(chstore.HashBuckets) {
+		if r, ok := rowsByBucket[b]; ok {
+			out = append(out, chstore.BucketCount{Type: typ, Bucket: b, Rows: r})
+		}
+	}
+	return out
+}
+
+func concat(parts ...[]chstore.BucketCount) []chstore.BucketCount {
+	var out []chstore.BucketCount
+	for _, p := range parts {
+		out = append(out, p...)
+	}
+	return out
+}
+
+// checkPlan asserts every property a plan must have, whatever the counts.
+func checkPlan(t testing.TB, job streams.Job, until time.Time, counts []chstore.BucketCount, cfg planner.Config, tasks []streams.Task) {
+	t.Helper()
+	rowsOf := map[string]map[uint64]uint64{} // type -> bucket -> rows
+	var typeOrder []string
+	for _, c := range counts {
+		if rowsOf[c.Type] == nil {
+			rowsOf[c.Type] = map[uint64]uint64{}
+			typeOrder = append(typeOrder, c.Type)
+		}
+		rowsOf[c.Type][c.Bucket] += c.Rows
+	}
+	// Task ids unique and ordered; job fields and limits copied.
+	for i, task := range tasks {
+		if i > 0 && task.TaskID <= tasks[i-1].TaskID {
+			t.Fatalf("task %d id %q not after %q", i, task.TaskID, tasks[i-1].TaskID)
+		}
+		if task.JobID != job.JobID || !task.Since.Equal(job.Since) || !task.Until.Equal(until) ||
+			task.MaxFileResources != cfg.MaxFileResources || task.MaxFileBytes != cfg.MaxFileBytes {
+			t.Fatalf("task %s = %+v: job, since, until or file limits not copied (job %s since %s until %s, limits %d/%d)",
+				task.TaskID, task, job.JobID, job.Since, until, cfg.MaxFileResources, cfg.MaxFileBytes)
+		}
+		if task.HashLo >= task.HashHi || task.HashHi > chstore.HashSpace {
+			t.Fatalf("task %s has empty or out-of-space range [%d, %d)", task.TaskID, task.HashLo, task.HashHi)
+		}
+		if task.HashLo%bucketWidth != 0 || (task.HashHi%bucketWidth != 0) {
+			t.Fatalf("task %s range [%d, %d) does not fall on bucket bounds", task.TaskID, task.HashLo, task.HashHi)
+		}
+	}
+	// Tasks are grouped by type, in the order of the counts; no other type.
+	var seenTypes []string
+	for _, task := range tasks {
+		if len(seenTypes) == 0 || seenTypes[len(seenTypes)-1] != task.Type {
+			if slices.Contains(seenTypes, task.Type) {
+				t.Fatalf("tasks of %s are not contiguous: types mixed", task.Type)
+			}
+			seenTypes = append(seenTypes, task.Type)
+		}
+	}
+	if !slices.Equal(seenTypes, typeOrder) {
+		t.Fatalf("planned types %v, counted types %v", seenTypes, typeOrder)
+	}
+	for _, typ := range typeOrder {
+		var mine []streams.Task
+		for _, task := range tasks {
+			if task.Type == typ {
+				mine = append(mine, task)
+			}
+		}
+		// Contiguous cover of [0, HashSpace): no gap, no overlap.
+		next := uint64(0)
+		var planned uint64
+		for i, task := range mine {
+			if task.HashLo != next {
+				t.Fatalf("%s task %s starts at %d, want %d (gap or overlap)", typ, task.TaskID, task.HashLo, next)
+			}
+			next = task.HashHi
+			var rows, biggest uint64
+			for b := task.HashLo / bucketWidth; b < task.HashHi/bucketWidth; b++ {
+				r := rowsOf[typ][b]
+				rows += r
+				biggest = max(biggest, r)
+			}
+			planned += rows
+			if rows > uint64(cfg.TaskRows)+biggest {
+				t.Errorf("%s task %s holds %d rows: more than TaskRows %d plus one bucket (%d)", typ, task.TaskID, rows, cfg.TaskRows, biggest)
+			}
+			if i < len(mine)-1 && rows < uint64(cfg.TaskRows) {
+				t.Errorf("%s task %s holds %d rows, fewer than TaskRows %d, yet is not the type's last task", typ, task.TaskID, rows, cfg.TaskRows)
+			}
+		}
+		if next != chstore.HashSpace {
+			t.Fatalf("%s tasks end at %d, not at the end of the hash space %d", typ, next, chstore.HashSpace)
+		}
+		var total uint64
+		for _, r := range rowsOf[typ] {
+			total += r
+		}
+		if planned != total {
+			t.Errorf("%s tasks cover %d rows, counted %d", typ, planned, total)
+		}
+	}
+}
+
+func TestPlannerSplit(t *testing.T) {
+	cfg := planner.DefaultConfig()
+	cfg.TaskRows, cfg.MaxFileResources, cfg.MaxFileBytes = 1000, 123, 4567
+	until := time.Date(2025, 3, 4, 5, 6, 7, 890000000, time.UTC)
+	since := time.Date(2024, 1, 1, 0, 0, 0, 0, time.UTC)
+	cases := []struct {
+		name   string
+		since  time.Time
+		counts []chstore.BucketCount
+		rows   int // TaskRows override when non-zero
+		// tasks per type; nil leaves the number to checkPlan's bounds.
+		want map[string]int
+	}{
+		{name: "nothing to export", counts: nil, want: map[string]int{}},
+		{name: "few rows are one task", counts: sparse("Patient", map[uint64]uint64{3: 5, 700: 9}), want: map[string]int{"Patient": 1}},
+		{name: "one row in the last bucket", counts: sparse("Device", map[uint64]uint64{1023: 1}), want: map[string]int{"Device": 1}},
+		{name: "uniform rows split evenly", counts: uniform("Observation", 10), want: map[string]int{"Observation": 11}},
+		// The cut lands on the last bucket with rows; how the empty rest of
+		// the space is planned is not prescribed, only that it is covered.
+		{name: "exactly TaskRows in one bucket", counts: sparse("Patient", map[uint64]uint64{10: 1000})},
+		{name: "a huge bucket ends its task", counts: sparse("Observation", map[uint64]uint64{0: 10, 500: 50_000, 501: 10, 900: 500}), want: map[string]int{"Observation": 2}},
+		{name: "a huge last bucket joins the last task", counts: sparse("Observation", map[uint64]uint64{5: 500, 1023: 50_000}), want: map[string]int{"Observation": 1}},
+		{name: "every bucket over TaskRows", counts: uniform("Observation", 2000), want: map[string]int{"Observation": 1024}},
+		{name: "TaskRows one", rows: 1, counts: sparse("Patient", map[uint64]uint64{1: 1, 2: 1, 400: 3, 1023: 1}), want: map[string]int{"Patient": 4}},
+		{
+			name:  "several types are never mixed",
+			since: since,
+			counts: concat(
+				sparse("Condition", map[uint64]uint64{7: 3}),
+				uniform("Observation", 5),
+				sparse("Patient", map[uint64]uint64{0: 400, 100: 400, 200: 400, 1000: 1}),
+			),
+			want: map[string]int{"Condition": 1, "Observation": 6, "Patient": 2},
+		},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			cfg := cfg
+			if c.rows != 0 {
+				cfg.TaskRows = c.rows
+			}
+			job := streams.Job{ExportRequest: streams.ExportRequest{JobID: "job1", Since: c.since}}
+			tasks := planner.Split(job, until, c.counts, cfg)
+			checkPlan(t, job, until, c.counts, cfg, tasks)
+			if c.want == nil {
+				return
+			}
+			got := map[string]int{}
+			for _, task := range tasks {
+				got[task.Type]++
+			}
+			if len(got) != len(c.want) {
+				t.Errorf("tasks per type %v, want %v", got, c.want)
+			}
+			for typ, n := range c.want {
+				if got[typ] != n {
+					t.Errorf("tasks per type %v, want %v", got, c.want)
+					break
+				}
+			}
+		})
+	}
+}
+
+func TestPlannerSplitRandomCounts(t *testing.T) {
+	r := rand.New(rand.NewPCG(1, 2))
+	types := []string{"AllergyIntolerance", "Condition", "Encounter", "Observation", "Patient"}
+	until := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
+	for i := range 300 {
+		var counts []chstore.BucketCount
+		for _, typ := range types {
+			if r.IntN(4) == 0 {
+				continue // type without rows
+			}
+			density := r.IntN(100) // percent of buckets with rows
+			for b := range uint64(chstore.HashBuckets) {
+				if r.IntN(100) < density {
+					rows := uint64(r.IntN(50) + 1)
+					if r.IntN(200) == 0 {
+						rows = uint64(r.IntN(100_000)) + 1 // a hot bucket
+					}
+					counts = append(counts, chstore.BucketCount{Type: typ, Bucket: b, Rows: rows})
+				}
+			}
+		}
+		cfg := planner.DefaultConfig()
+		cfg.TaskRows = r.IntN(20_000) + 1
+		job := streams.Job{ExportRequest: streams.ExportRequest{JobID: "j"}}
+		tasks := planner.Split(job, until, counts, cfg)
+		checkPlan(t, job, until, counts, cfg, tasks)
+		if t.Failed() {
+			t.Fatalf("case %d (TaskRows %d) failed", i, cfg.TaskRows)
+		}
+	}
+}

@@ -1,0 +1,576 @@
+package writer_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	metricnoop "go.opentelemetry.io/otel/metric/noop"
+	tracenoop "go.opentelemetry.io/otel/trace/noop"
+
+	"github.com/flatfhir/flatfhir/services/writer"
+	"github.com/flatfhir/flatfhir/shared/chstore"
+	"github.com/flatfhir/flatfhir/shared/testenv"
+	"github.com/flatfhir/flatfhir/streams"
+)
+
+type env struct {
+	js         jetstream.JetStream
+	store      *chstore.Store
+	jobs       streams.Jobs
+	files      jetstream.ObjectStore
+	tasks      jetstream.Stream
+	jobsStream jetstream.Stream
+}
+
+func newEnv(t testing.TB) env {
+	t.Helper()
+	ctx := t.Context()
+	_, js := testenv.JetStream(t, testenv.NATS(t))
+	sc := streams.DefaultConfig()
+	sc.Memory = true
+	if err := streams.Ensure(ctx, js, sc); err != nil {
+		t.Fatalf("ensure: %v", err)
+	}
+	e := env{js: js, store: testenv.Store(t)}
+	var err error
+	if e.jobs, err = streams.OpenJobs(ctx, js); err != nil {
+		t.Fatal(err)
+	}
+	if e.files, err = js.ObjectStore(ctx, streams.ObjectFiles); err != nil {
+		t.Fatal(err)
+	}
+	if e.tasks, err = js.Stream(ctx, streams.StreamExportTasks); err != nil {
+		t.Fatal(err)
+	}
+	if e.jobsStream, err = js.Stream(ctx, streams.StreamExportJobs); err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+// runWriters runs n writers until the test ends and checks they stop.
+func runWriters(t testing.TB, e env, n int) {
+	t.Helper()
+	cfg := writer.DefaultConfig()
+	cfg.CheckEvery = 200 * time.Millisecond
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, n)
+	for range n {
+		w, err := writer.New(cfg, writer.Deps{
+			JS: e.js, Store: e.store, Log: testenv.Logger(t),
+			Tracer: tracenoop.NewTracerProvider(), Meter: metricnoop.NewMeterProvider(),
+		})
+		if err != nil {
+			t.Fatalf("new writer: %v", err)
+		}
+		go func() { done <- w.Run(ctx) }()
+	}
+	t.Cleanup(func() {
+		cancel()
+		for range n {
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Errorf("writer stopped with: %v", err)
+				}
+			case <-time.After(30 * time.Second):
+				t.Errorf("writer did not stop within 30s of cancel")
+				return
+			}
+		}
+	})
+}
+
+// version is one row of the model of the store.
+type version struct {
+	seq     uint64
+	stamp   time.Time
+	deleted bool
+	body    string
+}
+
+// model is what was inserted, by id, versions in seq order.
+type model map[string][]version
+
+// at returns the latest version of id at until, and whether there is one.
+func (m model) at(id string, until time.Time) (version, bool) {
+	var v version
+	ok := false
+	for _, x := range m[id] {
+		if !x.stamp.After(until) {
+			v, ok = x, true
+		}
+	}
+	return v, ok
+}
+
+// live is id -> body of every resource a task of [since, until] exports.
+func (m model) live(since, until time.Time) map[string]string {
+	out := map[string]string{}
+	for id := range m {
+		if v, ok := m.at(id, until); ok && !v.deleted && (since.IsZero() || v.stamp.After(since)) {
+			out[id] = v.body
+		}
+	}
+	return out
+}
+
+// deleted is the set of ids whose latest version at until is a delete made after since.
+func (m model) deleted(since, until time.Time) map[string]bool {
+	out := map[string]bool{}
+	for id := range m {
+		if v, ok := m.at(id, until); ok && v.deleted && v.stamp.After(since) {
+			out[id] = true
+		}
+	}
+	return out
+}
+
+var base = time.Date(2025, 2, 3, 4, 5, 6, 0, time.UTC)
+
+// seed inserts 2,500 Observations with updates, deletes, a re-creation,
+// versions after the export's time, and some Patients; it returns the
+// Observations' model.
+func seed(t testing.TB, e env) model {
+	t.Helper()
+	m := model{}
+	var rows []chstore.Row
+	var seq uint64
+	add := func(typ, id string, stamp time.Time, deleted bool, status string) {
+		seq++
+		body := ""
+		if !deleted {
+			body = fmt.Sprintf(`{"resourceType":%q,"id":%q,"meta":{"versionId":"%d"},"status":%q}`, typ, id, seq, status)
+		}
+		rows = append(rows, chstore.Row{Type: typ, ID: id, Seq: seq, LastUpdated: chstore.Micros(stamp), Deleted: deleted, Body: []byte(body)})
+		if typ == "Observation" {
+			m[id] = append(m[id], version{seq: seq, stamp: stamp, deleted: deleted, body: body})
+		}
+	}
+	for i := range 2500 {
+		add("Observation", fmt.Sprintf("o%04d", i), base, false, "final")
+	}
+	for i := range 30 {
+		add("Patient", fmt.Sprintf("p%d", i), base, false, "")
+	}
+	for i := range 2500 {
+		id := fmt.Sprintf("o%04d", i)
+		switch {
+		case i%25 == 0:
+			add("Observation", id, base.Add(time.Minute), true, "")
+		case i%10 == 1:
+			add("Observation", id, base.Add(time.Minute), false, "amended")
+		}
+	}
+	add("Observation", "o0000", base.Add(2*time.Minute), false, "recreated")
+	for i := 2; i < 2500; i += 100 {
+		add("Observation", fmt.Sprintf("o%04d", i), base.Add(2*time.Hour), false, "entered-in-error") // after the export's time
+	}
+	add("Observation", "o0025", base.Add(2*time.Hour), false, "recreated-too-late")
+	if err := e.store.Insert(t.Context(), rows); err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+func createJob(t testing.TB, e env, id, status string, until time.Time) {
+	t.Helper()
+	job := streams.Job{
+		ExportRequest:   streams.ExportRequest{JobID: id, Level: streams.LevelSystem, SubmittedAt: time.Now().UTC()},
+		Status:          status,
+		TransactionTime: until,
+	}
+	if err := e.jobs.Create(t.Context(), job); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// thirds are tasks of job over three ranges covering the hash space.
+func thirds(job, typ string, since, until time.Time, maxRes int, maxBytes int64) []streams.Task {
+	bounds := []uint64{0, chstore.HashSpace / 3, 2 * chstore.HashSpace / 3, chstore.HashSpace}
+	var out []streams.Task
+	for i := range 3 {
+		out = append(out, streams.Task{
+			JobID: job, TaskID: fmt.Sprintf("%05d", i), Type: typ, HashLo: bounds[i], HashHi: bounds[i+1],
+			Since: since, Until: until, MaxFileResources: maxRes, MaxFileBytes: maxBytes,
+		})
+	}
+	return out
+}
+
+func publishTasks(t testing.TB, e env, tasks []streams.Task) {
+	t.Helper()
+	for _, task := range tasks {
+		if _, err := e.js.Publish(t.Context(), streams.SubjectTasks(task.JobID), streams.Encode(task)); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func result(t testing.TB, e env, job, task string) (streams.TaskResult, bool) {
+	t.Helper()
+	entry, err := e.jobs.KV.Get(t.Context(), streams.KeyTask(job, task))
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return streams.TaskResult{}, false
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	var r streams.TaskResult
+	if err := streams.Decode(entry.Value(), &r); err != nil {
+		t.Fatal(err)
+	}
+	return r, true
+}
+
+func objectNames(t testing.TB, e env, prefix string) []string {
+	t.Helper()
+	infos, err := e.files.List(t.Context())
+	if errors.Is(err, jetstream.ErrNoObjectsFound) {
+		return nil
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, info := range infos {
+		if strings.HasPrefix(info.Name, prefix) {
+			names = append(names, info.Name)
+		}
+	}
+	sort.Strings(names)
+	return names
+}
+
+func subjectCount(t testing.TB, s jetstream.Stream, subject string) uint64 {
+	t.Helper()
+	info, err := s.Info(t.Context(), jetstream.WithSubjectFilter(subject))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info.State.Subjects[subject]
+}
+
+// exportedFile is one file a task's result lists, with its lines.
+type exportedFile struct {
+	task  streams.Task
+	file  streams.File
+	lines [][]byte
+}
+
+// readResults reads every file of the results of tasks, checking each
+// against its File entry, and that nothing else is stored for the job.
+func readResults(t testing.TB, e env, tasks []streams.Task) []exportedFile {
+	t.Helper()
+	var out []exportedFile
+	names := map[string]bool{}
+	for _, task := range tasks {
+		r, ok := result(t, e, task.JobID, task.TaskID)
+		if !ok {
+			t.Fatalf("task %s/%s has no result", task.JobID, task.TaskID)
+		}
+		if r.JobID != task.JobID || r.TaskID != task.TaskID || r.Attempt < 1 {
+			t.Errorf("result %+v does not name its task and attempt", r)
+		}
+		for _, f := range r.Files {
+			if names[f.Name] {
+				t.Errorf("file name %s listed twice", f.Name)
+			}
+			names[f.Name] = true
+			raw, err := e.files.GetBytes(t.Context(), streams.ObjectName(task.JobID, f.Name))
+			if err != nil {
+				t.Fatalf("file %s of task %s: %v", f.Name, task.TaskID, err)
+			}
+			if int64(len(raw)) != f.Bytes {
+				t.Errorf("%s: %d bytes stored, result says %d", f.Name, len(raw), f.Bytes)
+			}
+			if len(raw) > 0 && raw[len(raw)-1] != '\n' {
+				t.Errorf("%s does not end with a newline", f.Name)
+			}
+			lines := bytes.Split(bytes.TrimSuffix(raw, []byte("\n")), []byte("\n"))
+			if len(raw) == 0 {
+				lines = nil
+			}
+			if len(lines) != f.Count {
+				t.Errorf("%s: %d lines, result says %d", f.Name, len(lines), f.Count)
+			}
+			out = append(out, exportedFile{task: task, file: f, lines: lines})
+		}
+	}
+	if len(names) == 0 {
+		return out
+	}
+	// Nothing stored beyond what the results list (no abandoned attempt).
+	stored := objectNames(t, e, tasks[0].JobID+"/")
+	if len(stored) != len(names) {
+		t.Errorf("%d objects stored for job %s, results list %d: %v", len(stored), tasks[0].JobID, len(names), stored)
+	}
+	return out
+}
+
+type line struct {
+	ResourceType string `json:"resourceType"`
+	ID           string `json:"id"`
+	Type         string `json:"type"`
+	Entry        []struct {
+		Request struct {
+			Method string `json:"method"`
+			URL    string `json:"url"`
+		} `json:"request"`
+	} `json:"entry"`
+}
+
+func TestWriterExportsTasks(t *testing.T) {
+	e := newEnv(t)
+	m := seed(t, e)
+	until := base.Add(30 * time.Minute)
+	since := base.Add(30 * time.Second)
+	const maxRes = 400
+
+	createJob(t, e, "full", streams.JobRunning, until)
+	createJob(t, e, "since", streams.JobRunning, until)
+	createJob(t, e, "bytes", streams.JobRunning, until)
+	full := thirds("full", "Observation", time.Time{}, until, maxRes, 1<<30)
+	sinceTasks := thirds("since", "Observation", since, until, maxRes, 1<<30)
+	bytesTask := streams.Task{JobID: "bytes", TaskID: "00000", Type: "Observation", HashHi: chstore.HashSpace, Until: until, MaxFileResources: 100_000, MaxFileBytes: 20_000}
+	publishTasks(t, e, full)
+	publishTasks(t, e, sinceTasks)
+	publishTasks(t, e, []streams.Task{bytesTask})
+	runWriters(t, e, 2)
+	testenv.Eventually(t, 2*time.Minute, "every task done and acked", func() bool {
+		info, err := e.tasks.Info(t.Context())
+		return err == nil && info.State.Msgs == 0
+	})
+
+	t.Run("full export", func(t *testing.T) {
+		want := m.live(time.Time{}, until)
+		if len(want) != 2401 {
+			t.Fatalf("model has %d live resources, want 2401", len(want))
+		}
+		files := readResults(t, e, full)
+		seen := map[string]int{}
+		full400 := 0
+		for _, f := range files {
+			if f.file.Type != "Observation" || strings.HasPrefix(f.file.Name, "deleted-") {
+				t.Errorf("file %s of type %s in an export without _since", f.file.Name, f.file.Type)
+			}
+			if f.file.Count > maxRes {
+				t.Errorf("%s holds %d resources, more than %d", f.file.Name, f.file.Count, maxRes)
+			}
+			if f.file.Count == maxRes {
+				full400++
+			}
+			for _, raw := range f.lines {
+				var l line
+				if err := json.Unmarshal(raw, &l); err != nil {
+					t.Fatalf("%s: line is not JSON: %v", f.file.Name, err)
+				}
+				if l.ResourceType != f.file.Type {
+					t.Fatalf("%s of type %s holds a %s", f.file.Name, f.file.Type, l.ResourceType)
+				}
+				if h := uint64(chstore.IDHash(l.ID)); h < f.task.HashLo || h >= f.task.HashHi {
+					t.Errorf("%s exported by task %s whose range [%d, %d) excludes its hash %d", l.ID, f.task.TaskID, f.task.HashLo, f.task.HashHi, h)
+				}
+				seen[l.ID]++
+				if w, ok := want[l.ID]; !ok {
+					t.Errorf("%s exported but not live at the export's time", l.ID)
+				} else if string(raw) != w {
+					t.Errorf("%s exported as %s, want the version at the export's time %s", l.ID, raw, w)
+				}
+			}
+		}
+		for id := range want {
+			if seen[id] != 1 {
+				t.Errorf("%s exported %d times, want once", id, seen[id])
+			}
+		}
+		if len(files) <= 3 || full400 == 0 {
+			t.Errorf("%d files, %d of them full, for ~800 resources per task at %d per file: no rollover", len(files), full400, maxRes)
+		}
+		if n := subjectCount(t, e.jobsStream, streams.SubjectJobDone("full")); n != 3 {
+			t.Errorf("%d completions announced, want 3", n)
+		}
+	})
+
+	t.Run("since exports changes and deletions", func(t *testing.T) {
+		wantLive, wantDeleted := m.live(since, until), m.deleted(since, until)
+		if len(wantLive) != 251 || len(wantDeleted) != 99 {
+			t.Fatalf("model: %d changed and %d deleted since, want 251 and 99", len(wantLive), len(wantDeleted))
+		}
+		gotLive, gotDeleted := map[string]int{}, map[string]int{}
+		for _, f := range readResults(t, e, sinceTasks) {
+			isDeleted := strings.HasPrefix(f.file.Name, "deleted-")
+			if isDeleted != (f.file.Type == "Bundle") {
+				t.Errorf("file %s has type %s", f.file.Name, f.file.Type)
+			}
+			if f.file.Count > maxRes {
+				t.Errorf("%s holds %d lines, more than %d", f.file.Name, f.file.Count, maxRes)
+			}
+			for _, raw := range f.lines {
+				var l line
+				if err := json.Unmarshal(raw, &l); err != nil {
+					t.Fatalf("%s: line is not JSON: %v", f.file.Name, err)
+				}
+				if l.ResourceType != f.file.Type {
+					t.Fatalf("%s of type %s holds a %s", f.file.Name, f.file.Type, l.ResourceType)
+				}
+				if !isDeleted {
+					gotLive[l.ID]++
+					if string(raw) != wantLive[l.ID] {
+						t.Errorf("%s exported as %s, want %s", l.ID, raw, wantLive[l.ID])
+					}
+					continue
+				}
+				if l.Type != "transaction" || len(l.Entry) != 1 || l.Entry[0].Request.Method != "DELETE" || !strings.HasPrefix(l.Entry[0].Request.URL, "Observation/") {
+					t.Fatalf("%s: deletion line %s is not a transaction Bundle with one DELETE of an Observation", f.file.Name, raw)
+				}
+				gotDeleted[strings.TrimPrefix(l.Entry[0].Request.URL, "Observation/")]++
+			}
+		}
+		for id := range wantLive {
+			if gotLive[id] != 1 {
+				t.Errorf("changed %s exported %d times, want once", id, gotLive[id])
+			}
+		}
+		for id := range wantDeleted {
+			if gotDeleted[id] != 1 {
+				t.Errorf("deleted %s reported %d times, want once", id, gotDeleted[id])
+			}
+		}
+		if len(gotLive) != len(wantLive) || len(gotDeleted) != len(wantDeleted) {
+			t.Errorf("exported %d changed and %d deleted, want %d and %d", len(gotLive), len(gotDeleted), len(wantLive), len(wantDeleted))
+		}
+	})
+
+	t.Run("deleted resources appear nowhere without since", func(t *testing.T) {
+		deleted := m.deleted(time.Time{}, until)
+		for _, f := range readResults(t, e, full) {
+			for _, raw := range f.lines {
+				var l line
+				_ = json.Unmarshal(raw, &l)
+				if deleted[l.ID] {
+					t.Errorf("deleted %s exported in %s", l.ID, f.file.Name)
+				}
+			}
+		}
+	})
+
+	t.Run("files roll over by size", func(t *testing.T) {
+		files := readResults(t, e, []streams.Task{bytesTask})
+		total, short := 0, 0
+		for _, f := range files {
+			total += f.file.Count
+			last := int64(len(f.lines[len(f.lines)-1]) + 1)
+			if f.file.Bytes-last >= bytesTask.MaxFileBytes {
+				t.Errorf("%s is %d bytes: it went on past %d", f.file.Name, f.file.Bytes, bytesTask.MaxFileBytes)
+			}
+			if f.file.Bytes < bytesTask.MaxFileBytes {
+				short++
+			}
+		}
+		if total != 2401 || len(files) < 2 {
+			t.Errorf("%d resources in %d files, want 2401 over several files of about %d bytes", total, len(files), bytesTask.MaxFileBytes)
+		}
+		if short > 1 {
+			t.Errorf("%d files below the size limit: only the last one may be", short)
+		}
+	})
+}
+
+func TestWriterSkipsMootTasks(t *testing.T) {
+	e := newEnv(t)
+	seed(t, e)
+	until := base.Add(30 * time.Minute)
+	ctx := t.Context()
+
+	// A job that is no longer running, or is gone, gets no files.
+	for _, status := range []string{streams.JobCancelled, streams.JobFailed, streams.JobComplete, streams.JobAccepted} {
+		createJob(t, e, status, status, until)
+	}
+	// A task whose result is already recorded is not written again.
+	createJob(t, e, "done", streams.JobRunning, until)
+	pre := streams.TaskResult{JobID: "done", TaskID: "00000", Attempt: 99, Files: []streams.File{{Name: "earlier.ndjson", Type: "Observation", Count: 7, Bytes: 70}}}
+	if _, err := e.jobs.KV.Create(ctx, streams.KeyTask("done", "00000"), streams.Encode(pre)); err != nil {
+		t.Fatal(err)
+	}
+	// A running job, to show the writers do work.
+	createJob(t, e, "live", streams.JobRunning, until)
+
+	task := func(job string) streams.Task {
+		return streams.Task{JobID: job, TaskID: "00000", Type: "Observation", HashHi: chstore.HashSpace, Until: until, MaxFileResources: 400, MaxFileBytes: 1 << 30}
+	}
+	moot := []string{streams.JobCancelled, streams.JobFailed, streams.JobComplete, streams.JobAccepted, "removed", "done"}
+	for _, job := range append(moot, "live") {
+		publishTasks(t, e, []streams.Task{task(job)})
+	}
+	runWriters(t, e, 2)
+	testenv.Eventually(t, time.Minute, "every task acked", func() bool {
+		info, err := e.tasks.Info(ctx)
+		return err == nil && info.State.Msgs == 0
+	})
+	if _, ok := result(t, e, "live", "00000"); !ok {
+		t.Fatal("the running job's task has no result")
+	}
+	for _, job := range moot {
+		t.Run(job, func(t *testing.T) {
+			r, ok := result(t, e, job, "00000")
+			if job == "done" {
+				if !ok || r.Attempt != 99 || len(r.Files) != 1 || r.Files[0].Name != "earlier.ndjson" {
+					t.Errorf("recorded result replaced: %+v", r)
+				}
+			} else if ok {
+				t.Errorf("task of a %s job recorded %+v", job, r)
+			}
+			if names := objectNames(t, e, job+"/"); len(names) != 0 {
+				t.Errorf("task of a %s job stored %v", job, names)
+			}
+			if job == "done" {
+				return // whether it re-announces: TestWriterAnnouncesTaskRecordedByEarlierAttempt
+			}
+			if n := subjectCount(t, e.jobsStream, streams.SubjectJobDone(job)); n != 0 {
+				t.Errorf("task of a %s job announced %d completions", job, n)
+			}
+		})
+	}
+}
+
+// An attempt that recorded its result and died before announcing it leaves
+// the task to be redelivered. The planner only counts results when a
+// completion is announced, so the redelivered task must announce it, or the
+// job never completes.
+func TestWriterAnnouncesTaskRecordedByEarlierAttempt(t *testing.T) {
+	e := newEnv(t)
+	ctx := t.Context()
+	until := base.Add(30 * time.Minute)
+	createJob(t, e, "job1", streams.JobRunning, until)
+	earlier := streams.TaskResult{JobID: "job1", TaskID: "00000", Attempt: 1, Files: []streams.File{{Name: "Observation-00000-a1-001.ndjson", Type: "Observation", Count: 1, Bytes: 44}}}
+	if _, err := e.files.PutString(ctx, streams.ObjectName("job1", earlier.Files[0].Name), `{"resourceType":"Observation","id":"o1"}`+"\n"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.jobs.KV.Create(ctx, streams.KeyTask("job1", "00000"), streams.Encode(earlier)); err != nil {
+		t.Fatal(err)
+	}
+	publishTasks(t, e, []streams.Task{{JobID: "job1", TaskID: "00000", Type: "Observation", HashHi: chstore.HashSpace, Until: until, MaxFileResources: 400, MaxFileBytes: 1 << 30}})
+	runWriters(t, e, 1)
+	testenv.Eventually(t, time.Minute, "task acked", func() bool {
+		info, err := e.tasks.Info(ctx)
+		return err == nil && info.State.Msgs == 0
+	})
+	if names := objectNames(t, e, "job1/"); len(names) != 1 {
+		t.Errorf("files %v, want the earlier attempt's file kept and nothing new", names)
+	}
+	if r, _ := result(t, e, "job1", "00000"); r.Attempt != 1 {
+		t.Errorf("result replaced by attempt %d", r.Attempt)
+	}
+	if n := subjectCount(t, e.jobsStream, streams.SubjectJobDone("job1")); n != 1 {
+		t.Errorf("task finished by an earlier attempt acked with %d completion announcements, want 1: the planner never counts it", n)
+	}
+}
