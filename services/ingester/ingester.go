@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -61,8 +62,10 @@ type Ingester struct {
 	tracer   trace.Tracer
 	ingested metric.Int64Counter
 	rejected metric.Int64Counter
-	wm       streams.Watermark
-	rev      uint64
+	rev      uint64 // of the watermark, owned by the committer
+	// committed is the stamp of the committed watermark in microseconds,
+	// for the lag gauge.
+	committed atomic.Int64
 }
 
 // New builds an ingester.
@@ -88,7 +91,7 @@ func New(cfg Config, deps Deps) (*Ingester, error) {
 	if _, err = m.Float64ObservableGauge("flatfhir.ingest.lag", metric.WithUnit("s"),
 		metric.WithDescription("now minus the watermark stamp"),
 		metric.WithFloat64Callback(func(_ context.Context, o metric.Float64Observer) error {
-			o.Observe(deps.Now().Sub(in.wm.Stamp).Seconds())
+			o.Observe(deps.Now().Sub(time.UnixMicro(in.committed.Load())).Seconds())
 			return nil
 		})); err != nil {
 		return nil, err
@@ -118,13 +121,17 @@ func (in *Ingester) Run(ctx context.Context) error {
 	}
 }
 
-// follow reads CHANGES from the watermark on, until an error.
+// follow reads CHANGES from the watermark on, until an error. Reading and
+// stamping the next batch overlaps with inserting the previous one: batches
+// go, in order, to one committer that inserts and then advances the
+// watermark.
 func (in *Ingester) follow(ctx context.Context, kv jetstream.KeyValue) error {
 	wm, rev, err := streams.LoadWatermark(ctx, in.deps.JS)
 	if err != nil {
 		return err
 	}
-	in.wm, in.rev = wm, rev
+	in.rev = rev
+	in.committed.Store(wm.Stamp.UnixMicro())
 	cons, err := in.deps.JS.OrderedConsumer(ctx, streams.StreamChanges, jetstream.OrderedConsumerConfig{
 		DeliverPolicy: jetstream.DeliverByStartSequencePolicy,
 		OptStartSeq:   wm.Seq + 1,
@@ -133,15 +140,39 @@ func (in *Ingester) follow(ctx context.Context, kv jetstream.KeyValue) error {
 		return fmt.Errorf("create ordered consumer on %s: %w", streams.StreamChanges, err)
 	}
 	in.deps.Log.InfoContext(ctx, "ingester following changes", slog.Uint64("from_seq", wm.Seq+1))
-	rows := make([]chstore.Row, 0, in.cfg.BatchSize)
+
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	commits := make(chan pendingCommit, 1)
+	committerDone := make(chan struct{})
+	go func() {
+		defer close(committerDone)
+		for c := range commits {
+			if err := in.commit(ctx, kv, c.rows, c.next); err != nil {
+				cancel(err)
+				return
+			}
+		}
+	}()
+	defer func() { close(commits); <-committerDone }()
+	send := func(rows []chstore.Row, next streams.Watermark) bool {
+		select {
+		case commits <- pendingCommit{rows, next}:
+			return true
+		case <-ctx.Done():
+			return false
+		}
+	}
+
+	assigned := wm // the position the stamps of the next messages follow
 	lastAdvance := in.deps.Now()
 	for ctx.Err() == nil {
 		batch, err := cons.Fetch(in.cfg.BatchSize, jetstream.FetchMaxWait(in.cfg.FlushInterval))
 		if err != nil {
 			return fmt.Errorf("fetch changes: %w", err)
 		}
-		rows = rows[:0]
-		next := in.wm
+		rows := make([]chstore.Row, 0, 1024)
+		next := assigned
 		size := 0
 		for msg := range batch.Messages() {
 			md, err := msg.Metadata()
@@ -160,35 +191,40 @@ func (in *Ingester) follow(ctx context.Context, kv jetstream.KeyValue) error {
 			rows = append(rows, row)
 			if size >= in.cfg.BatchBytes {
 				// Insert what we have; the rest of the fetch continues the batch.
-				if err := in.commit(ctx, kv, rows, next); err != nil {
-					return err
+				if !send(rows, next) {
+					break
 				}
-				rows, size = rows[:0], 0
+				rows, size = make([]chstore.Row, 0, 1024), 0
 			}
 		}
 		if err := batch.Error(); err != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, jetstream.ErrNoMessages) {
 			return fmt.Errorf("fetch changes: %w", err)
 		}
-		if next.Seq != in.wm.Seq {
-			if err := in.commit(ctx, kv, rows, next); err != nil {
-				return err
-			}
+		if next.Seq != assigned.Seq {
+			send(rows, next)
+			assigned = next
 			lastAdvance = in.deps.Now()
 			continue
 		}
 		// Idle: let the watermark's stamp follow the clock.
 		if now := in.deps.Now(); now.Sub(lastAdvance) >= in.cfg.IdleAdvance {
 			lastAdvance = now
-			adv := in.wm
-			if t := now.UTC().Truncate(time.Microsecond); t.After(adv.Stamp) {
-				adv.Stamp = t
-				if err := in.commit(ctx, kv, nil, adv); err != nil {
-					return err
-				}
+			if t := now.UTC().Truncate(time.Microsecond); t.After(assigned.Stamp) {
+				assigned.Stamp = t
+				send(nil, assigned)
 			}
 		}
 	}
+	if cause := context.Cause(ctx); !errors.Is(cause, context.Canceled) {
+		return cause
+	}
 	return nil
+}
+
+// pendingCommit is a batch on its way to ClickHouse and the watermark.
+type pendingCommit struct {
+	rows []chstore.Row
+	next streams.Watermark
 }
 
 // nextStamp is the stamp of the change after one stamped prev, accepted by
@@ -222,7 +258,8 @@ func (in *Ingester) commit(ctx context.Context, kv jetstream.KeyValue, rows []ch
 	if err != nil {
 		return fmt.Errorf("advance watermark to %d: %w", next.Seq, err)
 	}
-	in.wm, in.rev = next, rev
+	in.rev = rev
+	in.committed.Store(next.Stamp.UnixMicro())
 	return nil
 }
 
