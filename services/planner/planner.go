@@ -40,7 +40,7 @@ type Config struct {
 // DefaultConfig returns the defaults.
 func DefaultConfig() Config {
 	return Config{
-		TaskRows: 200_000, MaxFileResources: 100_000, MaxFileBytes: 128 << 20,
+		TaskRows: 50_000, MaxFileResources: 100_000, MaxFileBytes: 128 << 20,
 		Retention: 24 * time.Hour, WatermarkTimeout: 10 * time.Minute, Concurrency: 16,
 		SweepEvery: time.Minute,
 	}
