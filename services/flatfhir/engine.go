@@ -227,7 +227,10 @@ func (e *Engine) Run(ctx context.Context) error {
 
 func (e *Engine) close() {
 	if e.nc != nil {
-		_ = e.nc.Drain()
+		// Every service has stopped: send what they queued (acks and naks
+		// of messages they gave up) before the connection and server go.
+		_ = e.nc.FlushTimeout(5 * time.Second)
+		e.nc.Close()
 	}
 	if e.store != nil {
 		_ = e.store.Close()

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -110,30 +109,11 @@ func (p *Planner) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("open consumer %s: %w", streams.ConsumerPlanner, err)
 	}
-	it, err := cons.Messages(jetstream.PullMaxMessages(p.cfg.Concurrency))
-	if err != nil {
+	go p.janitor(ctx, p.cfg.SweepEvery)
+	if err := streams.Work(ctx, cons, p.cfg.Concurrency, p.handle); err != nil {
 		return fmt.Errorf("consume %s: %w", streams.StreamExportJobs, err)
 	}
-	go func() { <-ctx.Done(); it.Stop() }()
-	go p.janitor(ctx, p.cfg.SweepEvery)
-	sem := make(chan struct{}, p.cfg.Concurrency)
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	for {
-		msg, err := it.Next()
-		if err != nil {
-			if ctx.Err() != nil || errors.Is(err, jetstream.ErrMsgIteratorClosed) {
-				return nil
-			}
-			return fmt.Errorf("next job message: %w", err)
-		}
-		sem <- struct{}{}
-		wg.Add(1)
-		go func() {
-			defer func() { <-sem; wg.Done() }()
-			p.handle(ctx, msg)
-		}()
-	}
+	return nil
 }
 
 func (p *Planner) handle(ctx context.Context, msg jetstream.Msg) {

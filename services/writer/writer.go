@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -100,27 +99,9 @@ func (w *Writer) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("open consumer %s: %w", streams.ConsumerWriters, err)
 	}
-	it, err := cons.Messages(jetstream.PullMaxMessages(w.cfg.Concurrency))
-	if err != nil {
+	if err := streams.Work(ctx, cons, w.cfg.Concurrency, w.handle); err != nil {
 		return fmt.Errorf("consume %s: %w", streams.StreamExportTasks, err)
 	}
-	go func() { <-ctx.Done(); it.Stop() }()
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	for range w.cfg.Concurrency {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				msg, err := it.Next()
-				if err != nil {
-					return
-				}
-				w.handle(ctx, msg)
-			}
-		}()
-	}
-	wg.Wait()
 	return nil
 }
 
@@ -142,7 +123,9 @@ func (w *Writer) handle(ctx context.Context, msg jetstream.Msg) {
 		attribute.String("type", task.Type), attribute.Int64("attempt", int64(md.NumDelivered))))
 	defer span.End()
 	start := time.Now()
+	w.deps.Log.DebugContext(ctx, "task started", slog.String("task", task.TaskID), slog.Uint64("attempt", md.NumDelivered))
 	err = w.run(ctx, msg, task, md.NumDelivered)
+	w.deps.Log.DebugContext(ctx, "task ended", slog.String("task", task.TaskID), slog.Any("error", err), slog.Bool("ctx_done", ctx.Err() != nil))
 	switch {
 	case err == nil:
 		w.duration.Record(ctx, time.Since(start).Seconds())
