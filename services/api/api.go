@@ -13,6 +13,7 @@ import (
 	"github.com/gofiber/fiber/v2"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/trace"
 
@@ -118,12 +119,16 @@ func (s *Server) routes() {
 	s.app.Get("/files/:job/:name", s.file)
 }
 
-// traceRequests starts a span per request.
+// traceRequests starts a span per request, named after the route that
+// served it, and records the response status.
 func (s *Server) traceRequests(c *fiber.Ctx) error {
-	ctx, span := s.tracer.Start(c.UserContext(), c.Method()+" "+c.Route().Path)
+	ctx, span := s.tracer.Start(c.UserContext(), c.Method(), trace.WithSpanKind(trace.SpanKindServer))
 	defer span.End()
 	c.SetUserContext(ctx)
-	return c.Next()
+	err := c.Next()
+	span.SetName(c.Method() + " " + c.Route().Path)
+	span.SetAttributes(attribute.Int("http.response.status_code", c.Response().StatusCode()))
+	return err
 }
 
 // Handler exposes the app for in-process tests.

@@ -39,6 +39,12 @@ func synthea(t testing.TB) string {
 // with small tasks and files, so that splitting and rollover happen.
 func startEngine(t *testing.T) string {
 	t.Helper()
+	return startEngineWith(t, nil)
+}
+
+// startEngineWith lets a test adjust the tuning first.
+func startEngineWith(t *testing.T, adjust func(*flatfhir.Tuning)) string {
+	t.Helper()
 	ch := testenv.ClickHouse(t)
 	cfg := flatfhir.Config{
 		Role: flatfhir.RoleAll, DataDir: t.TempDir(), Listen: "127.0.0.1:0", NATSPort: -1,
@@ -49,6 +55,9 @@ func startEngine(t *testing.T) string {
 	wc := writer.DefaultConfig()
 	wc.CheckEvery = 200 * time.Millisecond
 	tune := flatfhir.Tuning{Planner: pc, Writer: wc, Ingester: ingester.DefaultConfig()}
+	if adjust != nil {
+		adjust(&tune)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	e, err := flatfhir.Start(ctx, cfg, tune, testenv.Logger(t))
 	if err != nil {

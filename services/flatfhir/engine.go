@@ -31,6 +31,8 @@ type Tuning struct {
 	Writer   writer.Config
 	Ingester ingester.Config
 	Streams  streams.Config
+	// Telemetry replaces the providers built from the configuration.
+	Telemetry *telemetry.Providers
 }
 
 // Engine is a started set of services.
@@ -59,8 +61,10 @@ func Start(ctx context.Context, cfg Config, tune Tuning, log *slog.Logger) (_ *E
 			e.close()
 		}
 	}()
-	if e.tel, err = telemetry.Setup(ctx, telemetry.Config{ServiceName: "flatfhir-" + cfg.Role, OTLPEndpoint: cfg.OTLPEndpoint, Insecure: true}); err != nil {
-		return nil, err
+	if e.tel = tune.Telemetry; e.tel == nil {
+		if e.tel, err = telemetry.Setup(ctx, telemetry.Config{ServiceName: "flatfhir-" + cfg.Role, OTLPEndpoint: cfg.OTLPEndpoint, Insecure: true}); err != nil {
+			return nil, err
+		}
 	}
 	natsURL := cfg.NATSURL
 	if natsURL == "" {

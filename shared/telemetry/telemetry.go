@@ -65,6 +65,12 @@ func Setup(ctx context.Context, cfg Config) (*Providers, error) {
 	return &Providers{Tracer: tp, Meter: mp, shutdown: []func(context.Context) error{tp.Shutdown, mp.Shutdown}}, nil
 }
 
+// FromProviders wraps providers built elsewhere (tests, embedding
+// programs); Shutdown leaves them alone.
+func FromProviders(tp trace.TracerProvider, mp metric.MeterProvider) *Providers {
+	return &Providers{Tracer: tp, Meter: mp}
+}
+
 // Shutdown flushes and stops the providers.
 func (p *Providers) Shutdown(ctx context.Context) error {
 	var errs []error
