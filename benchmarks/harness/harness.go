@@ -209,17 +209,22 @@ func (h *harness) notReady(ctx context.Context) string {
 	if err != nil || resp.StatusCode != http.StatusOK {
 		return "the api does not answer GET /metadata"
 	}
-	for _, c := range []struct{ stream, consumer, role string }{
-		{streams.StreamExportJobs, streams.ConsumerPlanner, "planner"},
-		{streams.StreamExportTasks, streams.ConsumerWriters, "writer"},
-	} {
-		cons, err := h.js.Consumer(ctx, c.stream, c.consumer)
-		if err != nil {
-			return "no consumer " + c.consumer + " yet"
+	// Planners and writers pull only when free and never wait at the
+	// server, so a connected process is the sign of life to look for.
+	names, err := h.nats.ClientNames()
+	if err != nil {
+		return err.Error()
+	}
+	connected := map[string]bool{}
+	for _, n := range names {
+		connected[n] = true
+	}
+	for _, role := range []string{"planner", "writer", "ingester"} {
+		if !connected["flatfhir-"+role] {
+			return "the " + role + " has not connected to NATS yet"
 		}
-		info, err := cons.Info(ctx)
-		if err != nil || info.NumWaiting == 0 {
-			return "the " + c.role + " does not pull tasks yet"
+		if _, err := h.js.Consumer(ctx, streams.StreamExportTasks, streams.ConsumerWriters); err != nil {
+			return "no consumer " + streams.ConsumerWriters + " yet"
 		}
 	}
 	if _, rev, err := streams.LoadWatermark(ctx, h.js); err != nil || rev == 0 {

@@ -74,3 +74,17 @@ func (s *Server) Shutdown() {
 	s.srv.Shutdown()
 	s.srv.WaitForShutdown()
 }
+
+// ClientNames lists the names of the connected clients, e.g. to see which
+// services have connected.
+func (s *Server) ClientNames() ([]string, error) {
+	cz, err := s.srv.Connz(&server.ConnzOptions{Limit: 1024})
+	if err != nil {
+		return nil, fmt.Errorf("list nats connections: %w", err)
+	}
+	names := make([]string, 0, len(cz.Conns))
+	for _, c := range cz.Conns {
+		names = append(names, c.Name)
+	}
+	return names, nil
+}
