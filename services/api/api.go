@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/gofiber/fiber/v2"
+	"github.com/gofiber/fiber/v2/middleware/recover"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel/attribute"
@@ -110,6 +111,8 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Server, error) {
 }
 
 func (s *Server) routes() {
+	// A panic in a handler is a 500 for that request, never a crash.
+	s.app.Use(recover.New())
 	s.app.Use(s.traceRequests)
 	s.app.Get("/metadata", s.metadata)
 	s.app.Post("/$ingest", s.ingest)
