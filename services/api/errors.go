@@ -1,6 +1,7 @@
 package api
 
 import (
+	"errors"
 	"fmt"
 
 	"github.com/gofiber/fiber/v2"
@@ -59,10 +60,13 @@ func sendOutcome(c *fiber.Ctx, p *problem) error {
 // they are, Fiber's own errors (unknown route, bad method) with their
 // status, anything else as a 500 that does not leak internals.
 func (s *Server) errorHandler(c *fiber.Ctx, err error) error {
-	switch e := err.(type) {
-	case *problem:
-		return sendOutcome(c, e)
-	case *fiber.Error:
+	var p *problem
+	var fe *fiber.Error
+	switch {
+	case errors.As(err, &p):
+		return sendOutcome(c, p)
+	case errors.As(err, &fe):
+		e := fe
 		code := fhir.CodeProcessing
 		if e.Code == fiber.StatusNotFound {
 			code = fhir.CodeNotFound

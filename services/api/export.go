@@ -87,6 +87,9 @@ func parsePrefer(values [][]byte) (lenient bool, err error) {
 	for _, v := range values {
 		for _, tok := range strings.Split(string(v), ",") {
 			tok = strings.ToLower(strings.TrimSpace(tok))
+			// RFC 7240: optional spaces around '=', parameters after ';'.
+			tok, _, _ = strings.Cut(tok, ";")
+			tok = strings.ReplaceAll(strings.TrimSpace(tok), " ", "")
 			switch {
 			case tok == "", tok == "respond-async":
 			case strings.HasPrefix(tok, "handling="):
@@ -122,7 +125,11 @@ func parseKickoff(params map[string][]string, lenient bool) (kickoffRequest, err
 	for _, name := range names {
 		vals := params[name]
 		if !listParams[name] && len(vals) > 1 {
-			if err := refuse(badRequest("parameter %s may appear only once", name)); err != nil {
+			p := badRequest("parameter %s may appear only once", name)
+			if name == "_since" {
+				return req, p // ignoring it would widen the export
+			}
+			if err := refuse(p); err != nil {
 				return req, err
 			}
 			continue
@@ -143,16 +150,19 @@ func parseKickoff(params map[string][]string, lenient bool) (kickoffRequest, err
 				req.since = t
 			}
 		case "_type":
-			var perr error
-			req.types, perr = parseTypes(vals)
-			if perr != nil {
-				// Lenient mode drops the unknown types; with none left it
-				// cannot proceed without widening the export.
-				req.types = validTypesOnly(vals)
-				if len(req.types) == 0 {
-					return req, perr
+			var unknown []*problem
+			req.types, unknown = parseTypes(vals)
+			switch {
+			case len(req.types) == 0 && len(unknown) == 0:
+				err = badRequest("_type is empty")
+			case len(unknown) > 0 && (len(req.types) == 0 || !lenient):
+				// Lenient mode drops unknown types, but with none left it
+				// could only proceed by widening the export.
+				err = unknown[0]
+			default:
+				for _, p := range unknown {
+					_ = refuse(p)
 				}
-				err = refuse(perr.(*problem))
 			}
 		default:
 			err = refuse(notSupported("parameter %s is not supported by this server", name))
@@ -176,38 +186,26 @@ func splitList(vals []string) []string {
 	return out
 }
 
-// parseTypes reads _type: the union of every value, comma-split.
-func parseTypes(vals []string) ([]string, error) {
-	items := splitList(vals)
-	if len(items) == 0 {
-		return nil, badRequest("_type is empty")
-	}
+// parseTypes reads _type: the union of every value, comma-split, sorted
+// and without duplicates, and a problem for each value that is not an R4
+// resource type.
+func parseTypes(vals []string) ([]string, []*problem) {
 	seen := map[string]bool{}
 	var out []string
-	for _, t := range items {
-		if !fhir.IsResourceType(t) {
-			return nil, notSupported("_type %q is not a FHIR R4 resource type", t)
-		}
-		if !seen[t] {
-			seen[t] = true
-			out = append(out, t)
-		}
-	}
-	sort.Strings(out)
-	return out, nil
-}
-
-func validTypesOnly(vals []string) []string {
-	seen := map[string]bool{}
-	var out []string
+	var unknown []*problem
 	for _, t := range splitList(vals) {
-		if fhir.IsResourceType(t) && !seen[t] {
-			seen[t] = true
-			out = append(out, t)
+		if seen[t] {
+			continue
 		}
+		seen[t] = true
+		if !fhir.IsResourceType(t) {
+			unknown = append(unknown, notSupported("_type %q is not a FHIR R4 resource type", t))
+			continue
+		}
+		out = append(out, t)
 	}
 	sort.Strings(out)
-	return out
+	return out, unknown
 }
 
 // accept records the job, announces it to planners and answers 202.

@@ -17,6 +17,9 @@ import (
 	"github.com/flatfhir/flatfhir/streams"
 )
 
+// lineSlack is the white space a line may carry beyond the resource limit.
+const lineSlack = 4096
+
 var ndjsonTypes = map[string]bool{"application/fhir+ndjson": true, "application/ndjson": true, "application/x-ndjson": true, "application/fhir ndjson": true}
 
 // ingest serves POST [base]/$ingest: an NDJSON body of resources of any
@@ -92,7 +95,9 @@ func validateInto(body io.Reader, spool io.Writer, maxLine int) (int, error) {
 			var chunk []byte
 			chunk, err = br.ReadSlice('\n')
 			line = append(line, chunk...)
-			if len(line) > maxLine {
+			// The limit is on the resource; allow its line ending and some
+			// blanks around it, but never read an unbounded line.
+			if len(line) > maxLine+lineSlack || len(bytes.TrimSpace(line)) > maxLine && !errors.Is(err, bufio.ErrBufferFull) {
 				return 0, tooLarge("line %d: resource larger than %d bytes", lineNo+1, maxLine)
 			}
 			if !errors.Is(err, bufio.ErrBufferFull) {
