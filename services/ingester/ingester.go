@@ -132,6 +132,16 @@ func (in *Ingester) follow(ctx context.Context, kv jetstream.KeyValue) error {
 	}
 	in.rev = rev
 	in.committed.Store(wm.Stamp.UnixMicro())
+	// Versions a crashed predecessor inserted without advancing the
+	// watermark: they are replayed with the same seqs and stamps, so skip
+	// them rather than store them twice.
+	stored, err := in.deps.Store.SeqsAfter(ctx, wm.Seq, chstore.Micros(wm.Stamp))
+	if err != nil {
+		return err
+	}
+	if len(stored) > 0 {
+		in.deps.Log.WarnContext(ctx, "ingester skips versions already stored after the watermark", slog.Int("versions", len(stored)))
+	}
 	cons, err := in.deps.JS.OrderedConsumer(ctx, streams.StreamChanges, jetstream.OrderedConsumerConfig{
 		DeliverPolicy: jetstream.DeliverByStartSequencePolicy,
 		OptStartSeq:   wm.Seq + 1,
@@ -181,6 +191,10 @@ func (in *Ingester) follow(ctx context.Context, kv jetstream.KeyValue) error {
 			}
 			next.Seq = md.Sequence.Stream
 			next.Stamp = nextStamp(next.Stamp, md.Timestamp)
+			if len(stored) > 0 && stored[next.Seq] {
+				delete(stored, next.Seq)
+				continue
+			}
 			row, err := toRow(msg, next)
 			if err != nil {
 				in.rejected.Add(ctx, 1)

@@ -76,8 +76,9 @@ func (r Range) validate() error {
 
 // latestSQL selects (id, body) of the latest version at or before Until of
 // each resource in the range, keeping only resources whose latest version
-// has the wanted deleted flag. The inner query holds only ids and seqs;
-// LIMIT 1 BY drops rows a crashed ingester inserted twice.
+// has the wanted deleted flag. The inner query holds only ids and seqs.
+// Every (id, seq) is stored once (see SeqsAfter), so the outer pass needs
+// no de-duplication.
 func (s *Store) latestSQL(deleted bool) string {
 	del := "0"
 	if deleted {
@@ -86,8 +87,7 @@ func (s *Store) latestSQL(deleted bool) string {
 	where := "type = ? AND id_hash >= ? AND id_hash < ? AND last_updated <= ?"
 	return "SELECT id, body FROM " + s.table + " WHERE " + where +
 		" AND (id, seq) IN (SELECT id, max(seq) FROM " + s.table + " WHERE " + where +
-		" GROUP BY id HAVING argMax(deleted, seq) = " + del + " AND max(last_updated) > ?)" +
-		" LIMIT 1 BY id"
+		" GROUP BY id HAVING argMax(deleted, seq) = " + del + " AND max(last_updated) > ?)"
 }
 
 // ReadLatest streams the latest version of every live resource in r to fn,
@@ -128,4 +128,29 @@ func (s *Store) read(ctx context.Context, r Range, deleted bool, fn func(id stri
 		return fmt.Errorf("read %s range [%d, %d): %w", r.Type, r.HashLo, r.HashHi, err)
 	}
 	return nil
+}
+
+// SeqsAfter returns the seqs of the versions stored after a watermark
+// (seq, stamp in microseconds): what an ingester that crashed between an
+// insert and its watermark update had already inserted. The ingester skips
+// them when it replays, so no version is ever stored twice. Every such row
+// is stamped after the watermark, so the read prunes to recent partitions.
+func (s *Store) SeqsAfter(ctx context.Context, seq, stamp uint64) (map[uint64]bool, error) {
+	rows, err := s.conn.Query(ctx, "SELECT seq FROM "+s.table+" WHERE last_updated > ? AND seq > ?", stamp, seq)
+	if err != nil {
+		return nil, fmt.Errorf("read seqs after %d from %s: %w", seq, s.table, err)
+	}
+	defer rows.Close()
+	out := map[uint64]bool{}
+	for rows.Next() {
+		var v uint64
+		if err := rows.Scan(&v); err != nil {
+			return nil, fmt.Errorf("scan seq: %w", err)
+		}
+		out[v] = true
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("read seqs after %d from %s: %w", seq, s.table, err)
+	}
+	return out, nil
 }

@@ -16,8 +16,8 @@ type Row struct {
 	Body        []byte
 }
 
-// Insert writes rows in one batch. Rows that were already inserted with the
-// same seq (a replay after a crash) are harmless: reads keep one per seq.
+// Insert writes rows in one batch. A caller replaying changes after a crash
+// must leave out the seqs SeqsAfter reports: reads expect each (id, seq) once.
 func (s *Store) Insert(ctx context.Context, rows []Row) error {
 	if len(rows) == 0 {
 		return nil
