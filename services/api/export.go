@@ -1,7 +1,6 @@
 package api
 
 import (
-	"errors"
 	"fmt"
 	"mime"
 	"net/url"
@@ -241,5 +240,3 @@ func (s *Server) accept(c *fiber.Ctx, lvl level, req kickoffRequest) error {
 	msg := "export accepted; poll the Content-Location URL for its status"
 	return c.Status(fiber.StatusAccepted).Send(fhir.Outcome(fhir.SeverityInformation, fhir.CodeInformational, msg).JSON())
 }
-
-var errNoJob = errors.New("no such export")

@@ -31,9 +31,10 @@ Only some types, as of a time:
 
 Load your own NDJSON:
   curl -s -X POST -H 'Content-Type: application/fhir+ndjson' --data-binary @Patient.ndjson '%s/$ingest'
-
-Ctrl-C stops everything; data stays in %s.
-`, cfg.Role, base, base, base, base, cfg.DataDir)
+`, cfg.Role, base, base, base, base)
+		if cfg.Role == RoleAll {
+			fmt.Fprintf(out, "\nCtrl-C stops everything; data stays in %s.\n", cfg.DataDir)
+		}
 	}
 	return e.Run(ctx)
 }
