@@ -14,7 +14,7 @@ import (
 )
 
 // syntheaDir is the Synthea sample, found relative to this file:
-// /work/main/shared/compartment -> /work/shared/data/synthea-100.
+// <repo>/shared/compartment -> <repo>/../shared/data/synthea-100.
 func syntheaDir(tb testing.TB) string {
 	tb.Helper()
 	_, file, _, ok := runtime.Caller(0)
