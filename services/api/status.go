@@ -1,12 +1,16 @@
 package api
 
 import (
+	"bufio"
+	"compress/gzip"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/url"
 	"regexp"
 	"strconv"
+	"strings"
 
 	"github.com/gofiber/fiber/v2"
 	"github.com/nats-io/nats.go/jetstream"
@@ -146,6 +150,34 @@ func (s *Server) file(c *fiber.Ctx) error {
 		return transient("file %s of export %s could not be read; retry: %v", name, job.JobID, err)
 	}
 	c.Set(fiber.HeaderContentType, "application/fhir+ndjson")
-	c.Context().SetBodyStream(obj, int(info.Size))
+	c.Set(fiber.HeaderVary, fiber.HeaderAcceptEncoding)
+	if !acceptsGzip(c.Get(fiber.HeaderAcceptEncoding)) {
+		c.Context().SetBodyStream(obj, int(info.Size))
+		return nil
+	}
+	// Compress while streaming: the file is never held whole.
+	c.Set(fiber.HeaderContentEncoding, "gzip")
+	c.Context().SetBodyStreamWriter(func(w *bufio.Writer) {
+		defer obj.Close()
+		zw, _ := gzip.NewWriterLevel(w, gzip.BestSpeed) // a valid level never errs
+		if _, err := io.Copy(zw, obj); err != nil {
+			s.deps.Log.Warn("file download interrupted", "job", job.JobID, "file", name, "error", err)
+			return
+		}
+		_ = zw.Close()
+	})
 	return nil
+}
+
+// acceptsGzip reports whether an Accept-Encoding value allows gzip.
+func acceptsGzip(header string) bool {
+	for _, part := range strings.Split(header, ",") {
+		coding, params, _ := strings.Cut(strings.TrimSpace(part), ";")
+		if !strings.EqualFold(strings.TrimSpace(coding), "gzip") {
+			continue
+		}
+		q := strings.ReplaceAll(strings.ToLower(params), " ", "")
+		return q != "q=0" && q != "q=0.0" && q != "q=0.00" && q != "q=0.000"
+	}
+	return false
 }

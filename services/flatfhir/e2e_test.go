@@ -369,6 +369,22 @@ func TestE2EKickoffParameters(t *testing.T) {
 			t.Errorf("error file %s: %d %s", item.URL, r.StatusCode, b)
 		}
 	})
+	t.Run("gzip download when asked", func(t *testing.T) {
+		m, _, _ := await(t, kickoff(t, base+"/$export?_type=Patient"))
+		plain, want := do(t, "GET", m.Output[0].URL, nil)
+		resp, body := do(t, "GET", m.Output[0].URL, nil, "Accept-Encoding", "gzip, deflate, br, identity")
+		if plain.Header.Get("Content-Encoding") != "" || resp.Header.Get("Content-Encoding") != "gzip" {
+			t.Fatalf("Content-Encoding plain %q, gzip-accepting %q", plain.Header.Get("Content-Encoding"), resp.Header.Get("Content-Encoding"))
+		}
+		zr, err := gzipReader(bytes.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := io.ReadAll(zr)
+		if err != nil || !bytes.Equal(got, want) || resp.Header.Get("Content-Type") != "application/fhir+ndjson" {
+			t.Errorf("gzip download differs from the plain one (%d vs %d bytes, %v)", len(got), len(want), err)
+		}
+	})
 	t.Run("delete then 404", func(t *testing.T) {
 		status := kickoff(t, base+"/$export?_type=Patient")
 		m, _, _ := await(t, status)
