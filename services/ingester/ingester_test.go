@@ -19,6 +19,7 @@ import (
 	"github.com/flatfhir/flatfhir/shared/fhir"
 	"github.com/flatfhir/flatfhir/shared/testenv"
 	"github.com/flatfhir/flatfhir/streams"
+	"github.com/flatfhir/flatfhir/streams/streamstest"
 )
 
 type env struct {
@@ -29,12 +30,7 @@ type env struct {
 
 func newEnv(t testing.TB) env {
 	t.Helper()
-	_, js := testenv.JetStream(t, testenv.NATS(t))
-	sc := streams.DefaultConfig()
-	sc.Memory = true
-	if err := streams.Ensure(t.Context(), js, sc); err != nil {
-		t.Fatalf("ensure: %v", err)
-	}
+	js := streamstest.New(t).JS
 	return env{js: js, store: testenv.Store(t), pub: streams.NewChangePublisher(js)}
 }
 

@@ -19,45 +19,25 @@ import (
 	"github.com/flatfhir/flatfhir/shared/chstore"
 	"github.com/flatfhir/flatfhir/shared/testenv"
 	"github.com/flatfhir/flatfhir/streams"
+	"github.com/flatfhir/flatfhir/streams/streamstest"
 )
 
-// env is one planner's world: real JetStream and a fresh ClickHouse database.
+// env is one test's world: real JetStream and a fresh ClickHouse database.
 type env struct {
-	js    jetstream.JetStream
+	streamstest.Bus
 	store *chstore.Store
-	jobs  streams.Jobs
-	files jetstream.ObjectStore
-	tasks jetstream.Stream
 }
 
 func newEnv(t testing.TB) env {
 	t.Helper()
-	ctx := t.Context()
-	_, js := testenv.JetStream(t, testenv.NATS(t))
-	sc := streams.DefaultConfig()
-	sc.Memory = true
-	if err := streams.Ensure(ctx, js, sc); err != nil {
-		t.Fatalf("ensure: %v", err)
-	}
-	e := env{js: js, store: testenv.Store(t)}
-	var err error
-	if e.jobs, err = streams.OpenJobs(ctx, js); err != nil {
-		t.Fatal(err)
-	}
-	if e.files, err = js.ObjectStore(ctx, streams.ObjectFiles); err != nil {
-		t.Fatal(err)
-	}
-	if e.tasks, err = js.Stream(ctx, streams.StreamExportTasks); err != nil {
-		t.Fatal(err)
-	}
-	return e
+	return env{Bus: streamstest.New(t), store: testenv.Store(t)}
 }
 
 // runPlanner runs a planner until the test ends and checks it stops cleanly.
 func runPlanner(t testing.TB, e env, cfg planner.Config) {
 	t.Helper()
 	p, err := planner.New(cfg, planner.Deps{
-		JS: e.js, Store: e.store, Log: testenv.Logger(t),
+		JS: e.JS, Store: e.store, Log: testenv.Logger(t),
 		Tracer: tracenoop.NewTracerProvider(), Meter: metricnoop.NewMeterProvider(),
 	})
 	if err != nil {
@@ -81,7 +61,7 @@ func runPlanner(t testing.TB, e env, cfg planner.Config) {
 
 func setWatermark(t testing.TB, e env, wm streams.Watermark) {
 	t.Helper()
-	kv, err := e.js.KeyValue(t.Context(), streams.BucketIngest)
+	kv, err := e.JS.KeyValue(t.Context(), streams.BucketIngest)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -119,14 +99,14 @@ func newJob(id string, minSeq uint64) streams.Job {
 
 func publish(t testing.TB, e env, subject string, data []byte) {
 	t.Helper()
-	if _, err := e.js.Publish(t.Context(), subject, data); err != nil {
+	if _, err := e.JS.Publish(t.Context(), subject, data); err != nil {
 		t.Fatalf("publish on %s: %v", subject, err)
 	}
 }
 
 func getJob(t testing.TB, e env, id string) streams.Job {
 	t.Helper()
-	j, _, err := e.jobs.Get(t.Context(), id)
+	j, _, err := e.Jobs.Get(t.Context(), id)
 	if err != nil {
 		t.Fatalf("get job %s: %v", id, err)
 	}
@@ -137,13 +117,13 @@ func getJob(t testing.TB, e env, id string) streams.Job {
 func queuedTasks(t testing.TB, e env, job string) []streams.Task {
 	t.Helper()
 	ctx := t.Context()
-	info, err := e.tasks.Info(ctx)
+	info, err := e.Tasks.Info(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
 	var out []streams.Task
 	for seq := info.State.FirstSeq; seq <= info.State.LastSeq && info.State.Msgs > 0; seq++ {
-		m, err := e.tasks.GetMsg(ctx, seq)
+		m, err := e.Tasks.GetMsg(ctx, seq)
 		if errors.Is(err, jetstream.ErrMsgNotFound) {
 			continue
 		}
@@ -173,7 +153,7 @@ func subjectCount(t testing.TB, s jetstream.Stream, subject string) uint64 {
 
 func taskResultKeys(t testing.TB, e env, job string) []string {
 	t.Helper()
-	lister, err := e.jobs.KV.ListKeysFiltered(t.Context(), streams.KeyTasksOfJob(job))
+	lister, err := e.Jobs.KV.ListKeysFiltered(t.Context(), streams.KeyTasksOfJob(job))
 	if errors.Is(err, jetstream.ErrNoKeysFound) {
 		return nil
 	}
@@ -189,7 +169,7 @@ func taskResultKeys(t testing.TB, e env, job string) []string {
 
 func objectNames(t testing.TB, e env, prefix string) []string {
 	t.Helper()
-	infos, err := e.files.List(t.Context())
+	infos, err := e.Files.List(t.Context())
 	if errors.Is(err, jetstream.ErrNoObjectsFound) {
 		return nil
 	}
@@ -208,7 +188,7 @@ func objectNames(t testing.TB, e env, prefix string) []string {
 
 func putResult(t testing.TB, e env, r streams.TaskResult) {
 	t.Helper()
-	if _, err := e.jobs.KV.Create(t.Context(), streams.KeyTask(r.JobID, r.TaskID), streams.Encode(r)); err != nil {
+	if _, err := e.Jobs.KV.Create(t.Context(), streams.KeyTask(r.JobID, r.TaskID), streams.Encode(r)); err != nil {
 		t.Fatalf("record result of task %s: %v", r.TaskID, err)
 	}
 }
@@ -232,12 +212,12 @@ func planned(t *testing.T, e env, id string) time.Time {
 	insert(t, e, "Encounter", "e", 50, base.Add(2*time.Hour), &seq)
 	stamp := base.Add(time.Hour).Add(123456 * time.Microsecond)
 	setWatermark(t, e, streams.Watermark{Seq: 0, Stamp: stamp})
-	if err := e.jobs.Create(t.Context(), newJob(id, 0)); err != nil {
+	if err := e.Jobs.Create(t.Context(), newJob(id, 0)); err != nil {
 		t.Fatal(err)
 	}
 	publish(t, e, streams.SubjectJobSubmit(id), nil)
 	testenv.Eventually(t, 30*time.Second, "job "+id+" planned", func() bool {
-		j, _, err := e.jobs.Get(t.Context(), id)
+		j, _, err := e.Jobs.Get(t.Context(), id)
 		return err == nil && j.Status == streams.JobRunning && j.TasksPublished
 	})
 	return stamp
@@ -256,7 +236,7 @@ func TestPlannerPlansAndCompletesExport(t *testing.T) {
 		t.Errorf("transactionTime %s, want the watermark stamp %s", job.TransactionTime, stamp)
 	}
 	tasks := queuedTasks(t, e, id)
-	if n := subjectCount(t, e.tasks, streams.SubjectTasks(id)); job.TasksTotal != int(n) || len(tasks) != int(n) {
+	if n := subjectCount(t, e.Tasks, streams.SubjectTasks(id)); job.TasksTotal != int(n) || len(tasks) != int(n) {
 		t.Fatalf("TasksTotal %d, %d task messages queued (%d read)", job.TasksTotal, n, len(tasks))
 	}
 	perType := map[string]int{}
@@ -324,7 +304,7 @@ func TestPlannerPlansAndCompletesExport(t *testing.T) {
 	if job.Manifest != streams.ObjectName(id, "manifest.json") {
 		t.Errorf("manifest object %q", job.Manifest)
 	}
-	raw, err := e.files.GetBytes(ctx, job.Manifest)
+	raw, err := e.Files.GetBytes(ctx, job.Manifest)
 	if err != nil {
 		t.Fatalf("read manifest %s: %v", job.Manifest, err)
 	}
@@ -354,7 +334,7 @@ func TestPlannerIgnoredParametersBecomeErrorFile(t *testing.T) {
 	setWatermark(t, e, streams.Watermark{Seq: 0, Stamp: time.Now().UTC()})
 	job := newJob("job1", 0)
 	job.Ignored = []string{"_foo=bar", "_elements"}
-	if err := e.jobs.Create(ctx, job); err != nil {
+	if err := e.Jobs.Create(ctx, job); err != nil {
 		t.Fatal(err)
 	}
 	publish(t, e, streams.SubjectJobSubmit(job.JobID), nil)
@@ -365,7 +345,7 @@ func TestPlannerIgnoredParametersBecomeErrorFile(t *testing.T) {
 	if got.TasksTotal != 0 {
 		t.Errorf("an export of an empty store has %d tasks", got.TasksTotal)
 	}
-	raw, err := e.files.GetBytes(ctx, got.Manifest)
+	raw, err := e.Files.GetBytes(ctx, got.Manifest)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -376,7 +356,7 @@ func TestPlannerIgnoredParametersBecomeErrorFile(t *testing.T) {
 	if len(m.Output) != 0 || len(m.Error) != 1 || m.Error[0].Type != "OperationOutcome" || m.Error[0].Count != 2 {
 		t.Fatalf("manifest %s: want no output and one OperationOutcome file of 2", raw)
 	}
-	body, err := e.files.GetString(ctx, streams.ObjectName(job.JobID, m.Error[0].Name))
+	body, err := e.Files.GetString(ctx, streams.ObjectName(job.JobID, m.Error[0].Name))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -412,12 +392,12 @@ func TestPlannerWatermark(t *testing.T) {
 			var seq uint64
 			insert(t, e, "Patient", "p", 1, time.Unix(500, 0), &seq) // one task: the job stays running
 			setWatermark(t, e, c.first)
-			if err := e.jobs.Create(t.Context(), newJob("job1", c.minSeq)); err != nil {
+			if err := e.Jobs.Create(t.Context(), newJob("job1", c.minSeq)); err != nil {
 				t.Fatal(err)
 			}
 			publish(t, e, streams.SubjectJobSubmit("job1"), nil)
 			if c.later.Seq != 0 {
-				cons, err := e.js.Consumer(t.Context(), streams.StreamExportJobs, streams.ConsumerPlanner)
+				cons, err := e.JS.Consumer(t.Context(), streams.StreamExportJobs, streams.ConsumerPlanner)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -466,23 +446,23 @@ func TestPlannerCancelRemovesEverything(t *testing.T) {
 	putResult(t, e, streams.TaskResult{JobID: id, TaskID: tasks[0].TaskID, Attempt: 1,
 		Files: []streams.File{{Name: "Patient-a.ndjson", Type: "Patient", Count: 1}}})
 	for _, name := range []string{streams.ObjectName(id, "Patient-a.ndjson"), streams.ObjectName(id, "Observation-b.ndjson"), streams.ObjectName(other, "Patient-a.ndjson")} {
-		if _, err := e.files.PutString(ctx, name, `{"resourceType":"Patient","id":"x"}`+"\n"); err != nil {
+		if _, err := e.Files.PutString(ctx, name, `{"resourceType":"Patient","id":"x"}`+"\n"); err != nil {
 			t.Fatal(err)
 		}
 	}
 	otherJob := newJob(other, 0)
 	otherJob.Status = streams.JobComplete
-	if err := e.jobs.Create(ctx, otherJob); err != nil {
+	if err := e.Jobs.Create(ctx, otherJob); err != nil {
 		t.Fatal(err)
 	}
 	putResult(t, e, streams.TaskResult{JobID: other, TaskID: "00000", Attempt: 1})
 
 	publish(t, e, streams.SubjectJobCancel(id), nil)
 	testenv.Eventually(t, 30*time.Second, "job record removed", func() bool {
-		_, _, err := e.jobs.Get(ctx, id)
+		_, _, err := e.Jobs.Get(ctx, id)
 		return errors.Is(err, jetstream.ErrKeyNotFound)
 	})
-	if n := subjectCount(t, e.tasks, streams.SubjectTasks(id)); n != 0 {
+	if n := subjectCount(t, e.Tasks, streams.SubjectTasks(id)); n != 0 {
 		t.Errorf("%d tasks of the cancelled job still queued", n)
 	}
 	if keys := taskResultKeys(t, e, id); len(keys) != 0 {
@@ -508,17 +488,17 @@ func TestPlannerCancelRemovesEverything(t *testing.T) {
 		info, err := mustStream(t, e, streams.StreamExportJobs).Info(ctx)
 		return err == nil && info.State.Msgs == 0
 	})
-	if _, _, err := e.jobs.Get(ctx, id); !errors.Is(err, jetstream.ErrKeyNotFound) {
+	if _, _, err := e.Jobs.Get(ctx, id); !errors.Is(err, jetstream.ErrKeyNotFound) {
 		t.Errorf("removed job came back: %v", err)
 	}
-	if n := subjectCount(t, e.tasks, streams.SubjectTasks(id)); n != 0 {
+	if n := subjectCount(t, e.Tasks, streams.SubjectTasks(id)); n != 0 {
 		t.Errorf("%d tasks queued for a removed job", n)
 	}
 }
 
 func mustStream(t testing.TB, e env, name string) jetstream.Stream {
 	t.Helper()
-	s, err := e.js.Stream(t.Context(), name)
+	s, err := e.JS.Stream(t.Context(), name)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -552,14 +532,14 @@ func TestPlannerCompletesJobWhoseTasksFinishedBeforeThePlanWasRecorded(t *testin
 		t.Fatalf("plan of %d tasks, want several", len(tasks))
 	}
 	job.Status, job.TransactionTime, job.TasksTotal = streams.JobRunning, stamp, len(tasks)
-	if err := e.jobs.Create(ctx, job); err != nil {
+	if err := e.Jobs.Create(ctx, job); err != nil {
 		t.Fatal(err)
 	}
 	for _, task := range tasks {
 		m := nats.NewMsg(streams.SubjectTasks(id))
 		m.Data = streams.Encode(task)
 		m.Header.Set(jetstream.MsgIDHeader, id+"."+task.TaskID)
-		if _, err := e.js.PublishMsg(ctx, m); err != nil {
+		if _, err := e.JS.PublishMsg(ctx, m); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -570,13 +550,13 @@ func TestPlannerCompletesJobWhoseTasksFinishedBeforeThePlanWasRecorded(t *testin
 	for _, task := range tasks {
 		putResult(t, e, streams.TaskResult{JobID: id, TaskID: task.TaskID, Attempt: 1,
 			Files: []streams.File{{Name: task.TaskID + ".ndjson", Type: task.Type, Count: 1}}})
-		ack, err := e.js.Publish(ctx, streams.SubjectJobDone(id), []byte(task.TaskID))
+		ack, err := e.JS.Publish(ctx, streams.SubjectJobDone(id), []byte(task.TaskID))
 		if err != nil {
 			t.Fatal(err)
 		}
 		lastDone = ack.Sequence
 	}
-	cons, err := e.js.Consumer(ctx, streams.StreamExportJobs, streams.ConsumerPlanner)
+	cons, err := e.JS.Consumer(ctx, streams.StreamExportJobs, streams.ConsumerPlanner)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -595,7 +575,7 @@ func TestPlannerCompletesJobWhoseTasksFinishedBeforeThePlanWasRecorded(t *testin
 	if j := getJob(t, e, id); j.TasksDone != len(tasks) {
 		t.Errorf("complete with %d of %d tasks done", j.TasksDone, len(tasks))
 	}
-	if n := subjectCount(t, e.tasks, streams.SubjectTasks(id)); n != uint64(len(tasks)) {
+	if n := subjectCount(t, e.Tasks, streams.SubjectTasks(id)); n != uint64(len(tasks)) {
 		t.Errorf("%d tasks queued after the plan was published again, want %d (deduplicated)", n, len(tasks))
 	}
 }

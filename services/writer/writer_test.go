@@ -19,41 +19,18 @@ import (
 	"github.com/flatfhir/flatfhir/shared/chstore"
 	"github.com/flatfhir/flatfhir/shared/testenv"
 	"github.com/flatfhir/flatfhir/streams"
+	"github.com/flatfhir/flatfhir/streams/streamstest"
 )
 
+// env is one test's world: real JetStream and a fresh ClickHouse database.
 type env struct {
-	js         jetstream.JetStream
-	store      *chstore.Store
-	jobs       streams.Jobs
-	files      jetstream.ObjectStore
-	tasks      jetstream.Stream
-	jobsStream jetstream.Stream
+	streamstest.Bus
+	store *chstore.Store
 }
 
 func newEnv(t testing.TB) env {
 	t.Helper()
-	ctx := t.Context()
-	_, js := testenv.JetStream(t, testenv.NATS(t))
-	sc := streams.DefaultConfig()
-	sc.Memory = true
-	if err := streams.Ensure(ctx, js, sc); err != nil {
-		t.Fatalf("ensure: %v", err)
-	}
-	e := env{js: js, store: testenv.Store(t)}
-	var err error
-	if e.jobs, err = streams.OpenJobs(ctx, js); err != nil {
-		t.Fatal(err)
-	}
-	if e.files, err = js.ObjectStore(ctx, streams.ObjectFiles); err != nil {
-		t.Fatal(err)
-	}
-	if e.tasks, err = js.Stream(ctx, streams.StreamExportTasks); err != nil {
-		t.Fatal(err)
-	}
-	if e.jobsStream, err = js.Stream(ctx, streams.StreamExportJobs); err != nil {
-		t.Fatal(err)
-	}
-	return e
+	return env{Bus: streamstest.New(t), store: testenv.Store(t)}
 }
 
 // runWriters runs n writers until the test ends and checks they stop.
@@ -65,7 +42,7 @@ func runWriters(t testing.TB, e env, n int) {
 	done := make(chan error, n)
 	for range n {
 		w, err := writer.New(cfg, writer.Deps{
-			JS: e.js, Store: e.store, Log: testenv.Logger(t),
+			JS: e.JS, Store: e.store, Log: testenv.Logger(t),
 			Tracer: tracenoop.NewTracerProvider(), Meter: metricnoop.NewMeterProvider(),
 		})
 		if err != nil {
@@ -188,7 +165,7 @@ func createJob(t testing.TB, e env, id, status string, until time.Time) {
 		Status:          status,
 		TransactionTime: until,
 	}
-	if err := e.jobs.Create(t.Context(), job); err != nil {
+	if err := e.Jobs.Create(t.Context(), job); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -209,7 +186,7 @@ func thirds(job, typ string, since, until time.Time, maxRes int, maxBytes int64)
 func publishTasks(t testing.TB, e env, tasks []streams.Task) {
 	t.Helper()
 	for _, task := range tasks {
-		if _, err := e.js.Publish(t.Context(), streams.SubjectTasks(task.JobID), streams.Encode(task)); err != nil {
+		if _, err := e.JS.Publish(t.Context(), streams.SubjectTasks(task.JobID), streams.Encode(task)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -217,7 +194,7 @@ func publishTasks(t testing.TB, e env, tasks []streams.Task) {
 
 func result(t testing.TB, e env, job, task string) (streams.TaskResult, bool) {
 	t.Helper()
-	entry, err := e.jobs.KV.Get(t.Context(), streams.KeyTask(job, task))
+	entry, err := e.Jobs.KV.Get(t.Context(), streams.KeyTask(job, task))
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		return streams.TaskResult{}, false
 	}
@@ -233,7 +210,7 @@ func result(t testing.TB, e env, job, task string) (streams.TaskResult, bool) {
 
 func objectNames(t testing.TB, e env, prefix string) []string {
 	t.Helper()
-	infos, err := e.files.List(t.Context())
+	infos, err := e.Files.List(t.Context())
 	if errors.Is(err, jetstream.ErrNoObjectsFound) {
 		return nil
 	}
@@ -285,7 +262,7 @@ func readResults(t testing.TB, e env, tasks []streams.Task) []exportedFile {
 				t.Errorf("file name %s listed twice", f.Name)
 			}
 			names[f.Name] = true
-			raw, err := e.files.GetBytes(t.Context(), streams.ObjectName(task.JobID, f.Name))
+			raw, err := e.Files.GetBytes(t.Context(), streams.ObjectName(task.JobID, f.Name))
 			if err != nil {
 				t.Fatalf("file %s of task %s: %v", f.Name, task.TaskID, err)
 			}
@@ -346,7 +323,7 @@ func TestWriterExportsTasks(t *testing.T) {
 	publishTasks(t, e, []streams.Task{bytesTask})
 	runWriters(t, e, 2)
 	testenv.Eventually(t, 2*time.Minute, "every task done and acked", func() bool {
-		info, err := e.tasks.Info(t.Context())
+		info, err := e.Tasks.Info(t.Context())
 		return err == nil && info.State.Msgs == 0
 	})
 
@@ -395,7 +372,7 @@ func TestWriterExportsTasks(t *testing.T) {
 		if len(files) <= 3 || full400 == 0 {
 			t.Errorf("%d files, %d of them full, for ~800 resources per task at %d per file: no rollover", len(files), full400, maxRes)
 		}
-		if n := subjectCount(t, e.jobsStream, streams.SubjectJobDone("full")); n != 3 {
+		if n := subjectCount(t, e.JobEvents, streams.SubjectJobDone("full")); n != 3 {
 			t.Errorf("%d completions announced, want 3", n)
 		}
 	})
@@ -498,7 +475,7 @@ func TestWriterSkipsMootTasks(t *testing.T) {
 	// A task whose result is already recorded is not written again.
 	createJob(t, e, "done", streams.JobRunning, until)
 	pre := streams.TaskResult{JobID: "done", TaskID: "00000", Attempt: 99, Files: []streams.File{{Name: "earlier.ndjson", Type: "Observation", Count: 7, Bytes: 70}}}
-	if _, err := e.jobs.KV.Create(ctx, streams.KeyTask("done", "00000"), streams.Encode(pre)); err != nil {
+	if _, err := e.Jobs.KV.Create(ctx, streams.KeyTask("done", "00000"), streams.Encode(pre)); err != nil {
 		t.Fatal(err)
 	}
 	// A running job, to show the writers do work.
@@ -513,7 +490,7 @@ func TestWriterSkipsMootTasks(t *testing.T) {
 	}
 	runWriters(t, e, 2)
 	testenv.Eventually(t, time.Minute, "every task acked", func() bool {
-		info, err := e.tasks.Info(ctx)
+		info, err := e.Tasks.Info(ctx)
 		return err == nil && info.State.Msgs == 0
 	})
 	if _, ok := result(t, e, "live", "00000"); !ok {
@@ -535,7 +512,7 @@ func TestWriterSkipsMootTasks(t *testing.T) {
 			if job == "done" {
 				return // whether it re-announces: TestWriterAnnouncesTaskRecordedByEarlierAttempt
 			}
-			if n := subjectCount(t, e.jobsStream, streams.SubjectJobDone(job)); n != 0 {
+			if n := subjectCount(t, e.JobEvents, streams.SubjectJobDone(job)); n != 0 {
 				t.Errorf("task of a %s job announced %d completions", job, n)
 			}
 		})
@@ -552,16 +529,16 @@ func TestWriterAnnouncesTaskRecordedByEarlierAttempt(t *testing.T) {
 	until := base.Add(30 * time.Minute)
 	createJob(t, e, "job1", streams.JobRunning, until)
 	earlier := streams.TaskResult{JobID: "job1", TaskID: "00000", Attempt: 1, Files: []streams.File{{Name: "Observation-00000-a1-001.ndjson", Type: "Observation", Count: 1, Bytes: 44}}}
-	if _, err := e.files.PutString(ctx, streams.ObjectName("job1", earlier.Files[0].Name), `{"resourceType":"Observation","id":"o1"}`+"\n"); err != nil {
+	if _, err := e.Files.PutString(ctx, streams.ObjectName("job1", earlier.Files[0].Name), `{"resourceType":"Observation","id":"o1"}`+"\n"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.jobs.KV.Create(ctx, streams.KeyTask("job1", "00000"), streams.Encode(earlier)); err != nil {
+	if _, err := e.Jobs.KV.Create(ctx, streams.KeyTask("job1", "00000"), streams.Encode(earlier)); err != nil {
 		t.Fatal(err)
 	}
 	publishTasks(t, e, []streams.Task{{JobID: "job1", TaskID: "00000", Type: "Observation", HashHi: chstore.HashSpace, Until: until, MaxFileResources: 400, MaxFileBytes: 1 << 30}})
 	runWriters(t, e, 1)
 	testenv.Eventually(t, time.Minute, "task acked", func() bool {
-		info, err := e.tasks.Info(ctx)
+		info, err := e.Tasks.Info(ctx)
 		return err == nil && info.State.Msgs == 0
 	})
 	if names := objectNames(t, e, "job1/"); len(names) != 1 {
@@ -570,7 +547,7 @@ func TestWriterAnnouncesTaskRecordedByEarlierAttempt(t *testing.T) {
 	if r, _ := result(t, e, "job1", "00000"); r.Attempt != 1 {
 		t.Errorf("result replaced by attempt %d", r.Attempt)
 	}
-	if n := subjectCount(t, e.jobsStream, streams.SubjectJobDone("job1")); n != 1 {
+	if n := subjectCount(t, e.JobEvents, streams.SubjectJobDone("job1")); n != 1 {
 		t.Errorf("task finished by an earlier attempt acked with %d completion announcements, want 1: the planner never counts it", n)
 	}
 }
