@@ -62,6 +62,11 @@ type Range struct {
 	HashHi uint64 // exclusive, at most HashSpace
 	Since  uint64
 	Until  uint64
+	// InCompartment keeps only resources in some patient's compartment.
+	InCompartment bool
+	// Patients, when set, keeps only resources in the compartment of one
+	// of these patients.
+	Patients []string
 }
 
 func (r Range) validate() error {
@@ -87,7 +92,26 @@ func (s *Store) latestSQL(deleted bool) string {
 	where := "type = ? AND id_hash >= ? AND id_hash < ? AND last_updated <= ?"
 	return "SELECT id, body FROM " + s.table + " WHERE " + where +
 		" AND (id, seq) IN (SELECT id, max(seq) FROM " + s.table + " WHERE " + where +
-		" GROUP BY id HAVING argMax(deleted, seq) = " + del + " AND max(last_updated) > ?)"
+		" GROUP BY id HAVING argMax(deleted, seq) = " + del + " AND max(last_updated) > ?" +
+		" AND %s)"
+}
+
+// compartmentSQL is the HAVING condition on the latest version's patients.
+// A deleted version carries no patients, so deletions are matched on the
+// patients of the last live version.
+func compartmentSQL(r Range, deleted bool) (string, []any) {
+	patients := "argMax(patients, seq)"
+	if deleted {
+		patients = "argMaxIf(patients, seq, deleted = 0)"
+	}
+	switch {
+	case len(r.Patients) > 0:
+		return "hasAny(" + patients + ", ?)", []any{r.Patients}
+	case r.InCompartment:
+		return "notEmpty(" + patients + ")", nil
+	default:
+		return "1", nil
+	}
 }
 
 // ReadLatest streams the latest version of every live resource in r to fn,
@@ -107,9 +131,10 @@ func (s *Store) read(ctx context.Context, r Range, deleted bool, fn func(id stri
 		return err
 	}
 	hi := r.HashHi // id_hash is UInt32; HashSpace itself does not fit, so compare with <=
-	q := s.latestSQL(deleted)
+	cond, condArgs := compartmentSQL(r, deleted)
+	q := fmt.Sprintf(s.latestSQL(deleted), cond)
 	ctx = clickhouse.Context(ctx, clickhouse.WithSettings(clickhouse.Settings{"max_block_size": s.cfg.ReadBlockRows}))
-	args := []any{r.Type, uint32(r.HashLo), hi, r.Until, r.Type, uint32(r.HashLo), hi, r.Until, r.Since}
+	args := append([]any{r.Type, uint32(r.HashLo), hi, r.Until, r.Type, uint32(r.HashLo), hi, r.Until, r.Since}, condArgs...)
 	rows, err := s.conn.Query(ctx, q, args...)
 	if err != nil {
 		return fmt.Errorf("read %s range [%d, %d): %w", r.Type, r.HashLo, r.HashHi, err)
@@ -153,4 +178,33 @@ func (s *Store) SeqsAfter(ctx context.Context, seq, stamp uint64) (map[uint64]bo
 		return nil, fmt.Errorf("read seqs after %d from %s: %w", seq, s.table, err)
 	}
 	return out, nil
+}
+
+// ReadOne returns the body of typ/id as it stood at until (microseconds),
+// and false when it did not exist then or was deleted.
+func (s *Store) ReadOne(ctx context.Context, typ, id string, until uint64) ([]byte, bool, error) {
+	rows, err := s.conn.Query(ctx, "SELECT argMax(body, seq), argMax(deleted, seq) FROM "+s.table+
+		" WHERE type = ? AND id_hash = ? AND id = ? AND last_updated <= ? GROUP BY id", typ, IDHash(id), id, until)
+	if err != nil {
+		return nil, false, fmt.Errorf("read %s/%s: %w", typ, id, err)
+	}
+	defer rows.Close()
+	if !rows.Next() {
+		return nil, false, rows.Err()
+	}
+	var body string
+	var del uint8
+	if err := rows.Scan(&body, &del); err != nil {
+		return nil, false, fmt.Errorf("scan %s/%s: %w", typ, id, err)
+	}
+	if del == 1 {
+		return nil, false, nil
+	}
+	return []byte(body), true, nil
+}
+
+// ReadAllLatest streams every live resource of typ at until, for small
+// types such as Group that are searched by scanning.
+func (s *Store) ReadAllLatest(ctx context.Context, typ string, until uint64, fn func(id string, body []byte) error) error {
+	return s.ReadLatest(ctx, Range{Type: typ, HashLo: 0, HashHi: HashSpace, Until: until}, fn)
 }

@@ -144,3 +144,59 @@ func render(m map[string]string) string {
 	sort.Strings(parts)
 	return strings.Join(parts, " ")
 }
+
+func TestStoreCompartmentFilters(t *testing.T) {
+	s := testenv.Store(t)
+	rows := []chstore.Row{
+		{Type: "Observation", ID: "o1", Seq: 1, LastUpdated: 100, Patients: []string{"p1"}, Body: []byte(`o1`)},
+		{Type: "Observation", ID: "o2", Seq: 2, LastUpdated: 100, Patients: []string{"p2"}, Body: []byte(`o2`)},
+		{Type: "Observation", ID: "o3", Seq: 3, LastUpdated: 100, Body: []byte(`o3`)}, // no patient
+		{Type: "Observation", ID: "o4", Seq: 4, LastUpdated: 100, Patients: []string{"p1", "p3"}, Body: []byte(`o4`)},
+		{Type: "Observation", ID: "o5", Seq: 5, LastUpdated: 100, Patients: []string{"p2"}, Body: []byte(`o5`)},
+		{Type: "Observation", ID: "o5", Seq: 6, LastUpdated: 200, Deleted: true},
+		{Type: "Observation", ID: "o6", Seq: 7, LastUpdated: 100, Patients: []string{"p1"}, Body: []byte(`o6`)},
+		{Type: "Observation", ID: "o6", Seq: 8, LastUpdated: 200, Deleted: true},
+	}
+	if err := s.Insert(t.Context(), rows); err != nil {
+		t.Fatal(err)
+	}
+	r := func(in bool, patients ...string) chstore.Range {
+		return chstore.Range{Type: "Observation", HashHi: chstore.HashSpace, Since: 150, Until: 1000, InCompartment: in, Patients: patients}
+	}
+	full := func(rg chstore.Range) chstore.Range { rg.Since = 0; return rg }
+	cases := []struct {
+		name          string
+		r             chstore.Range
+		live, deleted string
+	}{
+		{"everything", full(r(false)), "o1=o1 o2=o2 o3=o3 o4=o4", "o5= o6="},
+		{"in some compartment", full(r(true)), "o1=o1 o2=o2 o4=o4", "o5= o6="},
+		{"patients p1 and p3", full(r(false, "p1", "p3")), "o1=o1 o4=o4", "o6="},
+		{"deletions follow the last live version's patients", r(false, "p2"), "", "o5="},
+		{"deletions of another patient are not listed", r(false, "p1"), "", "o6="},
+		{"deletions in any compartment", r(true), "", "o5= o6="},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			if got := render(readAll(t, s, c.r, false)); got != c.live {
+				t.Errorf("live = %q, want %q", got, c.live)
+			}
+			if got := render(readAll(t, s, c.r, true)); got != c.deleted {
+				t.Errorf("deleted = %q, want %q", got, c.deleted)
+			}
+		})
+	}
+	body, ok, err := s.ReadOne(t.Context(), "Observation", "o4", 1000)
+	if err != nil || !ok || string(body) != "o4" {
+		t.Errorf("ReadOne(o4) = %q, %v, %v", body, ok, err)
+	}
+	if _, ok, err := s.ReadOne(t.Context(), "Observation", "o5", 1000); ok || err != nil {
+		t.Errorf("ReadOne of a deleted resource found it (%v)", err)
+	}
+	if body, ok, _ := s.ReadOne(t.Context(), "Observation", "o5", 150); !ok || string(body) != "o5" {
+		t.Errorf("ReadOne(o5) before its deletion = %q, %v", body, ok)
+	}
+	if _, ok, _ := s.ReadOne(t.Context(), "Observation", "nope", 1000); ok {
+		t.Error("ReadOne found a resource never stored")
+	}
+}
