@@ -38,7 +38,10 @@ type ExportRequest struct {
 	Level      string   `json:"level"`
 	GroupID    string   `json:"groupId,omitempty"`
 	RequestURL string   `json:"request"`
-	Types      []string `json:"types,omitempty"` // empty: every type
+	Types      []string `json:"types,omitempty"` // empty: every type of the level
+	// Patients limits a Patient or Group export to these patients'
+	// compartments (the POST-only patient parameter).
+	Patients []string `json:"patients,omitempty"`
 	// Since is the _since instant; zero when absent.
 	Since time.Time `json:"since,omitzero"`
 	// MinChangeSeq is the last CHANGES sequence when the kick-off arrived:
@@ -72,13 +75,20 @@ type Job struct {
 // id hash falls in [HashLo, HashHi), as they stood at Until, changed after
 // Since (when set).
 type Task struct {
-	JobID  string    `json:"jobId"`
-	TaskID string    `json:"taskId"`
-	Type   string    `json:"type"`
-	HashLo uint64    `json:"hashLo"`
-	HashHi uint64    `json:"hashHi"`
-	Since  time.Time `json:"since,omitzero"`
-	Until  time.Time `json:"until"`
+	JobID  string `json:"jobId"`
+	TaskID string `json:"taskId"`
+	Type   string `json:"type"`
+	// Level, GroupID and Patients select whose resources the task exports:
+	// everything (system), resources in some patient's compartment
+	// (patient), or in the compartments of the group's members as of Until
+	// (group); Patients narrows the latter two.
+	Level    string    `json:"level"`
+	GroupID  string    `json:"groupId,omitempty"`
+	Patients []string  `json:"patients,omitempty"`
+	HashLo   uint64    `json:"hashLo"`
+	HashHi   uint64    `json:"hashHi"`
+	Since    time.Time `json:"since,omitzero"`
+	Until    time.Time `json:"until"`
 	// MaxFileResources and MaxFileBytes roll output files over.
 	MaxFileResources int   `json:"maxFileResources"`
 	MaxFileBytes     int64 `json:"maxFileBytes"`

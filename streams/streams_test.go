@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
@@ -428,12 +429,13 @@ func TestStreamsJobsUpdateRetriesConflicts(t *testing.T) {
 
 func TestStreamsEncodeDecodeRoundTrip(t *testing.T) {
 	stamp := time.Date(2024, 1, 2, 3, 4, 5, 6000, time.UTC)
-	in := streams.Task{JobID: "j", TaskID: "00003", Type: "Patient", HashLo: 1 << 20, HashHi: 1 << 32, Until: stamp, MaxFileResources: 10, MaxFileBytes: 1 << 20}
+	in := streams.Task{JobID: "j", TaskID: "00003", Type: "Patient", Level: streams.LevelGroup, GroupID: "g", Patients: []string{"a", "b"},
+		HashLo: 1 << 20, HashHi: 1 << 32, Until: stamp, MaxFileResources: 10, MaxFileBytes: 1 << 20}
 	var out streams.Task
 	if err := streams.Decode(streams.Encode(in), &out); err != nil {
 		t.Fatal(err)
 	}
-	if out != in {
+	if !reflect.DeepEqual(out, in) {
 		t.Errorf("round trip %+v, want %+v", out, in)
 	}
 	if !out.Since.IsZero() {

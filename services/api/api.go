@@ -18,6 +18,7 @@ import (
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/flatfhir/flatfhir/shared/chstore"
 	"github.com/flatfhir/flatfhir/streams"
 )
 
@@ -60,8 +61,11 @@ func (c Config) Validate() error {
 
 // Deps are what the API works with.
 type Deps struct {
-	NC     *nats.Conn
-	JS     jetstream.JetStream
+	NC *nats.Conn
+	JS jetstream.JetStream
+	// Store serves Patient and Group kick-off checks and Group read and
+	// search.
+	Store  *chstore.Store
 	Log    *slog.Logger
 	Tracer trace.TracerProvider
 	Meter  metric.MeterProvider
@@ -83,8 +87,8 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Server, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	if deps.NC == nil || deps.JS == nil || deps.Log == nil || deps.Tracer == nil || deps.Meter == nil {
-		return nil, errors.New("api needs nats, jetstream, logger, tracer and meter")
+	if deps.NC == nil || deps.JS == nil || deps.Store == nil || deps.Log == nil || deps.Tracer == nil || deps.Meter == nil {
+		return nil, errors.New("api needs nats, jetstream, store, logger, tracer and meter")
 	}
 	if deps.Now == nil {
 		deps.Now = time.Now
@@ -116,7 +120,15 @@ func (s *Server) routes() {
 	s.app.Use(s.traceRequests)
 	s.app.Get("/metadata", s.metadata)
 	s.app.Post("/$ingest", s.ingest)
-	s.app.Get("/$export", s.kickoff(levelSystem))
+	for _, lvl := range []struct {
+		path string
+		lvl  level
+	}{{"/$export", levelSystem}, {"/Patient/$export", levelPatient}, {"/Group/:id/$export", levelGroup}} {
+		s.app.Get(lvl.path, s.kickoff(lvl.lvl))
+		s.app.Post(lvl.path, s.kickoff(lvl.lvl))
+	}
+	s.app.Get("/Group/:id", s.readGroup)
+	s.app.Get("/Group", s.searchGroups)
 	s.app.Get("/jobs/:job", s.status)
 	s.app.Delete("/jobs/:job", s.cancel)
 	s.app.Get("/files/:job/:name", s.file)

@@ -18,7 +18,11 @@ import (
 
 type level = string
 
-const levelSystem level = streams.LevelSystem
+const (
+	levelSystem  level = streams.LevelSystem
+	levelPatient level = streams.LevelPatient
+	levelGroup   level = streams.LevelGroup
+)
 
 // outputFormats are the accepted spellings of NDJSON. A raw '+' decoded as
 // a space by a form decoder is mapped back.
@@ -33,12 +37,16 @@ var listParams = map[string]bool{"_type": true, "_elements": true, "includeAssoc
 
 // kickoffRequest is the parsed and validated kick-off.
 type kickoffRequest struct {
-	types   []string
-	since   time.Time
-	ignored []string
+	types    []string
+	since    time.Time
+	ignored  []string
+	group    string   // Group level: the group's id
+	patients []string // Patient and Group levels: the patient parameter's ids
 }
 
-// kickoff serves GET [base]/$export at a level.
+// kickoff serves GET and POST [base]/$export, [base]/Patient/$export and
+// [base]/Group/{id}/$export. GET takes the parameters from the query
+// string; POST from a FHIR Parameters body.
 func (s *Server) kickoff(lvl level) fiber.Handler {
 	return func(c *fiber.Ctx) error {
 		if err := checkAccept(c.Get(fiber.HeaderAccept)); err != nil {
@@ -48,12 +56,34 @@ func (s *Server) kickoff(lvl level) fiber.Handler {
 		if err != nil {
 			return err
 		}
-		params := map[string][]string{}
-		c.Context().QueryArgs().VisitAll(func(k, v []byte) {
-			params[string(k)] = append(params[string(k)], string(v))
-		})
+		post := c.Method() == fiber.MethodPost
+		var params map[string][]string
+		if post {
+			if params, err = parseParametersBody(c); err != nil {
+				return err
+			}
+		} else {
+			params = map[string][]string{}
+			c.Context().QueryArgs().VisitAll(func(k, v []byte) {
+				params[string(k)] = append(params[string(k)], string(v))
+			})
+		}
+		patientRefs, hasPatient := params["patient"]
+		if hasPatient && lvl != levelSystem {
+			if !post {
+				return badRequest("parameter patient is accepted only in a POST Parameters body")
+			}
+			delete(params, "patient")
+		}
 		req, err := parseKickoff(params, lenient)
 		if err != nil {
+			return err
+		}
+		req.group = c.Params("id")
+		if req.patients, err = parsePatientRefs(patientRefs); err != nil {
+			return err
+		}
+		if err := s.checkScope(c.UserContext(), lvl, &req, lenient); err != nil {
 			return err
 		}
 		return s.accept(c, lvl, req)
@@ -218,9 +248,15 @@ func (s *Server) accept(c *fiber.Ctx, lvl level, req kickoffRequest) error {
 		return err
 	}
 	id := nuid.Next()
+	// The manifest's request is the kick-off URL; for POST without the
+	// parameters, which were in the body.
+	requestURL := s.baseURL(c) + string(c.Request().URI().RequestURI())
+	if c.Method() == fiber.MethodPost {
+		requestURL = s.baseURL(c) + string(c.Request().URI().Path())
+	}
 	job := streams.Job{
 		ExportRequest: streams.ExportRequest{
-			JobID: id, Level: lvl, RequestURL: s.baseURL(c) + string(c.Request().URI().RequestURI()),
+			JobID: id, Level: lvl, GroupID: req.group, Patients: req.patients, RequestURL: requestURL,
 			Types: req.types, Since: req.since, MinChangeSeq: minSeq, SubmittedAt: s.deps.Now().UTC(),
 			Ignored: req.ignored,
 		},

@@ -19,12 +19,39 @@ var capabilityStatement = func() []byte {
 		"implementation": map[string]any{
 			"description": "flatfhir FHIR Bulk Data export engine. Export files hold at most 100,000 resources or 128 MiB each; " +
 				"a type may span several files. _outputFormat accepts application/fhir+ndjson, application/ndjson and ndjson. " +
-				"Unsupported parameters are refused with 400 unless the request carries Prefer: handling=lenient.",
+				"Unsupported parameters are refused with 400 unless the request carries Prefer: handling=lenient. " +
+				"Patient and Group exports hold the resources in the R4 Patient compartment of the patients (linked as " +
+				"subject/patient, not as performer or author), no supporting resources; a Group export follows the " +
+				"group's Patient members as of transactionTime (other members are ignored). The patient parameter " +
+				"(POST only) narrows either to the listed patients. With _since, resources of patients who joined a " +
+				"group after _since are exported only if they changed after _since.",
 		},
 		"fhirVersion": "4.0.1",
 		"format":      []string{"json", "application/fhir+json"},
 		"rest": []any{map[string]any{
 			"mode": "server",
+			"resource": []any{
+				map[string]any{
+					"type": "Patient",
+					"operation": []any{map[string]any{
+						"name":       "export",
+						"definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export",
+					}},
+				},
+				map[string]any{
+					"type":        "Group",
+					"interaction": []any{map[string]any{"code": "read"}, map[string]any{"code": "search-type"}},
+					"searchParam": []any{
+						map[string]any{"name": "identifier", "type": "token", "definition": "http://hl7.org/fhir/SearchParameter/Group-identifier"},
+						map[string]any{"name": "name", "type": "string", "definition": "http://hl7.org/fhir/SearchParameter/Group-name"},
+						map[string]any{"name": "_id", "type": "token", "definition": "http://hl7.org/fhir/SearchParameter/Resource-id"},
+					},
+					"operation": []any{map[string]any{
+						"name":       "export",
+						"definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export",
+					}},
+				},
+			},
 			"operation": []any{map[string]any{
 				"name":       "export",
 				"definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export",

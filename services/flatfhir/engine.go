@@ -95,10 +95,8 @@ func Start(ctx context.Context, cfg Config, tune Tuning, log *slog.Logger) (_ *E
 	if err := streams.Ensure(ctx, e.js, sc); err != nil {
 		return nil, err
 	}
-	if cfg.Role != RoleAPI {
-		if e.store, err = chstore.Open(ctx, chstore.Config{Addr: []string{chAddr}, Database: cfg.ClickHouseDatabase}, log); err != nil {
-			return nil, err
-		}
+	if e.store, err = chstore.Open(ctx, chstore.Config{Addr: []string{chAddr}, Database: cfg.ClickHouseDatabase}, log); err != nil {
+		return nil, err
 	}
 	if err := e.build(ctx, tune, sc); err != nil {
 		return nil, err
@@ -154,7 +152,7 @@ func (e *Engine) build(ctx context.Context, tune Tuning, sc streams.Config) erro
 	if e.has(RoleAPI) {
 		cfg := api.DefaultConfig()
 		cfg.Listen, cfg.BaseURL = e.cfg.Listen, e.cfg.BaseURL
-		srv, err := api.New(ctx, cfg, api.Deps{NC: e.nc, JS: e.js, Log: e.log.With("service", "api"), Tracer: tp, Meter: mp})
+		srv, err := api.New(ctx, cfg, api.Deps{NC: e.nc, JS: e.js, Store: e.store, Log: e.log.With("service", "api"), Tracer: tp, Meter: mp})
 		if err != nil {
 			return err
 		}

@@ -15,6 +15,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/flatfhir/flatfhir/shared/chstore"
+	"github.com/flatfhir/flatfhir/shared/compartment"
 	"github.com/flatfhir/flatfhir/shared/fhir"
 	"github.com/flatfhir/flatfhir/streams"
 )
@@ -271,7 +272,12 @@ func (p *Planner) waitWatermark(ctx context.Context, minSeq uint64) (time.Time, 
 // are merged until a task holds about TaskRows versions. Buckets without
 // rows join their neighbours, so each type's tasks cover the whole hash space.
 func (p *Planner) split(ctx context.Context, job streams.Job, t time.Time) ([]streams.Task, error) {
-	counts, err := p.deps.Store.BucketCounts(ctx, job.Types, chstore.Micros(t))
+	types := job.Types
+	if len(types) == 0 && job.Level != streams.LevelSystem {
+		// Patient and Group levels export the Patient compartment.
+		types = compartment.Types()
+	}
+	counts, err := p.deps.Store.BucketCounts(ctx, types, chstore.Micros(t))
 	if err != nil {
 		return nil, err
 	}
@@ -285,6 +291,7 @@ func Split(job streams.Job, t time.Time, counts []chstore.BucketCount, cfg Confi
 	emit := func(typ string, lo, hi uint64) {
 		tasks = append(tasks, streams.Task{
 			JobID: job.JobID, TaskID: fmt.Sprintf("%05d", len(tasks)), Type: typ,
+			Level: job.Level, GroupID: job.GroupID, Patients: job.Patients,
 			HashLo: lo, HashHi: hi, Since: job.Since, Until: t,
 			MaxFileResources: cfg.MaxFileResources, MaxFileBytes: cfg.MaxFileBytes,
 		})

@@ -14,6 +14,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/flatfhir/flatfhir/shared/chstore"
+	"github.com/flatfhir/flatfhir/shared/compartment"
 	"github.com/flatfhir/flatfhir/streams"
 )
 
@@ -138,7 +139,8 @@ func (w *Writer) handle(ctx context.Context, msg jetstream.Msg) {
 	default:
 		span.RecordError(err)
 		w.deps.Log.ErrorContext(ctx, "export task failed", slog.String("job", task.JobID), slog.String("task", task.TaskID), slog.Uint64("attempt", md.NumDelivered), slog.Any("error", err))
-		if int(md.NumDelivered) >= w.cfg.MaxDeliver {
+		var perm *permanentError
+		if int(md.NumDelivered) >= w.cfg.MaxDeliver || errors.As(err, &perm) {
 			w.failJob(ctx, task, err)
 			_ = msg.Term()
 			return
@@ -165,11 +167,16 @@ func (w *Writer) run(ctx context.Context, msg jetstream.Msg, task streams.Task, 
 	go w.watch(ctx, cancel, msg, task)
 
 	out := newFileSet(w.files, task, attempt)
-	r := chstore.Range{Type: task.Type, HashLo: task.HashLo, HashHi: task.HashHi, Since: chstore.Micros(task.Since), Until: chstore.Micros(task.Until)}
-	err := w.deps.Store.ReadLatest(ctx, r, func(_ string, body []byte) error {
-		return out.write(ctx, task.Type, "", body)
-	})
-	if err == nil && !task.Since.IsZero() {
+	r, empty, err := w.scope(ctx, task)
+	if err != nil {
+		return err
+	}
+	if !empty {
+		err = w.deps.Store.ReadLatest(ctx, r, func(_ string, body []byte) error {
+			return out.write(ctx, task.Type, "", body)
+		})
+	}
+	if err == nil && !empty && !task.Since.IsZero() {
 		err = w.deps.Store.ReadDeleted(ctx, r, func(id string, _ []byte) error {
 			return out.writeDeleted(ctx, task.Type, id)
 		})
@@ -210,6 +217,56 @@ func (w *Writer) announce(ctx context.Context, task streams.Task) error {
 		return fmt.Errorf("announce task %s done: %w", task.TaskID, err)
 	}
 	return nil
+}
+
+// scope is the range a task reads: its type and hash range as of Until,
+// narrowed by level to compartments. empty means nothing can match (a
+// group without patient members).
+func (w *Writer) scope(ctx context.Context, task streams.Task) (r chstore.Range, empty bool, err error) {
+	r = chstore.Range{Type: task.Type, HashLo: task.HashLo, HashHi: task.HashHi, Since: chstore.Micros(task.Since), Until: chstore.Micros(task.Until)}
+	switch task.Level {
+	case streams.LevelPatient:
+		r.Patients, r.InCompartment = task.Patients, true
+	case streams.LevelGroup:
+		// Membership as the group stood at transactionTime.
+		body, ok, err := w.deps.Store.ReadOne(ctx, "Group", task.GroupID, r.Until)
+		if err != nil {
+			return r, false, err
+		}
+		if !ok {
+			return r, false, &permanentError{fmt.Errorf("Group/%s did not exist at the export's transactionTime", task.GroupID)}
+		}
+		members, err := compartment.GroupPatients(body)
+		if err != nil {
+			return r, false, &permanentError{fmt.Errorf("Group/%s: %v", task.GroupID, err)}
+		}
+		if len(task.Patients) > 0 {
+			members = intersect(members, task.Patients)
+		}
+		r.Patients, r.InCompartment = members, true
+		return r, len(members) == 0, nil
+	}
+	return r, false, nil
+}
+
+// permanentError is a task failure no retry can mend.
+type permanentError struct{ err error }
+
+func (e *permanentError) Error() string { return e.err.Error() }
+func (e *permanentError) Unwrap() error { return e.err }
+
+func intersect(a, b []string) []string {
+	in := make(map[string]bool, len(b))
+	for _, v := range b {
+		in[v] = true
+	}
+	var out []string
+	for _, v := range a {
+		if in[v] {
+			out = append(out, v)
+		}
+	}
+	return out
 }
 
 // checkJob fails with errJobGone when the task's job is no longer running.
@@ -253,7 +310,7 @@ func (w *Writer) failJob(ctx context.Context, task streams.Task, cause error) {
 			return false
 		}
 		j.Status = streams.JobFailed
-		j.Error = fmt.Sprintf("export of %s failed after %d attempts: %v", task.Type, w.cfg.MaxDeliver, cause)
+		j.Error = fmt.Sprintf("export of %s failed: %v", task.Type, cause)
 		return true
 	})
 	if err != nil {

@@ -1,0 +1,242 @@
+package flatfhir_test
+
+import (
+	"bytes"
+	"encoding/json"
+	"net/http"
+	"reflect"
+	"sort"
+	"strings"
+	"testing"
+
+	"github.com/flatfhir/flatfhir/shared/compartment"
+	"github.com/flatfhir/flatfhir/shared/fhir"
+)
+
+const syntheaGroup = "d9f31445-f448-48c0-af57-295c005e07df"
+
+// exported downloads every output file of m and returns "Type/id" -> times seen.
+func exported(t *testing.T, m manifest) map[string]int {
+	t.Helper()
+	got := map[string]int{}
+	for _, o := range m.Output {
+		_, body := do(t, "GET", o.URL, nil)
+		lines := splitLines(t, bytes.NewReader(body))
+		if len(lines) != *o.Count {
+			t.Errorf("%s: count %d, %d lines", o.URL, *o.Count, len(lines))
+		}
+		for _, l := range lines {
+			got[o.Type+"/"+idOf(t, l)]++
+		}
+	}
+	return got
+}
+
+// inCompartments is the set of input resources in the compartment of one of
+// the patients (any patient when patients is nil).
+func inCompartments(t *testing.T, input map[string]map[string]any, patients map[string]bool) map[string]int {
+	t.Helper()
+	want := map[string]int{}
+	for key, r := range input {
+		typ := strings.SplitN(key, "/", 2)[0]
+		if !compartment.InCompartment(typ) {
+			continue
+		}
+		body, _ := json.Marshal(r)
+		ids, err := compartment.PatientIDs(typ, body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, id := range ids {
+			if patients == nil || patients[id] {
+				want[key] = 1
+				break
+			}
+		}
+	}
+	return want
+}
+
+func post(t *testing.T, url string, params ...map[string]any) (*http.Response, []byte) {
+	t.Helper()
+	body, _ := json.Marshal(map[string]any{"resourceType": "Parameters", "parameter": params})
+	return do(t, "POST", url, bytes.NewReader(body), "Accept", "application/fhir+json", "Prefer", "respond-async", "Content-Type", "application/fhir+json")
+}
+
+func TestE2EPatientAndGroupLevels(t *testing.T) {
+	base := startEngine(t)
+	input := ingestSynthea(t, base)
+	var group struct {
+		Member []struct{ Entity struct{ Reference string } }
+	}
+	raw, _ := json.Marshal(input["Group/"+syntheaGroup])
+	_ = json.Unmarshal(raw, &group)
+	members := map[string]bool{}
+	for _, m := range group.Member {
+		members[strings.TrimPrefix(m.Entity.Reference, "Patient/")] = true
+	}
+	if len(members) != 100 {
+		t.Fatalf("sample group has %d members, want 100", len(members))
+	}
+
+	t.Run("group export holds exactly its members' compartments", func(t *testing.T) {
+		m, _, _ := await(t, kickoff(t, base+"/Group/"+syntheaGroup+"/$export"))
+		got := exported(t, m)
+		want := inCompartments(t, input, members)
+		if !reflect.DeepEqual(got, want) {
+			t.Errorf("group export: %d resources, want %d (diff %v)", len(got), len(want), diffKeys(got, want, 5))
+		}
+		patients := 0
+		for key := range got {
+			if strings.HasPrefix(key, "Patient/") {
+				patients++
+				if !members[strings.TrimPrefix(key, "Patient/")] {
+					t.Errorf("%s is not a member", key)
+				}
+			}
+		}
+		if patients != 100 {
+			t.Errorf("group export has %d Patients, want the group's 100", patients)
+		}
+	})
+	t.Run("patient export holds every compartment", func(t *testing.T) {
+		m, _, _ := await(t, kickoff(t, base+"/Patient/$export?_type=Patient,Observation"))
+		got := exported(t, m)
+		want := map[string]int{}
+		for key := range inCompartments(t, input, nil) {
+			if strings.HasPrefix(key, "Patient/") || strings.HasPrefix(key, "Observation/") {
+				want[key] = 1
+			}
+		}
+		if !reflect.DeepEqual(got, want) {
+			t.Errorf("patient export: %d resources, want %d (diff %v)", len(got), len(want), diffKeys(got, want, 5))
+		}
+	})
+	var two []string
+	for id := range members {
+		two = append(two, id)
+	}
+	sort.Strings(two)
+	two = two[:2]
+	chosen := map[string]bool{two[0]: true, two[1]: true}
+	patientParams := []map[string]any{
+		{"name": "patient", "valueReference": map[string]string{"reference": "Patient/" + two[0]}},
+		{"name": "patient", "valueReference": map[string]string{"reference": "Patient/" + two[1]}},
+	}
+	for _, url := range []string{base + "/Patient/$export", base + "/Group/" + syntheaGroup + "/$export"} {
+		t.Run("POST with patient parameters "+strings.TrimPrefix(url, base), func(t *testing.T) {
+			resp, body := post(t, url, patientParams...)
+			if resp.StatusCode != 202 {
+				t.Fatalf("POST kick-off: %d %s", resp.StatusCode, body)
+			}
+			m, _, _ := await(t, resp.Header.Get("Content-Location"))
+			if m.Request != url {
+				t.Errorf("request = %q, want the kick-off URL %q", m.Request, url)
+			}
+			got := exported(t, m)
+			want := inCompartments(t, input, chosen)
+			if len(want) < 50 || !reflect.DeepEqual(got, want) {
+				t.Errorf("export for two patients: %d resources, want %d (diff %v)", len(got), len(want), diffKeys(got, want, 5))
+			}
+		})
+	}
+	refusals := []struct {
+		name   string
+		do     func() (*http.Response, []byte)
+		status int
+	}{
+		{"unknown group", func() (*http.Response, []byte) {
+			return do(t, "GET", base+"/Group/no-such-group/$export", nil, "Accept", "application/fhir+json", "Prefer", "respond-async")
+		}, 404},
+		{"patient in a GET", func() (*http.Response, []byte) {
+			return do(t, "GET", base+"/Patient/$export?patient=Patient/"+two[0], nil, "Accept", "application/fhir+json", "Prefer", "respond-async")
+		}, 400},
+		{"non-compartment type at patient level", func() (*http.Response, []byte) {
+			return do(t, "GET", base+"/Patient/$export?_type=Organization", nil, "Accept", "application/fhir+json", "Prefer", "respond-async")
+		}, 400},
+		{"unknown patient", func() (*http.Response, []byte) {
+			return post(t, base+"/Patient/$export", map[string]any{"name": "patient", "valueReference": map[string]string{"reference": "Patient/nobody"}})
+		}, 400},
+		{"a Practitioner as patient", func() (*http.Response, []byte) {
+			return post(t, base+"/Patient/$export", map[string]any{"name": "patient", "valueReference": map[string]string{"reference": "Practitioner/x"}})
+		}, 400},
+		{"patient parameter at system level", func() (*http.Response, []byte) {
+			return post(t, base+"/$export", patientParams[0])
+		}, 400},
+		{"a body that is not Parameters", func() (*http.Response, []byte) {
+			return do(t, "POST", base+"/$export", strings.NewReader(`{"resourceType":"Patient"}`), "Content-Type", "application/fhir+json")
+		}, 400},
+		{"a wrong value type", func() (*http.Response, []byte) {
+			return post(t, base+"/$export", map[string]any{"name": "_type", "valueInteger": 3})
+		}, 400},
+	}
+	for _, r := range refusals {
+		t.Run("refuses "+r.name, func(t *testing.T) {
+			resp, body := r.do()
+			var oo fhir.OperationOutcome
+			if resp.StatusCode != r.status || json.Unmarshal(body, &oo) != nil || oo.ResourceType != "OperationOutcome" {
+				t.Errorf("%d %s, want %d with an OperationOutcome", resp.StatusCode, body, r.status)
+			}
+		})
+	}
+	t.Run("POST system export with _type entries", func(t *testing.T) {
+		resp, body := post(t, base+"/$export", map[string]any{"name": "_type", "valueString": "Patient"}, map[string]any{"name": "_type", "valueString": "Device"})
+		if resp.StatusCode != 202 {
+			t.Fatalf("POST kick-off: %d %s", resp.StatusCode, body)
+		}
+		m, _, _ := await(t, resp.Header.Get("Content-Location"))
+		counts := map[string]int{}
+		for _, o := range m.Output {
+			counts[o.Type] += *o.Count
+		}
+		if !reflect.DeepEqual(counts, map[string]int{"Patient": 100, "Device": 4}) {
+			t.Errorf("counts %v", counts)
+		}
+	})
+	t.Run("group read and search", func(t *testing.T) {
+		resp, body := do(t, "GET", base+"/Group/"+syntheaGroup, nil)
+		if resp.StatusCode != 200 || !strings.Contains(string(body), syntheaGroup) {
+			t.Fatalf("read: %d", resp.StatusCode)
+		}
+		for q, want := range map[string]int{
+			"name=synthea": 1, "name=nothing": 0,
+			"identifier=urn:ietf:rfc:3986|urn:uuid:" + syntheaGroup: 1,
+			"identifier=urn:uuid:" + syntheaGroup:                   1,
+			"_id=" + syntheaGroup + ",other":                        1,
+		} {
+			resp, body := do(t, "GET", base+"/Group?"+q, nil)
+			var b struct {
+				ResourceType string
+				Total        int
+			}
+			if resp.StatusCode != 200 || json.Unmarshal(body, &b) != nil || b.ResourceType != "Bundle" || b.Total != want {
+				t.Errorf("search %s: %d %s, want %d matches", q, resp.StatusCode, body, want)
+			}
+		}
+		if resp, _ := do(t, "GET", base+"/Group/nope", nil); resp.StatusCode != 404 {
+			t.Errorf("read of a missing group: %d", resp.StatusCode)
+		}
+		if resp, _ := do(t, "GET", base+"/Group?member=x", nil); resp.StatusCode != 400 {
+			t.Errorf("unsupported search parameter: %d", resp.StatusCode)
+		}
+	})
+}
+
+func diffKeys(got, want map[string]int, n int) []string {
+	var out []string
+	for k := range got {
+		if want[k] != got[k] {
+			out = append(out, "+"+k)
+		}
+	}
+	for k := range want {
+		if got[k] == 0 {
+			out = append(out, "-"+k)
+		}
+	}
+	sort.Strings(out)
+	if len(out) > n {
+		out = out[:n]
+	}
+	return out
+}
