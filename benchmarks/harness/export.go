@@ -112,7 +112,7 @@ func (h *harness) await(ctx context.Context, status string) (manifest, int, erro
 				return m, polls, fmt.Errorf("manifest of %s is not JSON: %v\n%s", status, err, body)
 			}
 			return m, polls, nil
-		case http.StatusAccepted:
+		case http.StatusAccepted, http.StatusTooManyRequests:
 		default:
 			return manifest{}, polls, fmt.Errorf("poll %s: %s: %s", status, resp.Status, body)
 		}

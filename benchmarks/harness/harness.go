@@ -165,8 +165,11 @@ func (h *harness) setUp(ctx context.Context) error {
 			"FLATFHIR_LISTEN":              listen,
 			"FLATFHIR_WRITERS":             strconv.Itoa(o.Writers),
 			"FLATFHIR_LOG_LEVEL":           "warn",
-			"FLATFHIR_DATA_DIR":            filepath.Join(h.dir, "logs"),
-			"FLATFHIR_SAMPLE_PATIENTS":     "0",
+			// Polls every PollInterval to see completion within one
+			// interval: the per-export poll limit would answer 429.
+			"FLATFHIR_POLL_RATE":       "0",
+			"FLATFHIR_DATA_DIR":        filepath.Join(h.dir, "logs"),
+			"FLATFHIR_SAMPLE_PATIENTS": "0",
 		}
 		c, err := startChild(bin, role, env, filepath.Join(h.dir, "logs", role+".log"))
 		if err != nil {

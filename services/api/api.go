@@ -35,11 +35,15 @@ type Config struct {
 	// SpoolDir holds ingest bodies while they are validated; empty is the
 	// system temp directory.
 	SpoolDir string
+	// PollRate and PollBurst bound status requests per export (per second,
+	// per replica); polls beyond them get 429 with Retry-After. 0 disables.
+	PollRate  float64
+	PollBurst int
 }
 
 // DefaultConfig returns the defaults.
 func DefaultConfig() Config {
-	return Config{Listen: "127.0.0.1:8080", RetryAfter: 2 * time.Second}
+	return Config{Listen: "127.0.0.1:8080", RetryAfter: 2 * time.Second, PollRate: 2, PollBurst: 20}
 }
 
 // Validate checks the configuration.
@@ -55,6 +59,9 @@ func (c Config) Validate() error {
 	}
 	if c.RetryAfter < time.Second {
 		return errors.New("api retry-after must be at least one second")
+	}
+	if c.PollRate < 0 || c.PollBurst < 0 || (c.PollRate > 0 && c.PollBurst < 1) {
+		return errors.New("api poll rate must not be negative, and a poll rate needs a burst of at least 1")
 	}
 	return nil
 }
@@ -80,6 +87,7 @@ type Server struct {
 	tracer trace.Tracer
 	jobs   streams.Jobs
 	files  jetstream.ObjectStore
+	polls  *pollLimiter
 }
 
 // New builds the server and its routes.
@@ -93,7 +101,7 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Server, error) {
 	if deps.Now == nil {
 		deps.Now = time.Now
 	}
-	s := &Server{cfg: cfg, deps: deps, tracer: deps.Tracer.Tracer("flatfhir/api")}
+	s := &Server{cfg: cfg, deps: deps, tracer: deps.Tracer.Tracer("flatfhir/api"), polls: newPollLimiter(cfg.PollRate, cfg.PollBurst)}
 	var err error
 	if s.jobs, err = streams.OpenJobs(ctx, deps.JS); err != nil {
 		return nil, err

@@ -254,6 +254,16 @@ func (s *Server) accept(c *fiber.Ctx, lvl level, req kickoffRequest) error {
 	if c.Method() == fiber.MethodPost {
 		requestURL = s.baseURL(c) + string(c.Request().URI().Path())
 	}
+	key := requestURL
+	if c.Method() == fiber.MethodPost {
+		key += "\n" + string(c.Body())
+	}
+	if running, ok, err := s.claimRequest(ctx, "", key, id); err != nil {
+		return err
+	} else if !ok {
+		return throttled(c, s.cfg.RetryAfter, "the same export is already running as "+running+
+			"; poll it, or DELETE it before starting it again")
+	}
 	job := streams.Job{
 		ExportRequest: streams.ExportRequest{
 			JobID: id, Level: lvl, GroupID: req.group, Patients: req.patients, RequestURL: requestURL,

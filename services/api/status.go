@@ -58,6 +58,9 @@ func (s *Server) status(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
+	if ok, wait := s.polls.allow(job.JobID, s.deps.Now()); !ok {
+		return throttled(c, wait, "export "+job.JobID+" is polled too often; wait for Retry-After between polls")
+	}
 	switch job.Status {
 	case streams.JobFailed:
 		return jobFailed("export %s failed: %s", job.JobID, job.Error)

@@ -41,6 +41,8 @@ type Config struct {
 	Writers int
 	// Replicas is the JetStream replication factor.
 	Replicas int
+	// PollRate is the status polls per second allowed per export (0: no limit).
+	PollRate float64
 	// OTLPEndpoint receives traces and metrics when set.
 	OTLPEndpoint string
 	LogLevel     string
@@ -65,6 +67,13 @@ func FromEnv() (Config, error) {
 	c.SamplePatients = envInt("FLATFHIR_SAMPLE_PATIENTS", 200, &errs)
 	c.Writers = envInt("FLATFHIR_WRITERS", 2, &errs)
 	c.Replicas = envInt("FLATFHIR_REPLICAS", 1, &errs)
+	if v := env("FLATFHIR_POLL_RATE", "2"); v != "" {
+		f, err := strconv.ParseFloat(v, 64)
+		if err != nil || f < 0 {
+			errs = append(errs, fmt.Errorf("FLATFHIR_POLL_RATE=%q is not a non-negative number", v))
+		}
+		c.PollRate = f
+	}
 	if err := errors.Join(errs...); err != nil {
 		return c, err
 	}

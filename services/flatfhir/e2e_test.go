@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -48,7 +49,7 @@ func startEngineWith(t *testing.T, adjust func(*flatfhir.Tuning)) string {
 	ch := testenv.ClickHouse(t)
 	cfg := flatfhir.Config{
 		Role: flatfhir.RoleAll, DataDir: t.TempDir(), Listen: "127.0.0.1:0", NATSPort: -1,
-		ClickHouseAddr: ch.Addr[0], ClickHouseDatabase: ch.Database, Writers: 2, Replicas: 1,
+		ClickHouseAddr: ch.Addr[0], ClickHouseDatabase: ch.Database, Writers: 2, Replicas: 1, PollRate: 2,
 	}
 	pc := planner.DefaultConfig()
 	pc.TaskRows, pc.MaxFileResources = 4000, 1500
@@ -164,6 +165,14 @@ func await(t *testing.T, status string) (manifest, *http.Response, []byte) {
 	for {
 		resp, body := do(t, "GET", status, nil, "Accept", "application/json")
 		switch resp.StatusCode {
+		case http.StatusTooManyRequests:
+			// Polled faster than the server allows: wait as told.
+			secs, err := strconv.Atoi(resp.Header.Get("Retry-After"))
+			if err != nil || secs < 1 || secs > 5 {
+				t.Fatalf("429 with Retry-After %q, want 1-5 seconds", resp.Header.Get("Retry-After"))
+			}
+			time.Sleep(time.Duration(secs) * time.Second)
+			continue
 		case http.StatusAccepted:
 			if resp.Header.Get("Retry-After") == "" || !strings.Contains(resp.Header.Get("X-Progress"), "%") {
 				t.Fatalf("in-progress status lacks Retry-After or X-Progress: %v", resp.Header)
@@ -383,6 +392,36 @@ func TestE2EKickoffParameters(t *testing.T) {
 		got, err := io.ReadAll(zr)
 		if err != nil || !bytes.Equal(got, want) || resp.Header.Get("Content-Type") != "application/fhir+ndjson" {
 			t.Errorf("gzip download differs from the plain one (%d vs %d bytes, %v)", len(got), len(want), err)
+		}
+	})
+	t.Run("the same running export is refused with 429", func(t *testing.T) {
+		url := base + "/$export?_type=Observation&_outputFormat=ndjson"
+		status := kickoff(t, url)
+		resp, body := do(t, "GET", url, nil, h...)
+		if resp.StatusCode == http.StatusAccepted {
+			// The first finished in between: that is allowed; nothing to check.
+			t.Skip("the first export finished before the second kick-off")
+		}
+		if resp.StatusCode != http.StatusTooManyRequests || resp.Header.Get("Retry-After") == "" || !strings.Contains(string(body), "OperationOutcome") {
+			t.Fatalf("second identical kick-off: %d %q %s, want 429 with Retry-After", resp.StatusCode, resp.Header.Get("Retry-After"), body)
+		}
+		await(t, status)
+		kickoff(t, url) // once the first is done, the same request is welcome again
+	})
+	t.Run("polling too often gets 429", func(t *testing.T) {
+		status := kickoff(t, base+"/$export?_type=Patient&_outputFormat=application/ndjson")
+		throttled := false
+		for i := 0; i < 60 && !throttled; i++ {
+			resp, body := do(t, "GET", status, nil)
+			if resp.StatusCode == http.StatusTooManyRequests {
+				throttled = true
+				if resp.Header.Get("Retry-After") == "" || !strings.Contains(string(body), "throttled") {
+					t.Errorf("429 without Retry-After or throttled OperationOutcome: %v %s", resp.Header, body)
+				}
+			}
+		}
+		if !throttled {
+			t.Error("60 back-to-back polls were all answered; want 429 past the burst")
 		}
 	})
 	t.Run("delete then 404", func(t *testing.T) {

@@ -151,7 +151,10 @@ func (e *Engine) build(ctx context.Context, tune Tuning, sc streams.Config) erro
 	}
 	if e.has(RoleAPI) {
 		cfg := api.DefaultConfig()
-		cfg.Listen, cfg.BaseURL = e.cfg.Listen, e.cfg.BaseURL
+		cfg.Listen, cfg.BaseURL, cfg.PollRate = e.cfg.Listen, e.cfg.BaseURL, e.cfg.PollRate
+		if cfg.PollRate == 0 {
+			cfg.PollBurst = 0
+		}
 		srv, err := api.New(ctx, cfg, api.Deps{NC: e.nc, JS: e.js, Store: e.store, Log: e.log.With("service", "api"), Tracer: tp, Meter: mp})
 		if err != nil {
 			return err
