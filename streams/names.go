@@ -93,6 +93,10 @@ func KeyJob(job string) string { return "job." + job }
 // KeyTask is the KV key of a task's result.
 func KeyTask(job, task string) string { return "task." + job + "." + task }
 
+// KeyDownload is the KV key holding when a file of job was last being
+// downloaded; the janitor leaves a job alone while it is recent.
+func KeyDownload(job string) string { return "download." + job }
+
 // KeyTasksOfJob is a KV key filter matching every task result of job.
 func KeyTasksOfJob(job string) string { return "task." + job + ".*" }
 

@@ -1,14 +1,10 @@
 package api
 
 import (
-	"bufio"
-	"compress/gzip"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"net/url"
-	"regexp"
 	"strconv"
 	"strings"
 
@@ -126,50 +122,6 @@ func (s *Server) cancel(c *fiber.Ctx) error {
 	c.Set(fiber.HeaderContentType, "application/fhir+json")
 	return c.Status(fiber.StatusAccepted).Send(fhir.Outcome(fhir.SeverityInformation, fhir.CodeInformational,
 		"export "+job.JobID+" is cancelled and its files will be deleted").JSON())
-}
-
-var fileName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9.\-]{0,200}\.ndjson$`)
-
-// file streams one output file of a complete export.
-func (s *Server) file(c *fiber.Ctx) error {
-	job, err := s.loadJob(c)
-	if err != nil {
-		return err
-	}
-	name := c.Params("name")
-	if job.Status != streams.JobComplete || !fileName.MatchString(name) {
-		return notFound("export %s has no file %q", job.JobID, name)
-	}
-	obj, err := s.files.Get(c.UserContext(), streams.ObjectName(job.JobID, name))
-	if errors.Is(err, jetstream.ErrObjectNotFound) {
-		return notFound("export %s has no file %q", job.JobID, name)
-	}
-	if err != nil {
-		return transient("file %s of export %s could not be read; retry: %v", name, job.JobID, err)
-	}
-	info, err := obj.Info()
-	if err != nil {
-		obj.Close()
-		return transient("file %s of export %s could not be read; retry: %v", name, job.JobID, err)
-	}
-	c.Set(fiber.HeaderContentType, "application/fhir+ndjson")
-	c.Set(fiber.HeaderVary, fiber.HeaderAcceptEncoding)
-	if !acceptsGzip(c.Get(fiber.HeaderAcceptEncoding)) {
-		c.Context().SetBodyStream(obj, int(info.Size))
-		return nil
-	}
-	// Compress while streaming: the file is never held whole.
-	c.Set(fiber.HeaderContentEncoding, "gzip")
-	c.Context().SetBodyStreamWriter(func(w *bufio.Writer) {
-		defer obj.Close()
-		zw, _ := gzip.NewWriterLevel(w, gzip.BestSpeed) // a valid level never errs
-		if _, err := io.Copy(zw, obj); err != nil {
-			s.deps.Log.Warn("file download interrupted", "job", job.JobID, "file", name, "error", err)
-			return
-		}
-		_ = zw.Close()
-	})
-	return nil
 }
 
 // acceptsGzip reports whether an Accept-Encoding value allows gzip.

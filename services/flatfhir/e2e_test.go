@@ -394,6 +394,29 @@ func TestE2EKickoffParameters(t *testing.T) {
 			t.Errorf("gzip download differs from the plain one (%d vs %d bytes, %v)", len(got), len(want), err)
 		}
 	})
+	t.Run("byte ranges", func(t *testing.T) {
+		m, _, _ := await(t, kickoff(t, base+"/$export?_type=Patient&_outputFormat=application%2Ffhir%2Bndjson&_since=2000-01-01T00:00:00Z"))
+		url := m.Output[0].URL
+		_, full := do(t, "GET", url, nil)
+		n := len(full)
+		cases := []struct {
+			rng          string
+			status       int
+			want, crange string
+		}{
+			{"bytes=10-19", 206, string(full[10:20]), fmt.Sprintf("bytes 10-19/%d", n)},
+			{"bytes=-5", 206, string(full[n-5:]), fmt.Sprintf("bytes %d-%d/%d", n-5, n-1, n)},
+			{fmt.Sprintf("bytes=%d-", n-3), 206, string(full[n-3:]), fmt.Sprintf("bytes %d-%d/%d", n-3, n-1, n)},
+			{fmt.Sprintf("bytes=%d-", n+10), 416, "", fmt.Sprintf("bytes */%d", n)},
+			{"bytes=0-1,5-6", 200, string(full), ""},
+		}
+		for _, c := range cases {
+			resp, body := do(t, "GET", url, nil, "Range", c.rng)
+			if resp.StatusCode != c.status || resp.Header.Get("Content-Range") != c.crange || (c.status != 416 && string(body) != c.want) {
+				t.Errorf("Range %s: %d %q (%d bytes), want %d %q", c.rng, resp.StatusCode, resp.Header.Get("Content-Range"), len(body), c.status, c.crange)
+			}
+		}
+	})
 	t.Run("the same running export is refused with 429", func(t *testing.T) {
 		url := base + "/$export?_type=Observation&_outputFormat=ndjson"
 		status := kickoff(t, url)

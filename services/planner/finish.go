@@ -150,6 +150,9 @@ func (p *Planner) cleanup(ctx context.Context, id string) error {
 			return fmt.Errorf("delete task result %s: %w", k, err)
 		}
 	}
+	if err := p.jobs.KV.Purge(ctx, streams.KeyDownload(id)); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+		return fmt.Errorf("delete download lease of job %s: %w", id, err)
+	}
 	if err := p.jobs.KV.Purge(ctx, streams.KeyJob(id)); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
 		return fmt.Errorf("delete job %s: %w", id, err)
 	}

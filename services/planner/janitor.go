@@ -43,7 +43,7 @@ func (p *Planner) sweep(ctx context.Context) error {
 		if err != nil {
 			continue // removed meanwhile
 		}
-		if !expired(job, now, p.cfg.Retention) {
+		if !expired(job, now, p.cfg.Retention) || p.downloading(ctx, id, now) {
 			continue
 		}
 		if _, err := p.deps.JS.Publish(ctx, streams.SubjectJobCancel(id), nil, jetstream.WithMsgID("expire."+id)); err != nil {
@@ -64,4 +64,19 @@ func expired(job streams.Job, now time.Time, retention time.Duration) bool {
 	default:
 		return false
 	}
+}
+
+// downloadGrace is how recent a download lease must be for the janitor to
+// leave an expired export's files alone: a client may still be fetching
+// them (the API renews the lease every 30 seconds while streaming).
+const downloadGrace = 2 * time.Minute
+
+// downloading reports whether a file of job is being downloaded.
+func (p *Planner) downloading(ctx context.Context, id string, now time.Time) bool {
+	e, err := p.jobs.KV.Get(ctx, streams.KeyDownload(id))
+	if err != nil {
+		return false
+	}
+	at, err := time.Parse(time.RFC3339Nano, string(e.Value()))
+	return err == nil && now.Sub(at) < downloadGrace
 }
