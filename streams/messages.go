@@ -42,6 +42,8 @@ type ExportRequest struct {
 	// Patients limits a Patient or Group export to these patients'
 	// compartments (the POST-only patient parameter).
 	Patients []string `json:"patients,omitempty"`
+	// Elements is the _elements parameter's values, validated.
+	Elements []string `json:"elements,omitempty"`
 	// Since is the _since instant; zero when absent.
 	Since time.Time `json:"since,omitzero"`
 	// MinChangeSeq is the last CHANGES sequence when the kick-off arrived:
@@ -82,9 +84,12 @@ type Task struct {
 	// everything (system), resources in some patient's compartment
 	// (patient), or in the compartments of the group's members as of Until
 	// (group); Patients narrows the latter two.
-	Level    string    `json:"level"`
-	GroupID  string    `json:"groupId,omitempty"`
-	Patients []string  `json:"patients,omitempty"`
+	Level    string   `json:"level"`
+	GroupID  string   `json:"groupId,omitempty"`
+	Patients []string `json:"patients,omitempty"`
+	// Elements trims each resource to these elements (and the mandatory
+	// ones), tagging it SUBSETTED.
+	Elements []string  `json:"elements,omitempty"`
 	HashLo   uint64    `json:"hashLo"`
 	HashHi   uint64    `json:"hashHi"`
 	Since    time.Time `json:"since,omitzero"`

@@ -40,6 +40,7 @@ type kickoffRequest struct {
 	types    []string
 	since    time.Time
 	ignored  []string
+	elements []string // _elements, validated
 	group    string   // Group level: the group's id
 	patients []string // Patient and Group levels: the patient parameter's ids
 }
@@ -193,6 +194,12 @@ func parseKickoff(params map[string][]string, lenient bool) (kickoffRequest, err
 					_ = refuse(p)
 				}
 			}
+		case "_elements":
+			if _, perr := fhir.ParseElements(vals); perr != nil {
+				err = refuse(badRequest("_elements: %v", perr))
+			} else {
+				req.elements = vals
+			}
 		default:
 			err = refuse(notSupported("parameter %s is not supported by this server", name))
 		}
@@ -266,7 +273,7 @@ func (s *Server) accept(c *fiber.Ctx, lvl level, req kickoffRequest) error {
 	}
 	job := streams.Job{
 		ExportRequest: streams.ExportRequest{
-			JobID: id, Level: lvl, GroupID: req.group, Patients: req.patients, RequestURL: requestURL,
+			JobID: id, Level: lvl, GroupID: req.group, Patients: req.patients, Elements: req.elements, RequestURL: requestURL,
 			Types: req.types, Since: req.since, MinChangeSeq: minSeq, SubmittedAt: s.deps.Now().UTC(),
 			Ignored: req.ignored,
 		},

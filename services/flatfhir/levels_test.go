@@ -193,6 +193,47 @@ func TestE2EPatientAndGroupLevels(t *testing.T) {
 			t.Errorf("counts %v", counts)
 		}
 	})
+	t.Run("_elements trims and tags SUBSETTED", func(t *testing.T) {
+		// The IG's roster pattern, plus a type-qualified element.
+		m, _, _ := await(t, kickoff(t, base+"/Group/"+syntheaGroup+"/$export?_type=Patient,Observation&_elements=id,Observation.subject"))
+		keys := map[string]map[string]bool{}
+		total := map[string]int{}
+		for _, o := range m.Output {
+			_, body := do(t, "GET", o.URL, nil)
+			for _, line := range splitLines(t, bytes.NewReader(body)) {
+				var r map[string]any
+				if err := json.Unmarshal(line, &r); err != nil {
+					t.Fatal(err)
+				}
+				total[o.Type]++
+				if keys[o.Type] == nil {
+					keys[o.Type] = map[string]bool{}
+				}
+				for k := range r {
+					keys[o.Type][k] = true
+				}
+				tags, _ := r["meta"].(map[string]any)["tag"].([]any)
+				subsetted := false
+				for _, tag := range tags {
+					tm, _ := tag.(map[string]any)
+					subsetted = subsetted || tm["code"] == "SUBSETTED" && tm["system"] == "http://terminology.hl7.org/CodeSystem/v3-ObservationValue"
+				}
+				if !subsetted {
+					t.Fatalf("%s/%v is not tagged SUBSETTED: %v", o.Type, r["id"], r["meta"])
+				}
+			}
+		}
+		want := map[string]map[string]bool{
+			"Patient":     {"resourceType": true, "id": true, "meta": true},
+			"Observation": {"resourceType": true, "id": true, "meta": true, "status": true, "code": true, "subject": true},
+		}
+		if !reflect.DeepEqual(keys, want) {
+			t.Errorf("elements present %v, want %v", keys, want)
+		}
+		if total["Patient"] != 100 {
+			t.Errorf("%d Patients, want 100", total["Patient"])
+		}
+	})
 	t.Run("group read and search", func(t *testing.T) {
 		resp, body := do(t, "GET", base+"/Group/"+syntheaGroup, nil)
 		if resp.StatusCode != 200 || !strings.Contains(string(body), syntheaGroup) {

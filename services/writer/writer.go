@@ -15,6 +15,7 @@ import (
 
 	"github.com/flatfhir/flatfhir/shared/chstore"
 	"github.com/flatfhir/flatfhir/shared/compartment"
+	"github.com/flatfhir/flatfhir/shared/fhir"
 	"github.com/flatfhir/flatfhir/streams"
 )
 
@@ -171,8 +172,20 @@ func (w *Writer) run(ctx context.Context, msg jetstream.Msg, task streams.Task, 
 	if err != nil {
 		return err
 	}
+	elements, err := fhir.ParseElements(task.Elements)
+	if err != nil {
+		return &permanentError{fmt.Errorf("_elements: %v", err)}
+	}
+	var trimmed []byte
 	if !empty {
 		err = w.deps.Store.ReadLatest(ctx, r, func(_ string, body []byte) error {
+			if !elements.IsZero() {
+				var err error
+				if trimmed, _, err = elements.Apply(trimmed[:0], task.Type, body); err != nil {
+					return fmt.Errorf("apply _elements to a %s: %w", task.Type, err)
+				}
+				body = trimmed
+			}
 			return out.write(ctx, task.Type, "", body)
 		})
 	}
