@@ -178,15 +178,26 @@ func (w *Writer) run(ctx context.Context, msg jetstream.Msg, task streams.Task, 
 	}
 	var trimmed []byte
 	if !empty {
-		err = w.deps.Store.ReadLatest(ctx, r, func(_ string, body []byte) error {
+		err = w.deps.Store.ReadLatest(ctx, r, func(id string, body []byte) error {
+			typ := task.Type
+			if typ == "Binary" {
+				// A patient's Binary goes out as a DocumentReference.
+				doc, ok, err := binaryAsDocumentReference(body)
+				if err != nil {
+					return fmt.Errorf("convert Binary/%s: %w", id, err)
+				}
+				if ok {
+					typ, body = "DocumentReference", doc
+				}
+			}
 			if !elements.IsZero() {
 				var err error
-				if trimmed, _, err = elements.Apply(trimmed[:0], task.Type, body); err != nil {
-					return fmt.Errorf("apply _elements to a %s: %w", task.Type, err)
+				if trimmed, _, err = elements.Apply(trimmed[:0], typ, body); err != nil {
+					return fmt.Errorf("apply _elements to a %s: %w", typ, err)
 				}
 				body = trimmed
 			}
-			return out.write(ctx, task.Type, "", body)
+			return out.write(ctx, typ, "", body)
 		})
 	}
 	if err == nil && !empty && !task.Since.IsZero() {

@@ -1,0 +1,78 @@
+package writer
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+
+	"github.com/flatfhir/flatfhir/shared/compartment"
+)
+
+// binaryAsDocumentReference turns a Binary that belongs to one patient (its
+// securityContext references a Patient) into the DocumentReference the Bulk
+// Data IG requires in its place, with the content inline as
+// attachment.data. ok is false for a Binary of no particular patient,
+// which is exported as it is.
+func binaryAsDocumentReference(body []byte) (doc []byte, ok bool, err error) {
+	var b struct {
+		ID              string          `json:"id"`
+		Meta            json.RawMessage `json:"meta,omitempty"`
+		ContentType     string          `json:"contentType"`
+		SecurityContext *struct {
+			Reference string `json:"reference"`
+		} `json:"securityContext"`
+		Data string `json:"data,omitempty"`
+	}
+	if err := json.Unmarshal(body, &b); err != nil {
+		return nil, false, err
+	}
+	if b.SecurityContext == nil {
+		return nil, false, nil
+	}
+	patient, isPatient := compartment.ReferencedPatientID(b.SecurityContext.Reference)
+	if !isPatient {
+		return nil, false, nil
+	}
+	out := documentReference{
+		ResourceType: "DocumentReference",
+		ID:           binaryDocID(b.ID),
+		Meta:         b.Meta,
+		Status:       "current",
+		Subject:      reference{Reference: "Patient/" + patient},
+		Content:      []content{{Attachment: attachment{ContentType: b.ContentType, Data: b.Data}}},
+	}
+	doc, err = json.Marshal(out)
+	return doc, err == nil, err
+}
+
+// binaryDocID is the id of the DocumentReference standing for a Binary:
+// distinct from real DocumentReference ids, and a legal FHIR id.
+func binaryDocID(id string) string {
+	if len(id) <= 60 {
+		return "bin-" + id
+	}
+	sum := sha256.Sum256([]byte(id))
+	return "bin-" + hex.EncodeToString(sum[:20])
+}
+
+type documentReference struct {
+	ResourceType string          `json:"resourceType"`
+	ID           string          `json:"id"`
+	Meta         json.RawMessage `json:"meta,omitempty"`
+	Status       string          `json:"status"`
+	Subject      reference       `json:"subject"`
+	Content      []content       `json:"content"`
+}
+
+type reference struct {
+	Reference string `json:"reference"`
+}
+
+type content struct {
+	Attachment attachment `json:"attachment"`
+}
+
+type attachment struct {
+	ContentType string `json:"contentType,omitempty"`
+	Data        string `json:"data,omitempty"`
+}
