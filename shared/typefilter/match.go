@@ -381,7 +381,10 @@ func newDoc(typ string, keys []string, body []byte) (*doc, error) {
 		return nil, d.malformed(err)
 	}
 	var got string
-	if rt == nil || json.Unmarshal(rt, &got) != nil || got != typ {
+	if rt == nil {
+		return nil, d.malformed(fmt.Errorf("no resourceType"))
+	}
+	if json.Unmarshal(rt, &got) != nil || got != typ {
 		return nil, d.malformed(fmt.Errorf("resourceType is %s, want %q", rt, typ))
 	}
 	return d, nil

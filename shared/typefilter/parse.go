@@ -311,12 +311,12 @@ func parseRef(v, target string) (refAlt, error) {
 			rest = rest[strings.LastIndexByte(rest, '/')+1:]
 		}
 		r.typ = rest
-		if !fhir.IsResourceType(r.typ) {
-			return refAlt{}, fmt.Errorf("reference %q: unknown resource type %q", v, r.typ)
-		}
 	}
 	if !fhir.ValidID(r.id) {
 		return refAlt{}, fmt.Errorf("reference %q: %q is not a valid id", v, r.id)
+	}
+	if r.typ != "" && !fhir.IsResourceType(r.typ) {
+		return refAlt{}, fmt.Errorf("reference %q: unknown resource type %q", v, r.typ)
 	}
 	if target != "" && r.typ != "" && r.typ != target {
 		return refAlt{}, fmt.Errorf("reference %q: this parameter only refers to %s", v, target)
