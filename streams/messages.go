@@ -44,6 +44,8 @@ type ExportRequest struct {
 	Patients []string `json:"patients,omitempty"`
 	// Elements is the _elements parameter's values, validated.
 	Elements []string `json:"elements,omitempty"`
+	// TypeFilter is the _typeFilter parameter's values, validated.
+	TypeFilter []string `json:"typeFilter,omitempty"`
 	// Since is the _since instant; zero when absent.
 	Since time.Time `json:"since,omitzero"`
 	// MinChangeSeq is the last CHANGES sequence when the kick-off arrived:
@@ -89,11 +91,13 @@ type Task struct {
 	Patients []string `json:"patients,omitempty"`
 	// Elements trims each resource to these elements (and the mandatory
 	// ones), tagging it SUBSETTED.
-	Elements []string  `json:"elements,omitempty"`
-	HashLo   uint64    `json:"hashLo"`
-	HashHi   uint64    `json:"hashHi"`
-	Since    time.Time `json:"since,omitzero"`
-	Until    time.Time `json:"until"`
+	Elements []string `json:"elements,omitempty"`
+	// TypeFilter keeps only resources matching its queries for their type.
+	TypeFilter []string  `json:"typeFilter,omitempty"`
+	HashLo     uint64    `json:"hashLo"`
+	HashHi     uint64    `json:"hashHi"`
+	Since      time.Time `json:"since,omitzero"`
+	Until      time.Time `json:"until"`
 	// MaxFileResources and MaxFileBytes roll output files over.
 	MaxFileResources int   `json:"maxFileResources"`
 	MaxFileBytes     int64 `json:"maxFileBytes"`

@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nuid"
 
 	"github.com/flatfhir/flatfhir/shared/fhir"
+	"github.com/flatfhir/flatfhir/shared/typefilter"
 	"github.com/flatfhir/flatfhir/streams"
 )
 
@@ -37,12 +38,13 @@ var listParams = map[string]bool{"_type": true, "_elements": true, "includeAssoc
 
 // kickoffRequest is the parsed and validated kick-off.
 type kickoffRequest struct {
-	types    []string
-	since    time.Time
-	ignored  []string
-	elements []string // _elements, validated
-	group    string   // Group level: the group's id
-	patients []string // Patient and Group levels: the patient parameter's ids
+	types      []string
+	since      time.Time
+	ignored    []string
+	elements   []string // _elements, validated
+	typeFilter []string // _typeFilter, validated
+	group      string   // Group level: the group's id
+	patients   []string // Patient and Group levels: the patient parameter's ids
 }
 
 // kickoff serves GET and POST [base]/$export, [base]/Patient/$export and
@@ -194,6 +196,12 @@ func parseKickoff(params map[string][]string, lenient bool) (kickoffRequest, err
 					_ = refuse(p)
 				}
 			}
+		case "_typeFilter":
+			if _, perr := typefilter.Parse(vals); perr != nil {
+				err = refuse(notSupported("_typeFilter: %v", perr))
+			} else {
+				req.typeFilter = vals
+			}
 		case "_elements":
 			if _, perr := fhir.ParseElements(vals); perr != nil {
 				err = refuse(badRequest("_elements: %v", perr))
@@ -273,7 +281,7 @@ func (s *Server) accept(c *fiber.Ctx, lvl level, req kickoffRequest) error {
 	}
 	job := streams.Job{
 		ExportRequest: streams.ExportRequest{
-			JobID: id, Level: lvl, GroupID: req.group, Patients: req.patients, Elements: req.elements, RequestURL: requestURL,
+			JobID: id, Level: lvl, GroupID: req.group, Patients: req.patients, Elements: req.elements, TypeFilter: req.typeFilter, RequestURL: requestURL,
 			Types: req.types, Since: req.since, MinChangeSeq: minSeq, SubmittedAt: s.deps.Now().UTC(),
 			Ignored: req.ignored,
 		},

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"net/http"
+	"net/url"
 	"reflect"
 	"sort"
 	"strings"
@@ -232,6 +233,38 @@ func TestE2EPatientAndGroupLevels(t *testing.T) {
 		}
 		if total["Patient"] != 100 {
 			t.Errorf("%d Patients, want 100", total["Patient"])
+		}
+	})
+	t.Run("_typeFilter keeps matching resources of the filtered type only", func(t *testing.T) {
+		hasCode := func(r map[string]any, codes ...string) bool {
+			code, _ := r["code"].(map[string]any)
+			list, _ := code["coding"].([]any)
+			for _, c := range list {
+				cm, _ := c.(map[string]any)
+				for _, want := range codes {
+					if cm["system"] == "http://loinc.org" && cm["code"] == want {
+						return true
+					}
+				}
+			}
+			return false
+		}
+		want := map[string]int{}
+		for key, r := range input {
+			switch {
+			case strings.HasPrefix(key, "Patient/"):
+				want[key] = 1
+			case strings.HasPrefix(key, "Observation/") && hasCode(r, "8302-2", "29463-7"):
+				want[key] = 1
+			}
+		}
+		// Two subqueries for one type (OR), URL-encoded as a client sends them.
+		q := url.QueryEscape("Observation?code="+url.QueryEscape("http://loinc.org|8302-2")) + "," +
+			url.QueryEscape("Observation?code="+url.QueryEscape("http://loinc.org|29463-7"))
+		m, _, _ := await(t, kickoff(t, base+"/$export?_type=Patient,Observation&_typeFilter="+q))
+		got := exported(t, m)
+		if len(want) < 200 || !reflect.DeepEqual(got, want) {
+			t.Errorf("_typeFilter export: %d resources, want %d (diff %v)", len(got), len(want), diffKeys(got, want, 5))
 		}
 	})
 	t.Run("group read and search", func(t *testing.T) {

@@ -291,7 +291,7 @@ func Split(job streams.Job, t time.Time, counts []chstore.BucketCount, cfg Confi
 	emit := func(typ string, lo, hi uint64) {
 		tasks = append(tasks, streams.Task{
 			JobID: job.JobID, TaskID: fmt.Sprintf("%05d", len(tasks)), Type: typ,
-			Level: job.Level, GroupID: job.GroupID, Patients: job.Patients, Elements: job.Elements,
+			Level: job.Level, GroupID: job.GroupID, Patients: job.Patients, Elements: job.Elements, TypeFilter: job.TypeFilter,
 			HashLo: lo, HashHi: hi, Since: job.Since, Until: t,
 			MaxFileResources: cfg.MaxFileResources, MaxFileBytes: cfg.MaxFileBytes,
 		})

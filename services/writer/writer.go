@@ -16,6 +16,7 @@ import (
 	"github.com/flatfhir/flatfhir/shared/chstore"
 	"github.com/flatfhir/flatfhir/shared/compartment"
 	"github.com/flatfhir/flatfhir/shared/fhir"
+	"github.com/flatfhir/flatfhir/shared/typefilter"
 	"github.com/flatfhir/flatfhir/streams"
 )
 
@@ -176,6 +177,10 @@ func (w *Writer) run(ctx context.Context, msg jetstream.Msg, task streams.Task, 
 	if err != nil {
 		return &permanentError{fmt.Errorf("_elements: %v", err)}
 	}
+	filter, err := typefilter.Parse(task.TypeFilter)
+	if err != nil {
+		return &permanentError{fmt.Errorf("_typeFilter: %v", err)}
+	}
 	var trimmed []byte
 	if !empty {
 		err = w.deps.Store.ReadLatest(ctx, r, func(id string, body []byte) error {
@@ -189,6 +194,11 @@ func (w *Writer) run(ctx context.Context, msg jetstream.Msg, task streams.Task, 
 				if ok {
 					typ, body = "DocumentReference", doc
 				}
+			}
+			if match, err := filter.Match(typ, body); err != nil {
+				return fmt.Errorf("apply _typeFilter to %s/%s: %w", typ, id, err)
+			} else if !match {
+				return nil
 			}
 			if !elements.IsZero() {
 				var err error
