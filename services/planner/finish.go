@@ -110,9 +110,12 @@ func (p *Planner) assemble(ctx context.Context, job streams.Job, results []strea
 				continue
 			}
 			mf := streams.ManifestFile{Type: f.Type, Name: f.Name, Count: f.Count}
-			if f.Type == "Bundle" && strings.HasPrefix(f.Name, "deleted-") {
+			switch {
+			case f.Type == "Bundle" && strings.HasPrefix(f.Name, "deleted-"):
 				m.Deleted = append(m.Deleted, mf)
-			} else {
+			case f.Type == "OperationOutcome" && strings.HasPrefix(f.Name, "error-"):
+				m.Error = append(m.Error, mf) // a task that failed: partial success
+			default:
 				m.Output = append(m.Output, mf)
 			}
 		}

@@ -142,8 +142,18 @@ func (w *Writer) handle(ctx context.Context, msg jetstream.Msg) {
 		span.RecordError(err)
 		w.deps.Log.ErrorContext(ctx, "export task failed", slog.String("job", task.JobID), slog.String("task", task.TaskID), slog.Uint64("attempt", md.NumDelivered), slog.Any("error", err))
 		var perm *permanentError
-		if int(md.NumDelivered) >= w.cfg.MaxDeliver || errors.As(err, &perm) {
+		if errors.As(err, &perm) {
 			w.failJob(ctx, task, err)
+			_ = msg.Term()
+			return
+		}
+		if int(md.NumDelivered) >= w.cfg.MaxDeliver {
+			// Partial success: the rest of the export completes, and the
+			// manifest's error array says what is missing.
+			if ferr := w.recordFailure(ctx, task, md.NumDelivered, err); ferr != nil {
+				w.deps.Log.ErrorContext(ctx, "record task failure", slog.String("job", task.JobID), slog.Any("error", ferr))
+				w.failJob(ctx, task, err)
+			}
 			_ = msg.Term()
 			return
 		}
@@ -337,7 +347,25 @@ func (w *Writer) watch(ctx context.Context, cancel context.CancelCauseFunc, msg 
 	}
 }
 
-// failJob marks the job failed after a task exhausted its attempts.
+// recordFailure completes a task that exhausted its attempts with an error
+// file instead of output: one OperationOutcome naming what is missing.
+func (w *Writer) recordFailure(ctx context.Context, task streams.Task, attempt uint64, cause error) error {
+	name := fmt.Sprintf("error-%s-%s.ndjson", task.Type, task.TaskID)
+	msg := fmt.Sprintf("%s resources with id hash in [%d, %d) could not be exported after %d attempts and are missing from this export's output: %v",
+		task.Type, task.HashLo, task.HashHi, attempt, cause)
+	line := append(fhir.Outcome(fhir.SeverityError, fhir.CodeException, msg).JSON(), '\n')
+	if _, err := w.files.PutBytes(ctx, streams.ObjectName(task.JobID, name), line); err != nil {
+		return fmt.Errorf("store error file: %w", err)
+	}
+	result := streams.TaskResult{JobID: task.JobID, TaskID: task.TaskID, Attempt: attempt,
+		Files: []streams.File{{Name: name, Type: "OperationOutcome", Count: 1, Bytes: int64(len(line))}}}
+	if _, err := w.jobs.KV.Create(ctx, streams.KeyTask(task.JobID, task.TaskID), streams.Encode(result)); err != nil && !errors.Is(err, jetstream.ErrKeyExists) {
+		return fmt.Errorf("record result of task %s: %w", task.TaskID, err)
+	}
+	return w.announce(ctx, task)
+}
+
+// failJob marks the job failed: a task failed in a way no retry can mend.
 func (w *Writer) failJob(ctx context.Context, task streams.Task, cause error) {
 	_, err := w.jobs.Update(ctx, task.JobID, func(j *streams.Job) bool {
 		if j.Status != streams.JobRunning {

@@ -17,6 +17,7 @@ import (
 
 	"github.com/flatfhir/flatfhir/services/writer"
 	"github.com/flatfhir/flatfhir/shared/chstore"
+	"github.com/flatfhir/flatfhir/shared/fhir"
 	"github.com/flatfhir/flatfhir/shared/testenv"
 	"github.com/flatfhir/flatfhir/streams"
 	"github.com/flatfhir/flatfhir/streams/streamstest"
@@ -38,6 +39,11 @@ func runWriters(t testing.TB, e env, n int) {
 	t.Helper()
 	cfg := writer.DefaultConfig()
 	cfg.CheckEvery = 200 * time.Millisecond
+	runWritersWith(t, e, n, cfg)
+}
+
+func runWritersWith(t testing.TB, e env, n int, cfg writer.Config) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, n)
 	for range n {
@@ -549,5 +555,46 @@ func TestWriterAnnouncesTaskRecordedByEarlierAttempt(t *testing.T) {
 	}
 	if n := subjectCount(t, e.JobEvents, streams.SubjectJobDone("job1")); n != 1 {
 		t.Errorf("task finished by an earlier attempt acked with %d completion announcements, want 1: the planner never counts it", n)
+	}
+}
+
+// TestWriterTaskThatKeepsFailingBecomesAnErrorFile: after its last attempt
+// a failing task completes with an OperationOutcome file naming what is
+// missing (partial success), and the job is not failed.
+func TestWriterTaskThatKeepsFailingBecomesAnErrorFile(t *testing.T) {
+	e := newEnv(t)
+	until := time.Now().UTC()
+	createJob(t, e, "job", streams.JobRunning, until)
+	// A type ClickHouse reads refuse: every attempt fails the same way.
+	bad := streams.Task{JobID: "job", TaskID: "00000", Type: "Bad'Type", HashLo: 0, HashHi: chstore.HashSpace, Until: until, MaxFileResources: 10, MaxFileBytes: 1 << 20}
+	publishTasks(t, e, []streams.Task{bad})
+	cfg := writer.DefaultConfig()
+	cfg.CheckEvery, cfg.MaxDeliver = 200*time.Millisecond, 2
+	runWritersWith(t, e, 1, cfg)
+
+	var r streams.TaskResult
+	testenv.Eventually(t, 30*time.Second, "task result", func() bool {
+		var ok bool
+		r, ok = result(t, e, "job", "00000")
+		return ok
+	})
+	if len(r.Files) != 1 || r.Files[0].Type != "OperationOutcome" || r.Files[0].Count != 1 || r.Attempt != 2 {
+		t.Fatalf("result %+v, want one OperationOutcome file from attempt 2", r)
+	}
+	body, err := e.Files.GetBytes(t.Context(), streams.ObjectName("job", r.Files[0].Name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var oo fhir.OperationOutcome
+	if err := json.Unmarshal(bytes.TrimSpace(body), &oo); err != nil || oo.ResourceType != "OperationOutcome" ||
+		len(oo.Issue) != 1 || oo.Issue[0].Severity != "error" || !strings.Contains(oo.Issue[0].Diagnostics, "Bad'Type") {
+		t.Errorf("error file %s: %v", body, err)
+	}
+	testenv.Eventually(t, 10*time.Second, "completion announced", func() bool {
+		return subjectCount(t, e.JobEvents, streams.SubjectJobDone("job")) == 1
+	})
+	job, _, err := e.Jobs.Get(t.Context(), "job")
+	if err != nil || job.Status != streams.JobRunning {
+		t.Errorf("job status %q (%v), want still running: a failed task is partial success", job.Status, err)
 	}
 }
