@@ -192,33 +192,38 @@ func (w *Writer) run(ctx context.Context, msg jetstream.Msg, task streams.Task, 
 		return &permanentError{fmt.Errorf("_typeFilter: %v", err)}
 	}
 	var trimmed []byte
-	if !empty {
-		err = w.deps.Store.ReadLatest(ctx, r, func(id string, body []byte) error {
-			typ := task.Type
-			if typ == "Binary" {
-				// A patient's Binary goes out as a DocumentReference.
-				doc, ok, err := binaryAsDocumentReference(body)
-				if err != nil {
-					return fmt.Errorf("convert Binary/%s: %w", id, err)
-				}
-				if ok {
-					typ, body = "DocumentReference", doc
-				}
+	emit := func(id string, body []byte) error {
+		typ := task.Type
+		if typ == "Binary" {
+			// A patient's Binary goes out as a DocumentReference.
+			doc, ok, err := binaryAsDocumentReference(body)
+			if err != nil {
+				return fmt.Errorf("convert Binary/%s: %w", id, err)
 			}
-			if match, err := filter.Match(typ, body); err != nil {
-				return fmt.Errorf("apply _typeFilter to %s/%s: %w", typ, id, err)
-			} else if !match {
-				return nil
+			if ok {
+				typ, body = "DocumentReference", doc
 			}
-			if !elements.IsZero() {
-				var err error
-				if trimmed, _, err = elements.Apply(trimmed[:0], typ, body); err != nil {
-					return fmt.Errorf("apply _elements to a %s: %w", typ, err)
-				}
-				body = trimmed
+		}
+		if match, err := filter.Match(typ, body); err != nil {
+			return fmt.Errorf("apply _typeFilter to %s/%s: %w", typ, id, err)
+		} else if !match {
+			return nil
+		}
+		if !elements.IsZero() {
+			var err error
+			if trimmed, _, err = elements.Apply(trimmed[:0], typ, body); err != nil {
+				return fmt.Errorf("apply _elements to a %s: %w", typ, err)
 			}
-			return out.write(ctx, typ, "", body)
-		})
+			body = trimmed
+		}
+		return out.write(ctx, typ, "", body)
+	}
+	switch {
+	case empty:
+	case task.Type == "Provenance" && task.Level != streams.LevelSystem:
+		err = w.provenance(ctx, r, emit)
+	default:
+		err = w.deps.Store.ReadLatest(ctx, r, emit)
 	}
 	if err == nil && !empty && !task.Since.IsZero() {
 		err = w.deps.Store.ReadDeleted(ctx, r, func(id string, _ []byte) error {

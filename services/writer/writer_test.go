@@ -598,3 +598,69 @@ func TestWriterTaskThatKeepsFailingBecomesAnErrorFile(t *testing.T) {
 		t.Errorf("job status %q (%v), want still running: a failed task is partial success", job.Status, err)
 	}
 }
+
+// TestWriterPatientLevelProvenanceFollowsTargets: at Patient and Group
+// level, a Provenance goes out when any target is in the exported
+// compartments, not only when it targets the Patient (the IG's default
+// Provenance rule).
+func TestWriterPatientLevelProvenanceFollowsTargets(t *testing.T) {
+	e := newEnv(t)
+	rows := []chstore.Row{
+		{Type: "Patient", ID: "p1", Seq: 1, LastUpdated: 10, Patients: []string{"p1"}, Body: []byte(`{"resourceType":"Patient","id":"p1"}`)},
+		{Type: "Patient", ID: "p2", Seq: 2, LastUpdated: 10, Patients: []string{"p2"}, Body: []byte(`{"resourceType":"Patient","id":"p2"}`)},
+		{Type: "Observation", ID: "o1", Seq: 3, LastUpdated: 10, Patients: []string{"p1"}, Body: []byte(`{"resourceType":"Observation","id":"o1"}`)},
+		{Type: "Observation", ID: "o2", Seq: 4, LastUpdated: 10, Patients: []string{"p2"}, Body: []byte(`{"resourceType":"Observation","id":"o2"}`)},
+	}
+	prov := map[string]string{
+		"prov-obs1":  `"Observation/o1"`,
+		"prov-obs2":  `"http://fhir.example/Observation/o2/_history/3"`,
+		"prov-pat1":  `"Patient/p1"`,
+		"prov-org":   `"Organization/x"`,
+		"prov-ghost": `"Observation/never-stored"`,
+	}
+	seq := uint64(10)
+	for id, target := range prov {
+		seq++
+		var patients []string
+		if id == "prov-pat1" {
+			patients = []string{"p1"} // what the ingester's compartment computes
+		}
+		rows = append(rows, chstore.Row{Type: "Provenance", ID: id, Seq: seq, LastUpdated: 10, Patients: patients,
+			Body: []byte(`{"resourceType":"Provenance","id":"` + id + `","target":[{"reference":` + target + `}],"recorded":"2024-01-01T00:00:00Z","agent":[{"who":{"reference":"Practitioner/d"}}]}`)})
+	}
+	if err := e.store.Insert(t.Context(), rows); err != nil {
+		t.Fatal(err)
+	}
+	until := time.UnixMicro(100).UTC()
+	runWriters(t, e, 1)
+	cases := []struct {
+		job      string
+		patients []string
+		want     string
+	}{
+		{"all", nil, "prov-obs1 prov-obs2 prov-pat1"},
+		{"p1only", []string{"p1"}, "prov-obs1 prov-pat1"},
+		{"p2only", []string{"p2"}, "prov-obs2"},
+	}
+	for _, c := range cases {
+		createJob(t, e, c.job, streams.JobRunning, until)
+		task := streams.Task{JobID: c.job, TaskID: "00000", Type: "Provenance", Level: streams.LevelPatient, Patients: c.patients,
+			HashLo: 0, HashHi: chstore.HashSpace, Until: until, MaxFileResources: 100, MaxFileBytes: 1 << 20}
+		publishTasks(t, e, []streams.Task{task})
+		testenv.Eventually(t, 30*time.Second, "provenance task result", func() bool { _, ok := result(t, e, c.job, "00000"); return ok })
+		var ids []string
+		for _, f := range readResults(t, e, []streams.Task{task}) {
+			for _, l := range f.lines {
+				var r struct{ ID string }
+				if err := json.Unmarshal(l, &r); err != nil {
+					t.Fatal(err)
+				}
+				ids = append(ids, r.ID)
+			}
+		}
+		sort.Strings(ids)
+		if got := strings.Join(ids, " "); got != c.want {
+			t.Errorf("%s: Provenances %q, want %q", c.job, got, c.want)
+		}
+	}
+}

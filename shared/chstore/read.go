@@ -208,3 +208,63 @@ func (s *Store) ReadOne(ctx context.Context, typ, id string, until uint64) ([]by
 func (s *Store) ReadAllLatest(ctx context.Context, typ string, until uint64, fn func(id string, body []byte) error) error {
 	return s.ReadLatest(ctx, Range{Type: typ, HashLo: 0, HashHi: HashSpace, Until: until}, fn)
 }
+
+// Ref names one resource.
+type Ref struct{ Type, ID string }
+
+// PatientsOf returns, for each of refs that existed at until
+// (microseconds), the patients whose compartment held its latest version
+// then. refs must carry valid FHIR types and ids (they are inlined).
+func (s *Store) PatientsOf(ctx context.Context, refs []Ref, until uint64) (map[Ref][]string, error) {
+	out := map[Ref][]string{}
+	if len(refs) == 0 {
+		return out, nil
+	}
+	var tuples, hashes strings.Builder
+	for i, r := range refs {
+		if !safeToken(r.Type) || !safeToken(r.ID) {
+			return nil, fmt.Errorf("invalid reference %s/%s", r.Type, r.ID)
+		}
+		if i > 0 {
+			tuples.WriteByte(',')
+			hashes.WriteByte(',')
+		}
+		fmt.Fprintf(&tuples, "('%s','%s')", r.Type, r.ID)
+		fmt.Fprintf(&hashes, "%d", IDHash(r.ID))
+	}
+	q := "SELECT type, id, argMax(patients, seq), argMax(deleted, seq) FROM " + s.table +
+		" WHERE id_hash IN (" + hashes.String() + ") AND (type, id) IN (" + tuples.String() + ") AND last_updated <= ?" +
+		" GROUP BY type, id"
+	rows, err := s.conn.Query(ctx, q, until)
+	if err != nil {
+		return nil, fmt.Errorf("read patients of %d resources: %w", len(refs), err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var r Ref
+		var patients []string
+		var del uint8
+		if err := rows.Scan(&r.Type, &r.ID, &patients, &del); err != nil {
+			return nil, fmt.Errorf("scan patients: %w", err)
+		}
+		if del == 0 {
+			out[r] = patients
+		}
+	}
+	return out, rows.Err()
+}
+
+// safeToken reports whether s can be inlined in SQL quotes: FHIR types and
+// ids only use these characters.
+func safeToken(s string) bool {
+	if s == "" || len(s) > 64 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '.') {
+			return false
+		}
+	}
+	return true
+}

@@ -200,3 +200,30 @@ func TestStoreCompartmentFilters(t *testing.T) {
 		t.Error("ReadOne found a resource never stored")
 	}
 }
+
+func TestStorePatientsOf(t *testing.T) {
+	s := testenv.Store(t)
+	rows := []chstore.Row{
+		{Type: "Observation", ID: "o1", Seq: 1, LastUpdated: 100, Patients: []string{"p1"}, Body: []byte(`{}`)},
+		{Type: "Observation", ID: "o2", Seq: 2, LastUpdated: 100, Patients: []string{"p2"}, Body: []byte(`{}`)},
+		{Type: "Observation", ID: "o2", Seq: 3, LastUpdated: 300, Patients: []string{"p3"}, Body: []byte(`{}`)},
+		{Type: "Observation", ID: "o3", Seq: 4, LastUpdated: 100, Patients: []string{"p1"}, Body: []byte(`{}`)},
+		{Type: "Observation", ID: "o3", Seq: 5, LastUpdated: 150, Deleted: true},
+		{Type: "Organization", ID: "o1", Seq: 6, LastUpdated: 100, Body: []byte(`{}`)},
+	}
+	if err := s.Insert(t.Context(), rows); err != nil {
+		t.Fatal(err)
+	}
+	refs := []chstore.Ref{{"Observation", "o1"}, {"Observation", "o2"}, {"Observation", "o3"}, {"Organization", "o1"}, {"Observation", "nope"}}
+	got, err := s.PatientsOf(t.Context(), refs, 200)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[chstore.Ref][]string{{"Observation", "o1"}: {"p1"}, {"Observation", "o2"}: {"p2"}, {"Organization", "o1"}: {}}
+	if len(got) != len(want) || fmt.Sprint(got[chstore.Ref{"Observation", "o1"}]) != "[p1]" || fmt.Sprint(got[chstore.Ref{"Observation", "o2"}]) != "[p2]" {
+		t.Errorf("PatientsOf at 200 = %v, want %v", got, want)
+	}
+	if _, err := s.PatientsOf(t.Context(), []chstore.Ref{{"Observation", "x'); DROP"}}, 200); err == nil {
+		t.Error("an unsafe id was accepted")
+	}
+}

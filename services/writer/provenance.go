@@ -1,0 +1,130 @@
+package writer
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+
+	"github.com/flatfhir/flatfhir/shared/chstore"
+	"github.com/flatfhir/flatfhir/shared/compartment"
+)
+
+// provenanceBatch is how many Provenances are resolved with one query.
+const provenanceBatch = 500
+
+// provenance exports, for a Patient or Group level task, every Provenance
+// whose target is a resource in the export's compartments (the Bulk Data
+// IG's default Provenance rule), not only those that target a Patient: the
+// Provenances of the range are read unfiltered and their targets resolved,
+// a batch at a time, against the store as of the export's time.
+func (w *Writer) provenance(ctx context.Context, r chstore.Range, emit func(id string, body []byte) error) error {
+	scope := map[string]bool{}
+	for _, p := range r.Patients {
+		scope[p] = true
+	}
+	inScope := func(patients []string) bool {
+		for _, p := range patients {
+			if len(scope) == 0 || scope[p] {
+				return true
+			}
+		}
+		return false
+	}
+	type pending struct {
+		id      string
+		body    []byte
+		targets []chstore.Ref
+	}
+	var batch []pending
+	flush := func() error {
+		var refs []chstore.Ref
+		for _, p := range batch {
+			refs = append(refs, p.targets...)
+		}
+		patientsOf, err := w.deps.Store.PatientsOf(ctx, refs, r.Until)
+		if err != nil {
+			return err
+		}
+		for _, p := range batch {
+			for _, t := range p.targets {
+				patients, found := patientsOf[t]
+				if t.Type == "Patient" && found {
+					patients = []string{t.ID}
+				}
+				if found && inScope(patients) {
+					if err := emit(p.id, p.body); err != nil {
+						return err
+					}
+					break
+				}
+			}
+		}
+		batch = batch[:0]
+		return nil
+	}
+	all := r
+	all.Patients, all.InCompartment = nil, false
+	err := w.deps.Store.ReadLatest(ctx, all, func(id string, body []byte) error {
+		targets, err := provenanceTargets(body)
+		if err != nil {
+			return fmt.Errorf("read targets of Provenance/%s: %w", id, err)
+		}
+		if len(targets) == 0 {
+			return nil
+		}
+		batch = append(batch, pending{id, append([]byte(nil), body...), targets})
+		if len(batch) >= provenanceBatch {
+			return flush()
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	return flush()
+}
+
+// provenanceTargets reads Provenance.target references of the form
+// Type/id (relative or absolute, with or without _history).
+func provenanceTargets(body []byte) ([]chstore.Ref, error) {
+	var p struct {
+		Target []struct {
+			Reference string `json:"reference"`
+		} `json:"target"`
+	}
+	if err := json.Unmarshal(body, &p); err != nil {
+		return nil, err
+	}
+	var out []chstore.Ref
+	for _, t := range p.Target {
+		ref := t.Reference
+		if i := strings.Index(ref, "/_history/"); i >= 0 {
+			ref = ref[:i]
+		}
+		parts := strings.Split(ref, "/")
+		if len(parts) < 2 {
+			continue
+		}
+		typ, id := parts[len(parts)-2], parts[len(parts)-1]
+		if compartment.InCompartment(typ) || typ == "Patient" {
+			if validRef(typ, id) {
+				out = append(out, chstore.Ref{Type: typ, ID: id})
+			}
+		}
+	}
+	return out, nil
+}
+
+func validRef(typ, id string) bool {
+	if id == "" || len(id) > 64 {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '.') {
+			return false
+		}
+	}
+	return typ != ""
+}
