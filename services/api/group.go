@@ -50,27 +50,26 @@ func (s *Server) searchGroups(c *fiber.Ctx) error {
 	if bad != nil {
 		return bad
 	}
-	var entries []json.RawMessage
+	entries := []bundleEntry{}
 	err := s.deps.Store.ReadAllLatest(c.UserContext(), "Group", math.MaxUint64, func(id string, body []byte) error {
 		if groupMatches(id, body, filters) {
-			e, _ := json.Marshal(map[string]any{
-				"fullUrl":  s.baseURL(c) + "/Group/" + id,
-				"resource": json.RawMessage(body),
-				"search":   map[string]string{"mode": "match"},
+			entries = append(entries, bundleEntry{
+				FullURL:  s.baseURL(c) + "/Group/" + id,
+				Resource: json.RawMessage(append([]byte(nil), body...)),
+				Search:   bundleSearch{Mode: "match"},
 			})
-			entries = append(entries, e)
 		}
 		return nil
 	})
 	if err != nil {
 		return transient("Groups could not be searched; retry: %v", err)
 	}
-	bundle, _ := json.Marshal(map[string]any{
-		"resourceType": "Bundle",
-		"type":         "searchset",
-		"total":        len(entries),
-		"link":         []map[string]string{{"relation": "self", "url": s.baseURL(c) + string(c.Request().URI().RequestURI())}},
-		"entry":        entries,
+	bundle := encodeJSON(searchset{
+		ResourceType: "Bundle",
+		Type:         "searchset",
+		Total:        len(entries),
+		Link:         []bundleLink{{Relation: "self", URL: s.baseURL(c) + string(c.Request().URI().RequestURI())}},
+		Entry:        entries,
 	})
 	c.Set(fiber.HeaderContentType, "application/fhir+json")
 	return c.Send(bundle)
@@ -122,4 +121,27 @@ func anyOf(list string, match func(string) bool) bool {
 		}
 	}
 	return false
+}
+
+type searchset struct {
+	ResourceType string        `json:"resourceType"`
+	Type         string        `json:"type"`
+	Total        int           `json:"total"`
+	Link         []bundleLink  `json:"link"`
+	Entry        []bundleEntry `json:"entry,omitempty"`
+}
+
+type bundleLink struct {
+	Relation string `json:"relation"`
+	URL      string `json:"url"`
+}
+
+type bundleEntry struct {
+	FullURL  string          `json:"fullUrl"`
+	Resource json.RawMessage `json:"resource"`
+	Search   bundleSearch    `json:"search"`
+}
+
+type bundleSearch struct {
+	Mode string `json:"mode"`
 }

@@ -1,6 +1,8 @@
 package api
 
 import (
+	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -99,7 +101,7 @@ func (s *Server) status(c *fiber.Ctx) error {
 	}
 	c.Set(fiber.HeaderExpires, job.ExpiresAt.UTC().Format(http.TimeFormat))
 	c.Set(fiber.HeaderContentType, fiber.MIMEApplicationJSON)
-	return c.Status(fiber.StatusOK).Send(streams.Encode(body))
+	return c.Status(fiber.StatusOK).Send(encodeJSON(body))
 }
 
 // cancel serves DELETE on the polling URL: it cancels a running export or
@@ -135,4 +137,13 @@ func acceptsGzip(header string) bool {
 		return q != "q=0" && q != "q=0.0" && q != "q=0.00" && q != "q=0.000"
 	}
 	return false
+}
+
+// encodeJSON marshals v without HTML escaping, so URLs keep their '&'.
+func encodeJSON(v any) []byte {
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	_ = enc.Encode(v) // the manifest and bundle types always encode
+	return bytes.TrimRight(b.Bytes(), "\n")
 }
