@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // Roles a process can play.
@@ -43,6 +44,8 @@ type Config struct {
 	Replicas int
 	// PollRate is the status polls per second allowed per export (0: no limit).
 	PollRate float64
+	// Retention is how long a completed export's files stay available.
+	Retention time.Duration
 	// OTLPEndpoint receives traces and metrics when set.
 	OTLPEndpoint string
 	LogLevel     string
@@ -73,6 +76,13 @@ func FromEnv() (Config, error) {
 			errs = append(errs, fmt.Errorf("FLATFHIR_POLL_RATE=%q is not a non-negative number", v))
 		}
 		c.PollRate = f
+	}
+	if v := env("FLATFHIR_RETENTION", "24h"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d <= 0 {
+			errs = append(errs, fmt.Errorf("FLATFHIR_RETENTION=%q is not a positive duration (e.g. 24h, 90m)", v))
+		}
+		c.Retention = d
 	}
 	if err := errors.Join(errs...); err != nil {
 		return c, err

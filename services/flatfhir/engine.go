@@ -129,6 +129,9 @@ func (e *Engine) build(ctx context.Context, tune Tuning, sc streams.Config) erro
 		if cfg.TaskRows == 0 {
 			cfg = planner.DefaultConfig()
 		}
+		if e.cfg.Retention > 0 {
+			cfg.Retention = e.cfg.Retention
+		}
 		p, err := planner.New(cfg, planner.Deps{JS: e.js, Store: e.store, Log: e.log.With("service", "planner"), Tracer: tp, Meter: mp})
 		if err != nil {
 			return err
