@@ -8,6 +8,7 @@ import (
 
 	"github.com/flatfhir/flatfhir/shared/chstore"
 	"github.com/flatfhir/flatfhir/shared/compartment"
+	"github.com/flatfhir/flatfhir/shared/fhir"
 )
 
 // provenanceBatch is how many Provenances are resolved with one query.
@@ -108,23 +109,10 @@ func provenanceTargets(body []byte) ([]chstore.Ref, error) {
 		}
 		typ, id := parts[len(parts)-2], parts[len(parts)-1]
 		if compartment.InCompartment(typ) || typ == "Patient" {
-			if validRef(typ, id) {
+			if fhir.ValidID(id) {
 				out = append(out, chstore.Ref{Type: typ, ID: id})
 			}
 		}
 	}
 	return out, nil
-}
-
-func validRef(typ, id string) bool {
-	if id == "" || len(id) > 64 {
-		return false
-	}
-	for i := 0; i < len(id); i++ {
-		c := id[i]
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '.') {
-			return false
-		}
-	}
-	return typ != ""
 }

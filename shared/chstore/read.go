@@ -6,6 +6,8 @@ import (
 	"strings"
 
 	"github.com/ClickHouse/clickhouse-go/v2"
+
+	"github.com/flatfhir/flatfhir/shared/fhir"
 )
 
 // BucketCount is how many versions of one type, stamped at or before the
@@ -214,7 +216,8 @@ type Ref struct{ Type, ID string }
 
 // PatientsOf returns, for each of refs that existed at until
 // (microseconds), the patients whose compartment held its latest version
-// then. refs must carry valid FHIR types and ids (they are inlined).
+// then. refs must carry R4 types and valid ids: they are inlined in the
+// query, which those character sets make safe.
 func (s *Store) PatientsOf(ctx context.Context, refs []Ref, until uint64) (map[Ref][]string, error) {
 	out := map[Ref][]string{}
 	if len(refs) == 0 {
@@ -222,7 +225,7 @@ func (s *Store) PatientsOf(ctx context.Context, refs []Ref, until uint64) (map[R
 	}
 	var tuples, hashes strings.Builder
 	for i, r := range refs {
-		if !safeToken(r.Type) || !safeToken(r.ID) {
+		if !fhir.IsResourceType(r.Type) || !fhir.ValidID(r.ID) {
 			return nil, fmt.Errorf("invalid reference %s/%s", r.Type, r.ID)
 		}
 		if i > 0 {
@@ -252,19 +255,4 @@ func (s *Store) PatientsOf(ctx context.Context, refs []Ref, until uint64) (map[R
 		}
 	}
 	return out, rows.Err()
-}
-
-// safeToken reports whether s can be inlined in SQL quotes: FHIR types and
-// ids only use these characters.
-func safeToken(s string) bool {
-	if s == "" || len(s) > 64 {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '.') {
-			return false
-		}
-	}
-	return true
 }

@@ -236,3 +236,24 @@ func SetMeta(dst, body []byte, versionID, lastUpdated string) ([]byte, error) {
 	}
 	return append(dst, '}'), nil
 }
+
+// EachMember calls fn with the key (unescaped) and raw value of every
+// top-level member of the JSON object b, in order. b must be valid JSON.
+func EachMember(b []byte, fn func(key, value []byte)) error {
+	fields, err := topLevel(b)
+	if err != nil {
+		return err
+	}
+	for _, f := range fields {
+		key := f.key(b)
+		if bytes.IndexByte(key, '\\') >= 0 {
+			var s string
+			if err := json.Unmarshal(b[f.ks:f.ke], &s); err != nil {
+				return fmt.Errorf("member name: %w", err)
+			}
+			key = []byte(s)
+		}
+		fn(key, b[f.vs:f.ve])
+	}
+	return nil
+}

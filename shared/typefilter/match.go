@@ -1,7 +1,6 @@
 package typefilter
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"strings"
@@ -410,81 +409,5 @@ func (d *doc) malformed(err error) error {
 // scanTop calls fn with every key (unescaped) and raw value of the JSON
 // object b, which must be valid JSON.
 func scanTop(b []byte, fn func(key, val []byte)) error {
-	i := skipSpace(b, 0)
-	if i >= len(b) || b[i] != '{' {
-		return fmt.Errorf("not a JSON object")
-	}
-	i = skipSpace(b, i+1)
-	if b[i] == '}' {
-		return nil
-	}
-	for {
-		ke := skipString(b, i)
-		key := b[i+1 : ke-1]
-		if bytes.IndexByte(key, '\\') >= 0 {
-			var s string
-			if err := json.Unmarshal(b[i:ke], &s); err != nil {
-				return err
-			}
-			key = []byte(s)
-		}
-		vs := skipSpace(b, skipSpace(b, ke)+1) // past ':'
-		ve := skipValue(b, vs)
-		fn(key, b[vs:ve])
-		i = skipSpace(b, ve)
-		if b[i] == '}' {
-			return nil
-		}
-		i = skipSpace(b, i+1) // past ','
-	}
-}
-
-func skipSpace(b []byte, i int) int {
-	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
-		i++
-	}
-	return i
-}
-
-// skipString returns the index after the string starting at b[i] == '"'.
-func skipString(b []byte, i int) int {
-	for i++; i < len(b); i++ {
-		switch b[i] {
-		case '\\':
-			i++
-		case '"':
-			return i + 1
-		}
-	}
-	return i
-}
-
-// skipValue returns the index after the (valid) JSON value at b[i].
-func skipValue(b []byte, i int) int {
-	switch b[i] {
-	case '"':
-		return skipString(b, i)
-	case '{', '[':
-		depth := 0
-		for i < len(b) {
-			switch b[i] {
-			case '"':
-				i = skipString(b, i)
-				continue
-			case '{', '[':
-				depth++
-			case '}', ']':
-				depth--
-				if depth == 0 {
-					return i + 1
-				}
-			}
-			i++
-		}
-		return i
-	}
-	for i < len(b) && !strings.ContainsRune(",}] \t\r\n", rune(b[i])) {
-		i++
-	}
-	return i
+	return fhir.EachMember(b, fn)
 }
