@@ -83,8 +83,10 @@ func (s *Server) kickoff(lvl level) fiber.Handler {
 			return err
 		}
 		req.group = c.Params("id")
-		if req.patients, err = parsePatientRefs(patientRefs); err != nil {
-			return err
+		if lvl != levelSystem {
+			if req.patients, err = parsePatientRefs(patientRefs); err != nil {
+				return err
+			}
 		}
 		if err := s.checkScope(c.UserContext(), lvl, &req, lenient); err != nil {
 			return err
