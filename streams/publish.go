@@ -25,21 +25,33 @@ func NewChangePublisher(js jetstream.JetStream) *ChangePublisher {
 
 // Put publishes a create-or-update of a resource whose body was validated.
 func (p *ChangePublisher) Put(ctx context.Context, typ, id string, body []byte) error {
-	m := nats.NewMsg(SubjectChange(OpPut, typ))
-	m.Header.Set(HeaderOp, OpPut)
-	m.Header.Set(HeaderType, typ)
-	m.Header.Set(HeaderID, id)
-	m.Data = body
-	return p.publish(ctx, m)
+	return p.publish(ctx, changeMsg(OpPut, typ, id, body))
 }
 
 // Delete publishes a delete of typ/id.
 func (p *ChangePublisher) Delete(ctx context.Context, typ, id string) error {
-	m := nats.NewMsg(SubjectChange(OpDelete, typ))
-	m.Header.Set(HeaderOp, OpDelete)
+	return p.publish(ctx, changeMsg(OpDelete, typ, id, nil))
+}
+
+// changeMsg is the message of one change: the body for a put, none for a
+// delete; the operation, type and id in headers.
+func changeMsg(op, typ, id string, body []byte) *nats.Msg {
+	m := nats.NewMsg(SubjectChange(op, typ))
+	m.Header.Set(HeaderOp, op)
 	m.Header.Set(HeaderType, typ)
 	m.Header.Set(HeaderID, id)
-	return p.publish(ctx, m)
+	m.Data = body
+	return m
+}
+
+// PublishChange publishes one change and returns its stream sequence once
+// it is stored: the resource's versionId once ingested.
+func PublishChange(ctx context.Context, js jetstream.JetStream, op, typ, id string, body []byte) (uint64, error) {
+	ack, err := js.PublishMsg(ctx, changeMsg(op, typ, id, body))
+	if err != nil {
+		return 0, fmt.Errorf("publish %s of %s/%s: %w", op, typ, id, err)
+	}
+	return ack.Sequence, nil
 }
 
 func (p *ChangePublisher) publish(ctx context.Context, m *nats.Msg) error {

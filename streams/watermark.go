@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -40,4 +41,23 @@ func LastChangeSeq(ctx context.Context, js jetstream.JetStream) (uint64, error) 
 		return 0, fmt.Errorf("read stream %s info: %w", StreamChanges, err)
 	}
 	return info.State.LastSeq, nil
+}
+
+// AwaitWatermark waits until every change up to seq is queryable (and the
+// watermark has a stamp), polling; ctx bounds the wait.
+func AwaitWatermark(ctx context.Context, js jetstream.JetStream, seq uint64) (Watermark, error) {
+	for {
+		wm, _, err := LoadWatermark(ctx, js)
+		if err != nil {
+			return Watermark{}, err
+		}
+		if wm.Seq >= seq && !wm.Stamp.IsZero() {
+			return wm, nil
+		}
+		select {
+		case <-ctx.Done():
+			return wm, fmt.Errorf("changes up to %d not ingested yet (ingested up to %d): %w", seq, wm.Seq, ctx.Err())
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
 }

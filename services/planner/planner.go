@@ -186,6 +186,9 @@ func (p *Planner) plan(ctx context.Context, id string) error {
 	var tasks []streams.Task
 	if job.Status == streams.JobAccepted {
 		t, err := p.waitWatermark(ctx, job.MinChangeSeq)
+		if err != nil && ctx.Err() != nil {
+			return ctx.Err() // shutting down: another planner takes the kick-off over
+		}
 		if err != nil {
 			_, uerr := p.jobs.Update(ctx, id, func(j *streams.Job) bool {
 				j.Status, j.Error = streams.JobFailed, "the export could not start: "+err.Error()
@@ -248,24 +251,13 @@ func (p *Planner) plan(ctx context.Context, id string) error {
 // waitWatermark waits until every change up to minSeq is queryable and
 // returns the watermark's stamp: the transactionTime.
 func (p *Planner) waitWatermark(ctx context.Context, minSeq uint64) (time.Time, error) {
-	deadline := p.deps.Now().Add(p.cfg.WatermarkTimeout)
-	for {
-		wm, _, err := streams.LoadWatermark(ctx, p.deps.JS)
-		if err != nil {
-			return time.Time{}, err
-		}
-		if wm.Seq >= minSeq && !wm.Stamp.IsZero() {
-			return wm.Stamp, nil
-		}
-		if p.deps.Now().After(deadline) {
-			return time.Time{}, fmt.Errorf("changes up to %d not ingested after %s (ingested up to %d)", minSeq, p.cfg.WatermarkTimeout, wm.Seq)
-		}
-		select {
-		case <-ctx.Done():
-			return time.Time{}, ctx.Err()
-		case <-time.After(20 * time.Millisecond):
-		}
+	ctx, cancel := context.WithTimeout(ctx, p.cfg.WatermarkTimeout)
+	defer cancel()
+	wm, err := streams.AwaitWatermark(ctx, p.deps.JS, minSeq)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("waited %s: %w", p.cfg.WatermarkTimeout, err)
 	}
+	return wm.Stamp, nil
 }
 
 // split cuts the export into tasks: for each type, consecutive hash buckets
