@@ -135,11 +135,15 @@ func (s *Server) routes() {
 		s.app.Get(lvl.path, s.kickoff(lvl.lvl))
 		s.app.Post(lvl.path, s.kickoff(lvl.lvl))
 	}
-	s.app.Get("/Group/:id", s.readGroup)
 	s.app.Get("/Group", s.searchGroups)
 	s.app.Get("/jobs/:job", s.status)
 	s.app.Delete("/jobs/:job", s.cancel)
 	s.app.Get("/files/:job/:name", s.file)
+	// FHIR reads and writes; registered last, as they match any type.
+	s.app.Get("/:type/:id", s.readResource)
+	s.app.Put("/:type/:id", s.putResource)
+	s.app.Delete("/:type/:id", s.deleteResource)
+	s.app.Post("/:type", s.createResource)
 }
 
 // traceRequests starts a span per request, named after the route that

@@ -6,26 +6,7 @@ import (
 	"strings"
 
 	"github.com/gofiber/fiber/v2"
-
-	"github.com/flatfhir/flatfhir/shared/fhir"
 )
-
-// readGroup serves GET [base]/Group/{id}: the current version.
-func (s *Server) readGroup(c *fiber.Ctx) error {
-	id := c.Params("id")
-	if !fhir.ValidID(id) {
-		return notFound("Group/%s does not exist", id)
-	}
-	body, ok, err := s.deps.Store.ReadOne(c.UserContext(), "Group", id, math.MaxUint64)
-	if err != nil {
-		return transient("Group/%s could not be read; retry: %v", id, err)
-	}
-	if !ok {
-		return notFound("Group/%s does not exist", id)
-	}
-	c.Set(fiber.HeaderContentType, "application/fhir+json")
-	return c.Send(body)
-}
 
 // groupSearchParams are the Group search parameters this server supports.
 var groupSearchParams = map[string]bool{"identifier": true, "name": true, "_id": true}

@@ -93,3 +93,17 @@ func TestFHIRResourceTypes(t *testing.T) {
 		}
 	}
 }
+
+func TestFHIRSetID(t *testing.T) {
+	cases := map[string]string{
+		`{"resourceType":"Patient","gender":"male"}`:         `{"resourceType":"Patient","id":"n1","gender":"male"}`,
+		`{"resourceType":"Patient","id":"old","gender":"x"}`: `{"resourceType":"Patient","id":"n1","gender":"x"}`,
+		`{"gender":"x","resourceType":"Patient"}`:            `{"gender":"x","resourceType":"Patient","id":"n1"}`,
+	}
+	for in, want := range cases {
+		got, err := SetID([]byte(in), "n1")
+		if err != nil || string(got) != want {
+			t.Errorf("SetID(%s) = %s, %v; want %s", in, got, err, want)
+		}
+	}
+}

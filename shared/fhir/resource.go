@@ -257,3 +257,53 @@ func EachMember(b []byte, fn func(key, value []byte)) error {
 	}
 	return nil
 }
+
+// SetID returns body with its top-level id set to id (replaced, or added
+// after resourceType), every other member kept as it was. body must be a
+// valid JSON object.
+func SetID(body []byte, id string) ([]byte, error) {
+	fields, err := topLevel(body)
+	if err != nil {
+		return nil, err
+	}
+	quoted := strconv.AppendQuote(nil, id)
+	out := make([]byte, 0, len(body)+len(quoted)+8)
+	out = append(out, '{')
+	wrote, placed := false, false
+	member := func(k, v []byte) {
+		if wrote {
+			out = append(out, ',')
+		}
+		wrote = true
+		out = append(out, k...)
+		out = append(out, ':')
+		out = append(out, v...)
+	}
+	for _, f := range fields {
+		k := string(f.key(body))
+		switch {
+		case k == "id":
+			member(body[f.ks:f.ke], quoted)
+			placed = true
+		default:
+			member(body[f.ks:f.ke], body[f.vs:f.ve])
+			if k == "resourceType" && !placed && !hasMember(body, fields, "id") {
+				member([]byte(`"id"`), quoted)
+				placed = true
+			}
+		}
+	}
+	if !placed {
+		member([]byte(`"id"`), quoted)
+	}
+	return append(out, '}'), nil
+}
+
+func hasMember(b []byte, fields []field, name string) bool {
+	for _, f := range fields {
+		if string(f.key(b)) == name {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,178 @@
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"math"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/gofiber/fiber/v2"
+	"github.com/nats-io/nuid"
+
+	"github.com/flatfhir/flatfhir/shared/fhir"
+	"github.com/flatfhir/flatfhir/streams"
+)
+
+// writeTimeout bounds how long a FHIR write waits for its change to be
+// ingested, so that its response carries the stored version.
+const writeTimeout = 30 * time.Second
+
+// resourceType reads and checks the {type} path segment.
+func resourceType(c *fiber.Ctx) (string, error) {
+	typ := c.Params("type")
+	if !fhir.IsResourceType(typ) {
+		return "", notFound("%q is not an R4 resource type", typ)
+	}
+	return typ, nil
+}
+
+// readResource serves GET [base]/{type}/{id}: the current version, 410 for
+// a deleted resource, 404 for one never stored.
+func (s *Server) readResource(c *fiber.Ctx) error {
+	typ, err := resourceType(c)
+	if err != nil {
+		return err
+	}
+	id := c.Params("id")
+	if !fhir.ValidID(id) {
+		return notFound("%s/%s does not exist", typ, id)
+	}
+	body, ok, err := s.deps.Store.ReadOne(c.UserContext(), typ, id, math.MaxUint64)
+	if err != nil {
+		return transient("%s/%s could not be read; retry: %v", typ, id, err)
+	}
+	if !ok {
+		return notFound("%s/%s does not exist or was deleted", typ, id)
+	}
+	return s.sendResource(c, fiber.StatusOK, typ, body)
+}
+
+// sendResource answers with a stored resource and its version headers.
+func (s *Server) sendResource(c *fiber.Ctx, status int, typ string, body []byte) error {
+	var meta struct {
+		ID   string `json:"id"`
+		Meta struct {
+			VersionID   string `json:"versionId"`
+			LastUpdated string `json:"lastUpdated"`
+		} `json:"meta"`
+	}
+	if err := json.Unmarshal(body, &meta); err == nil {
+		if meta.Meta.VersionID != "" {
+			c.Set(fiber.HeaderETag, `W/"`+meta.Meta.VersionID+`"`)
+		}
+		if t, err := fhir.ParseInstant(meta.Meta.LastUpdated); err == nil {
+			c.Set(fiber.HeaderLastModified, t.Format(http.TimeFormat))
+		}
+		if status == fiber.StatusCreated {
+			c.Set(fiber.HeaderLocation, s.baseURL(c)+"/"+typ+"/"+meta.ID+"/_history/"+meta.Meta.VersionID)
+		}
+	}
+	c.Set(fiber.HeaderContentType, "application/fhir+json")
+	return c.Status(status).Send(body)
+}
+
+// putResource serves PUT [base]/{type}/{id}: create or update.
+func (s *Server) putResource(c *fiber.Ctx) error {
+	typ, err := resourceType(c)
+	if err != nil {
+		return err
+	}
+	id := c.Params("id")
+	if !fhir.ValidID(id) {
+		return badRequest("%q is not a valid FHIR id ([A-Za-z0-9-.]{1,64})", id)
+	}
+	h, err := fhir.Inspect(c.Body(), true)
+	if err != nil {
+		return badRequest("the body is not a valid resource: %v", err)
+	}
+	if h.ResourceType != typ || h.ID != id {
+		return badRequest("the body is %s/%s but the URL names %s/%s", h.ResourceType, h.ID, typ, id)
+	}
+	_, existed, err := s.deps.Store.ReadOne(c.UserContext(), typ, id, math.MaxUint64)
+	if err != nil {
+		return transient("%s/%s could not be read; retry: %v", typ, id, err)
+	}
+	status := fiber.StatusOK
+	if !existed {
+		status = fiber.StatusCreated
+	}
+	return s.write(c, status, typ, id, c.Body())
+}
+
+// createResource serves POST [base]/{type}: the server assigns the id.
+func (s *Server) createResource(c *fiber.Ctx) error {
+	typ, err := resourceType(c)
+	if err != nil {
+		return err
+	}
+	h, err := fhir.Inspect(c.Body(), false)
+	if err != nil {
+		return badRequest("the body is not a valid resource: %v", err)
+	}
+	if h.ResourceType != typ {
+		return badRequest("the body is a %s but the URL names %s", h.ResourceType, typ)
+	}
+	id := nuid.Next()
+	body, err := fhir.SetID(c.Body(), id)
+	if err != nil {
+		return badRequest("the body is not a valid resource: %v", err)
+	}
+	return s.write(c, fiber.StatusCreated, typ, id, body)
+}
+
+// write publishes a put, waits until it is ingested and answers with the
+// stored version.
+func (s *Server) write(c *fiber.Ctx, status int, typ, id string, body []byte) error {
+	ctx := c.UserContext()
+	seq, err := streams.PublishChange(ctx, s.deps.JS, streams.OpPut, typ, id, append([]byte(nil), body...))
+	if err != nil {
+		return transient("%s/%s was not stored; retry: %v", typ, id, err)
+	}
+	wm, err := s.awaitIngest(ctx, seq)
+	if err != nil {
+		c.Set(fiber.HeaderRetryAfter, "5")
+		return transient("%s/%s is accepted but not yet readable: %v", typ, id, err)
+	}
+	stored, ok, err := s.deps.Store.ReadOne(ctx, typ, id, uint64(wm.Stamp.UnixMicro()))
+	if err != nil || !ok {
+		return transient("%s/%s is stored but could not be read back; retry a read: %v", typ, id, err)
+	}
+	return s.sendResource(c, status, typ, stored)
+}
+
+// deleteResource serves DELETE [base]/{type}/{id}. Deleting a resource
+// that does not exist succeeds too (FHIR allows either).
+func (s *Server) deleteResource(c *fiber.Ctx) error {
+	typ, err := resourceType(c)
+	if err != nil {
+		return err
+	}
+	id := c.Params("id")
+	if !fhir.ValidID(id) {
+		return badRequest("%q is not a valid FHIR id", id)
+	}
+	ctx := c.UserContext()
+	seq, err := streams.PublishChange(ctx, s.deps.JS, streams.OpDelete, typ, id, nil)
+	if err != nil {
+		return transient("%s/%s was not deleted; retry: %v", typ, id, err)
+	}
+	if _, err := s.awaitIngest(ctx, seq); err != nil {
+		c.Set(fiber.HeaderRetryAfter, "5")
+		return transient("the deletion of %s/%s is accepted but not yet visible: %v", typ, id, err)
+	}
+	c.Set(fiber.HeaderETag, `W/"`+strconv.FormatUint(seq, 10)+`"`)
+	return c.SendStatus(fiber.StatusNoContent)
+}
+
+func (s *Server) awaitIngest(ctx context.Context, seq uint64) (streams.Watermark, error) {
+	ctx, cancel := context.WithTimeout(ctx, writeTimeout)
+	defer cancel()
+	wm, err := streams.AwaitWatermark(ctx, s.deps.JS, seq)
+	if errors.Is(err, context.DeadlineExceeded) {
+		return wm, errors.New("the ingester is behind")
+	}
+	return wm, err
+}
