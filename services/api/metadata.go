@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 
 	"github.com/gofiber/fiber/v2"
+
+	"github.com/flatfhir/flatfhir/shared/fhir"
 )
 
 // capabilityStatement declares what this server does, and only that.
@@ -29,29 +31,8 @@ var capabilityStatement = func() []byte {
 		"fhirVersion": "4.0.1",
 		"format":      []string{"json", "application/fhir+json"},
 		"rest": []any{map[string]any{
-			"mode": "server",
-			"resource": []any{
-				map[string]any{
-					"type": "Patient",
-					"operation": []any{map[string]any{
-						"name":       "export",
-						"definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export",
-					}},
-				},
-				map[string]any{
-					"type":        "Group",
-					"interaction": []any{map[string]any{"code": "read"}, map[string]any{"code": "search-type"}},
-					"searchParam": []any{
-						map[string]any{"name": "identifier", "type": "token", "definition": "http://hl7.org/fhir/SearchParameter/Group-identifier"},
-						map[string]any{"name": "name", "type": "string", "definition": "http://hl7.org/fhir/SearchParameter/Group-name"},
-						map[string]any{"name": "_id", "type": "token", "definition": "http://hl7.org/fhir/SearchParameter/Resource-id"},
-					},
-					"operation": []any{map[string]any{
-						"name":       "export",
-						"definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export",
-					}},
-				},
-			},
+			"mode":     "server",
+			"resource": resourceCapabilities(),
 			"operation": []any{map[string]any{
 				"name":       "export",
 				"definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export",
@@ -61,6 +42,40 @@ var capabilityStatement = func() []byte {
 	b, _ := json.Marshal(cs)
 	return b
 }()
+
+// resourceCapabilities declares, for every R4 type, the FHIR reads and
+// writes the API serves, plus the Patient and Group export operations and
+// Group search.
+func resourceCapabilities() []any {
+	crud := []any{
+		map[string]any{"code": "read"}, map[string]any{"code": "update"},
+		map[string]any{"code": "create"}, map[string]any{"code": "delete"},
+	}
+	var out []any
+	for _, typ := range fhir.ResourceTypes() {
+		r := map[string]any{"type": typ, "interaction": crud, "updateCreate": true}
+		switch typ {
+		case "Patient":
+			r["operation"] = []any{map[string]any{
+				"name":       "export",
+				"definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export",
+			}}
+		case "Group":
+			r["interaction"] = append(append([]any{}, crud...), map[string]any{"code": "search-type"})
+			r["searchParam"] = []any{
+				map[string]any{"name": "identifier", "type": "token", "definition": "http://hl7.org/fhir/SearchParameter/Group-identifier"},
+				map[string]any{"name": "name", "type": "string", "definition": "http://hl7.org/fhir/SearchParameter/Group-name"},
+				map[string]any{"name": "_id", "type": "token", "definition": "http://hl7.org/fhir/SearchParameter/Resource-id"},
+			}
+			r["operation"] = []any{map[string]any{
+				"name":       "export",
+				"definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export",
+			}}
+		}
+		out = append(out, r)
+	}
+	return out
+}
 
 func (s *Server) metadata(c *fiber.Ctx) error {
 	c.Set(fiber.HeaderContentType, "application/fhir+json")

@@ -49,6 +49,14 @@ func TestAPICapabilityStatementDeclaresEveryExportLevel(t *testing.T) {
 			t.Errorf("%s operation = %q, want %q", k, ops[k], v)
 		}
 	}
+	for _, i := range []string{"Observation.read", "Observation.update", "Observation.create", "Observation.delete", "Patient.read"} {
+		if !interactions[i] {
+			t.Errorf("interaction %s not declared", i)
+		}
+	}
+	if len(cs.Rest[0].Resource) != 146 {
+		t.Errorf("%d resource entries, want one per R4 type (146)", len(cs.Rest[0].Resource))
+	}
 	if !interactions["Group.read"] || !interactions["Group.search-type"] {
 		t.Errorf("Group interactions %v, want read and search-type", interactions)
 	}
