@@ -144,7 +144,7 @@ func (s *Server) write(c *fiber.Ctx, status int, typ, id string, body []byte) er
 }
 
 // deleteResource serves DELETE [base]/{type}/{id}. Deleting a resource
-// that does not exist succeeds too (FHIR allows either).
+// that does not exist (or no longer does) succeeds without a change.
 func (s *Server) deleteResource(c *fiber.Ctx) error {
 	typ, err := resourceType(c)
 	if err != nil {
@@ -155,6 +155,15 @@ func (s *Server) deleteResource(c *fiber.Ctx) error {
 		return badRequest("%q is not a valid FHIR id", id)
 	}
 	ctx := c.UserContext()
+	_, exists, err := s.deps.Store.ReadOne(ctx, typ, id, math.MaxUint64)
+	if err != nil {
+		return transient("%s/%s could not be read; retry: %v", typ, id, err)
+	}
+	if !exists {
+		// Nothing to delete: no change, so no deletion shows up in
+		// incremental exports for a resource nobody had.
+		return c.SendStatus(fiber.StatusNoContent)
+	}
 	seq, err := streams.PublishChange(ctx, s.deps.JS, streams.OpDelete, typ, id, nil)
 	if err != nil {
 		return transient("%s/%s was not deleted; retry: %v", typ, id, err)

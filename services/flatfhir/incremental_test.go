@@ -46,6 +46,11 @@ func TestE2EIncrementalExportAfterFHIRWrites(t *testing.T) {
 	if resp, out := do(t, "DELETE", base+"/Observation/"+obsID, nil); resp.StatusCode != http.StatusNoContent {
 		t.Fatalf("DELETE: %d %s", resp.StatusCode, out)
 	}
+	// Deleting what never existed succeeds and changes nothing: it must not
+	// show up in deleted[] below.
+	if resp, out := do(t, "DELETE", base+"/Observation/never-was", nil); resp.StatusCode != http.StatusNoContent {
+		t.Fatalf("DELETE of a missing resource: %d %s", resp.StatusCode, out)
+	}
 	newObs := `{"resourceType":"Observation","status":"final","code":{"text":"new"},"subject":{"reference":"Patient/` + patientID + `"}}`
 	resp, out = do(t, "POST", base+"/Observation", strings.NewReader(newObs), fhirJSON...)
 	var created struct{ ID string }
