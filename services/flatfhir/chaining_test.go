@@ -150,7 +150,9 @@ func TestE2EChainedSinceExportsReproduceTheSource(t *testing.T) {
 		for _, d := range m.Deleted {
 			_, body := do(t, "GET", d.URL, nil)
 			for _, l := range splitLines(t, bytes.NewReader(body)) {
-				var b struct{ Entry []struct{ Request struct{ URL string } } }
+				var b struct {
+					Entry []struct{ Request struct{ URL string } }
+				}
 				_ = json.Unmarshal(l, &b)
 				for _, e := range b.Entry {
 					delete(replica, e.Request.URL)

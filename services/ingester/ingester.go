@@ -296,6 +296,9 @@ func toRow(msg jetstream.Msg, wm streams.Watermark) (chstore.Row, error) {
 			return chstore.Row{}, err
 		}
 		row.Type, row.ID = hdr.ResourceType, hdr.ID
+		if t, id := h.Get(streams.HeaderType), h.Get(streams.HeaderID); t != row.Type || id != row.ID {
+			return chstore.Row{}, fmt.Errorf("headers name %s/%s but the body is %s/%s", t, id, row.Type, row.ID)
+		}
 		if row.Patients, err = compartment.PatientIDs(row.Type, msg.Data()); err != nil {
 			return chstore.Row{}, err
 		}

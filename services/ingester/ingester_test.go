@@ -217,6 +217,15 @@ func TestIngesterStampsAndStoresChanges(t *testing.T) {
 	if err := e.pub.Delete(ctx, "NotAType", "x"); err != nil {
 		t.Fatal(err)
 	}
+	// A put whose headers name another resource than its body.
+	mismatch := nats.NewMsg(streams.SubjectChange(streams.OpPut, "Patient"))
+	mismatch.Header.Set(streams.HeaderOp, streams.OpPut)
+	mismatch.Header.Set(streams.HeaderType, "Patient")
+	mismatch.Header.Set(streams.HeaderID, "p8")
+	mismatch.Data = []byte(`{"resourceType":"Patient","id":"p7"}`)
+	if _, err := e.js.PublishMsg(ctx, mismatch); err != nil {
+		t.Fatal(err)
+	}
 	last := flush(t, e)
 
 	wm := caughtUp(t, e, last, 30*time.Second)
@@ -290,7 +299,8 @@ func TestIngesterStampsAndStoresChanges(t *testing.T) {
 			t.Errorf("p1 is in the compartments of %v, want [p1]", r.patients)
 		}
 	}
-	// The invalid put and the delete of no resource type are skipped.
+	// The invalid put, the delete of no resource type and the put whose
+	// headers disagree with its body are skipped.
 	if want := []uint64{1, 2, 3, 4, 5, invalidSeq + 1}; !slices.Equal(seqs, want) {
 		t.Errorf("stored seqs %v, want %v (invalid changes skipped)", seqs, want)
 	}
