@@ -135,7 +135,13 @@ func (s *Store) read(ctx context.Context, r Range, deleted bool, fn func(id stri
 	hi := r.HashHi // id_hash is UInt32; HashSpace itself does not fit, so compare with <=
 	cond, condArgs := compartmentSQL(r, deleted)
 	q := fmt.Sprintf(s.latestSQL(deleted), cond)
-	ctx = clickhouse.Context(ctx, clickhouse.WithSettings(clickhouse.Settings{"max_block_size": s.cfg.ReadBlockRows}))
+	settings := clickhouse.Settings{"max_block_size": s.cfg.ReadBlockRows}
+	if n := listSize(r.Patients); n > 0 {
+		// The patient list is inlined: let a large cohort's query through
+		// the parser's size limit (256 KiB by default).
+		settings["max_query_size"] = 2*n + 1<<20
+	}
+	ctx = clickhouse.Context(ctx, clickhouse.WithSettings(settings))
 	args := append([]any{r.Type, uint32(r.HashLo), hi, r.Until, r.Type, uint32(r.HashLo), hi, r.Until, r.Since}, condArgs...)
 	rows, err := s.conn.Query(ctx, q, args...)
 	if err != nil {
@@ -255,4 +261,13 @@ func (s *Store) PatientsOf(ctx context.Context, refs []Ref, until uint64) (map[R
 		}
 	}
 	return out, rows.Err()
+}
+
+// listSize is about how many bytes a string list takes inlined in SQL.
+func listSize(list []string) int {
+	n := 0
+	for _, v := range list {
+		n += len(v) + 4
+	}
+	return n
 }

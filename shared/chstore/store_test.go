@@ -227,3 +227,25 @@ func TestStorePatientsOf(t *testing.T) {
 		t.Error("an unsafe id was accepted")
 	}
 }
+
+// A Group export inlines its members; a cohort of 20,000 patients must not
+// trip the server's query size limit.
+func TestStoreLargePatientListsRead(t *testing.T) {
+	s := testenv.Store(t)
+	var rows []chstore.Row
+	var cohort []string
+	for i := range 20000 {
+		id := fmt.Sprintf("patient-with-a-long-identifier-%06d", i)
+		cohort = append(cohort, id)
+		if i%1000 == 0 {
+			rows = append(rows, chstore.Row{Type: "Observation", ID: fmt.Sprintf("o%d", i), Seq: uint64(i + 1), LastUpdated: 10, Patients: []string{id}, Body: []byte(`{}`)})
+		}
+	}
+	if err := s.Insert(t.Context(), rows); err != nil {
+		t.Fatal(err)
+	}
+	got := readAll(t, s, chstore.Range{Type: "Observation", HashHi: chstore.HashSpace, Until: 10, Patients: cohort, InCompartment: true}, false)
+	if len(got) != 20 {
+		t.Errorf("read %d Observations of the 20,000-patient cohort, want 20", len(got))
+	}
+}
