@@ -27,18 +27,24 @@ func (p *Planner) progress(ctx context.Context, id string) error {
 	if job.Status != streams.JobRunning || !job.TasksPublished {
 		return nil
 	}
-	results, err := p.results(ctx, id)
+	// Count the results by their keys; read them only once all are in, so
+	// that a job of n tasks costs n key listings, not n² reads.
+	keys, err := p.resultKeys(ctx, id)
 	if err != nil {
 		return err
 	}
-	if len(results) < job.TasksTotal {
+	if len(keys) < job.TasksTotal {
 		_, err := p.jobs.Update(ctx, id, func(j *streams.Job) bool {
-			if j.Status != streams.JobRunning || j.TasksDone >= len(results) {
+			if j.Status != streams.JobRunning || j.TasksDone >= len(keys) {
 				return false
 			}
-			j.TasksDone = len(results)
+			j.TasksDone = len(keys)
 			return true
 		})
+		return err
+	}
+	results, err := p.results(ctx, keys)
+	if err != nil {
 		return err
 	}
 	manifest, err := p.assemble(ctx, job, results)
@@ -67,8 +73,8 @@ func (p *Planner) progress(ctx context.Context, id string) error {
 	return nil
 }
 
-// results reads every task result of job.
-func (p *Planner) results(ctx context.Context, id string) ([]streams.TaskResult, error) {
+// resultKeys lists the keys of the task results of job, sorted.
+func (p *Planner) resultKeys(ctx context.Context, id string) ([]string, error) {
 	lister, err := p.jobs.KV.ListKeysFiltered(ctx, streams.KeyTasksOfJob(id))
 	if err != nil {
 		return nil, fmt.Errorf("list task results of job %s: %w", id, err)
@@ -78,6 +84,11 @@ func (p *Planner) results(ctx context.Context, id string) ([]streams.TaskResult,
 		keys = append(keys, k)
 	}
 	sort.Strings(keys)
+	return keys, nil
+}
+
+// results reads the task results under keys.
+func (p *Planner) results(ctx context.Context, keys []string) ([]streams.TaskResult, error) {
 	out := make([]streams.TaskResult, 0, len(keys))
 	for _, k := range keys {
 		e, err := p.jobs.KV.Get(ctx, k)
