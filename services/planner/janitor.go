@@ -2,6 +2,7 @@ package planner
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"strings"
 	"time"
@@ -30,8 +31,12 @@ func (p *Planner) janitor(ctx context.Context, every time.Duration) {
 	}
 }
 
-// sweep queues the removal of every job past its time.
+// sweep queues the removal of every job past its time, and drops the
+// duplicate-export slots of jobs that are gone.
 func (p *Planner) sweep(ctx context.Context) error {
+	if err := p.sweepSlots(ctx); err != nil {
+		return err
+	}
 	lister, err := p.jobs.KV.ListKeysFiltered(ctx, "job.*")
 	if err != nil {
 		return err
@@ -79,4 +84,24 @@ func (p *Planner) downloading(ctx context.Context, id string, now time.Time) boo
 	}
 	at, err := time.Parse(time.RFC3339Nano, string(e.Value()))
 	return err == nil && now.Sub(at) < downloadGrace
+}
+
+// sweepSlots purges the API's "a client runs this request" slots whose
+// export no longer exists, so they do not pile up.
+func (p *Planner) sweepSlots(ctx context.Context) error {
+	lister, err := p.jobs.KV.ListKeysFiltered(ctx, "active.>")
+	if err != nil {
+		return err
+	}
+	for key := range lister.Keys() {
+		e, err := p.jobs.KV.Get(ctx, key)
+		if err != nil {
+			continue
+		}
+		if _, _, err := p.jobs.Get(ctx, string(e.Value())); errors.Is(err, jetstream.ErrKeyNotFound) {
+			// Only if nobody re-claimed the slot meanwhile.
+			_ = p.jobs.KV.Purge(ctx, key, jetstream.LastRevision(e.Revision()))
+		}
+	}
+	return nil
 }

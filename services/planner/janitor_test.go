@@ -32,6 +32,13 @@ func TestPlannerJanitorRemovesExpiredExportsButNotOneBeingDownloaded(t *testing.
 	if _, err := e.Jobs.KV.Put(ctx, streams.KeyDownload("downloading"), []byte(now.Format(time.RFC3339Nano))); err != nil {
 		t.Fatal(err)
 	}
+	// The API's duplicate-export slots: one for a job that is gone, one for
+	// a job that stays.
+	for key, job := range map[string]string{"active.anonymous.gone": "never-existed", "active.anonymous.kept": "fresh"} {
+		if _, err := e.Jobs.KV.Put(ctx, key, []byte(job)); err != nil {
+			t.Fatal(err)
+		}
+	}
 	cfg := testConfig()
 	cfg.SweepEvery = 50 * time.Millisecond
 	runPlanner(t, e, cfg)
@@ -43,6 +50,13 @@ func TestPlannerJanitorRemovesExpiredExportsButNotOneBeingDownloaded(t *testing.
 	testenv.Eventually(t, 20*time.Second, "expired export removed", func() bool { return gone("expired") })
 	if _, err := e.Files.GetInfo(ctx, streams.ObjectName("expired", "Patient-1.ndjson")); !errors.Is(err, jetstream.ErrObjectNotFound) {
 		t.Errorf("file of the expired export still there: %v", err)
+	}
+	testenv.Eventually(t, 10*time.Second, "slot of a gone job purged", func() bool {
+		_, err := e.Jobs.KV.Get(ctx, "active.anonymous.gone")
+		return errors.Is(err, jetstream.ErrKeyNotFound)
+	})
+	if _, err := e.Jobs.KV.Get(ctx, "active.anonymous.kept"); err != nil {
+		t.Errorf("slot of a live job: %v", err)
 	}
 	// Several sweeps later the others are still there.
 	time.Sleep(300 * time.Millisecond)
