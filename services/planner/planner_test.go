@@ -142,15 +142,6 @@ func queuedTasks(t testing.TB, e env, job string) []streams.Task {
 	return out
 }
 
-func subjectCount(t testing.TB, s jetstream.Stream, subject string) uint64 {
-	t.Helper()
-	info, err := s.Info(t.Context(), jetstream.WithSubjectFilter(subject))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return info.State.Subjects[subject]
-}
-
 func taskResultKeys(t testing.TB, e env, job string) []string {
 	t.Helper()
 	lister, err := e.Jobs.KV.ListKeysFiltered(t.Context(), streams.KeyTasksOfJob(job))
@@ -165,25 +156,6 @@ func taskResultKeys(t testing.TB, e env, job string) []string {
 		keys = append(keys, k)
 	}
 	return keys
-}
-
-func objectNames(t testing.TB, e env, prefix string) []string {
-	t.Helper()
-	infos, err := e.Files.List(t.Context())
-	if errors.Is(err, jetstream.ErrNoObjectsFound) {
-		return nil
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	var names []string
-	for _, info := range infos {
-		if strings.HasPrefix(info.Name, prefix) {
-			names = append(names, info.Name)
-		}
-	}
-	sort.Strings(names)
-	return names
 }
 
 func putResult(t testing.TB, e env, r streams.TaskResult) {
@@ -236,7 +208,7 @@ func TestPlannerPlansAndCompletesExport(t *testing.T) {
 		t.Errorf("transactionTime %s, want the watermark stamp %s", job.TransactionTime, stamp)
 	}
 	tasks := queuedTasks(t, e, id)
-	if n := subjectCount(t, e.Tasks, streams.SubjectTasks(id)); job.TasksTotal != int(n) || len(tasks) != int(n) {
+	if n := streamstest.SubjectCount(t, e.Tasks, streams.SubjectTasks(id)); job.TasksTotal != int(n) || len(tasks) != int(n) {
 		t.Fatalf("TasksTotal %d, %d task messages queued (%d read)", job.TasksTotal, n, len(tasks))
 	}
 	perType := map[string]int{}
@@ -462,17 +434,17 @@ func TestPlannerCancelRemovesEverything(t *testing.T) {
 		_, _, err := e.Jobs.Get(ctx, id)
 		return errors.Is(err, jetstream.ErrKeyNotFound)
 	})
-	if n := subjectCount(t, e.Tasks, streams.SubjectTasks(id)); n != 0 {
+	if n := streamstest.SubjectCount(t, e.Tasks, streams.SubjectTasks(id)); n != 0 {
 		t.Errorf("%d tasks of the cancelled job still queued", n)
 	}
 	if keys := taskResultKeys(t, e, id); len(keys) != 0 {
 		t.Errorf("task results left: %v", keys)
 	}
-	if names := objectNames(t, e, id+"/"); len(names) != 0 {
+	if names := e.ObjectNames(t, id+"/"); len(names) != 0 {
 		t.Errorf("files left: %v", names)
 	}
 	// The other job keeps everything.
-	if names := objectNames(t, e, other+"/"); len(names) != 1 {
+	if names := e.ObjectNames(t, other+"/"); len(names) != 1 {
 		t.Errorf("other job's files %v, want its one file", names)
 	}
 	if keys := taskResultKeys(t, e, other); len(keys) != 1 {
@@ -491,7 +463,7 @@ func TestPlannerCancelRemovesEverything(t *testing.T) {
 	if _, _, err := e.Jobs.Get(ctx, id); !errors.Is(err, jetstream.ErrKeyNotFound) {
 		t.Errorf("removed job came back: %v", err)
 	}
-	if n := subjectCount(t, e.Tasks, streams.SubjectTasks(id)); n != 0 {
+	if n := streamstest.SubjectCount(t, e.Tasks, streams.SubjectTasks(id)); n != 0 {
 		t.Errorf("%d tasks queued for a removed job", n)
 	}
 }
@@ -575,7 +547,7 @@ func TestPlannerCompletesJobWhoseTasksFinishedBeforeThePlanWasRecorded(t *testin
 	if j := getJob(t, e, id); j.TasksDone != len(tasks) {
 		t.Errorf("complete with %d of %d tasks done", j.TasksDone, len(tasks))
 	}
-	if n := subjectCount(t, e.Tasks, streams.SubjectTasks(id)); n != uint64(len(tasks)) {
+	if n := streamstest.SubjectCount(t, e.Tasks, streams.SubjectTasks(id)); n != uint64(len(tasks)) {
 		t.Errorf("%d tasks queued after the plan was published again, want %d (deduplicated)", n, len(tasks))
 	}
 }

@@ -214,34 +214,6 @@ func result(t testing.TB, e env, job, task string) (streams.TaskResult, bool) {
 	return r, true
 }
 
-func objectNames(t testing.TB, e env, prefix string) []string {
-	t.Helper()
-	infos, err := e.Files.List(t.Context())
-	if errors.Is(err, jetstream.ErrNoObjectsFound) {
-		return nil
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	var names []string
-	for _, info := range infos {
-		if strings.HasPrefix(info.Name, prefix) {
-			names = append(names, info.Name)
-		}
-	}
-	sort.Strings(names)
-	return names
-}
-
-func subjectCount(t testing.TB, s jetstream.Stream, subject string) uint64 {
-	t.Helper()
-	info, err := s.Info(t.Context(), jetstream.WithSubjectFilter(subject))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return info.State.Subjects[subject]
-}
-
 // exportedFile is one file a task's result lists, with its lines.
 type exportedFile struct {
 	task  streams.Task
@@ -292,7 +264,7 @@ func readResults(t testing.TB, e env, tasks []streams.Task) []exportedFile {
 		return out
 	}
 	// Nothing stored beyond what the results list (no abandoned attempt).
-	stored := objectNames(t, e, tasks[0].JobID+"/")
+	stored := e.ObjectNames(t, tasks[0].JobID+"/")
 	if len(stored) != len(names) {
 		t.Errorf("%d objects stored for job %s, results list %d: %v", len(stored), tasks[0].JobID, len(names), stored)
 	}
@@ -378,7 +350,7 @@ func TestWriterExportsTasks(t *testing.T) {
 		if len(files) <= 3 || full400 == 0 {
 			t.Errorf("%d files, %d of them full, for ~800 resources per task at %d per file: no rollover", len(files), full400, maxRes)
 		}
-		if n := subjectCount(t, e.JobEvents, streams.SubjectJobDone("full")); n != 3 {
+		if n := streamstest.SubjectCount(t, e.JobEvents, streams.SubjectJobDone("full")); n != 3 {
 			t.Errorf("%d completions announced, want 3", n)
 		}
 	})
@@ -512,13 +484,13 @@ func TestWriterSkipsMootTasks(t *testing.T) {
 			} else if ok {
 				t.Errorf("task of a %s job recorded %+v", job, r)
 			}
-			if names := objectNames(t, e, job+"/"); len(names) != 0 {
+			if names := e.ObjectNames(t, job+"/"); len(names) != 0 {
 				t.Errorf("task of a %s job stored %v", job, names)
 			}
 			if job == "done" {
 				return // whether it re-announces: TestWriterAnnouncesTaskRecordedByEarlierAttempt
 			}
-			if n := subjectCount(t, e.JobEvents, streams.SubjectJobDone(job)); n != 0 {
+			if n := streamstest.SubjectCount(t, e.JobEvents, streams.SubjectJobDone(job)); n != 0 {
 				t.Errorf("task of a %s job announced %d completions", job, n)
 			}
 		})
@@ -547,13 +519,13 @@ func TestWriterAnnouncesTaskRecordedByEarlierAttempt(t *testing.T) {
 		info, err := e.Tasks.Info(ctx)
 		return err == nil && info.State.Msgs == 0
 	})
-	if names := objectNames(t, e, "job1/"); len(names) != 1 {
+	if names := e.ObjectNames(t, "job1/"); len(names) != 1 {
 		t.Errorf("files %v, want the earlier attempt's file kept and nothing new", names)
 	}
 	if r, _ := result(t, e, "job1", "00000"); r.Attempt != 1 {
 		t.Errorf("result replaced by attempt %d", r.Attempt)
 	}
-	if n := subjectCount(t, e.JobEvents, streams.SubjectJobDone("job1")); n != 1 {
+	if n := streamstest.SubjectCount(t, e.JobEvents, streams.SubjectJobDone("job1")); n != 1 {
 		t.Errorf("task finished by an earlier attempt acked with %d completion announcements, want 1: the planner never counts it", n)
 	}
 }
@@ -591,7 +563,7 @@ func TestWriterTaskThatKeepsFailingBecomesAnErrorFile(t *testing.T) {
 		t.Errorf("error file %s: %v", body, err)
 	}
 	testenv.Eventually(t, 10*time.Second, "completion announced", func() bool {
-		return subjectCount(t, e.JobEvents, streams.SubjectJobDone("job")) == 1
+		return streamstest.SubjectCount(t, e.JobEvents, streams.SubjectJobDone("job")) == 1
 	})
 	job, _, err := e.Jobs.Get(t.Context(), "job")
 	if err != nil || job.Status != streams.JobRunning {

@@ -4,6 +4,9 @@
 package streamstest
 
 import (
+	"errors"
+	"sort"
+	"strings"
 	"testing"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -46,4 +49,34 @@ func New(t testing.TB) Bus {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// ObjectNames lists the names of the stored files that start with prefix, sorted.
+func (b Bus) ObjectNames(t testing.TB, prefix string) []string {
+	t.Helper()
+	infos, err := b.Files.List(t.Context())
+	if errors.Is(err, jetstream.ErrNoObjectsFound) {
+		return nil
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, info := range infos {
+		if strings.HasPrefix(info.Name, prefix) {
+			names = append(names, info.Name)
+		}
+	}
+	sort.Strings(names)
+	return names
+}
+
+// SubjectCount is how many messages stream s holds on subject.
+func SubjectCount(t testing.TB, s jetstream.Stream, subject string) uint64 {
+	t.Helper()
+	info, err := s.Info(t.Context(), jetstream.WithSubjectFilter(subject))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info.State.Subjects[subject]
 }
