@@ -16,6 +16,10 @@ func LoadWatermark(ctx context.Context, js jetstream.JetStream) (Watermark, uint
 	if err != nil {
 		return Watermark{}, 0, fmt.Errorf("open bucket %s: %w", BucketIngest, err)
 	}
+	return readWatermark(ctx, kv)
+}
+
+func readWatermark(ctx context.Context, kv jetstream.KeyValue) (Watermark, uint64, error) {
 	e, err := kv.Get(ctx, KeyWatermark)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		return Watermark{}, 0, nil
@@ -44,15 +48,23 @@ func LastChangeSeq(ctx context.Context, js jetstream.JetStream) (uint64, error) 
 }
 
 // AwaitWatermark waits until every change up to seq is queryable (and the
-// watermark has a stamp), polling; ctx bounds the wait.
+// watermark has a stamp), polling; ctx bounds the wait. When ctx ends first
+// the error says how far ingest got.
 func AwaitWatermark(ctx context.Context, js jetstream.JetStream, seq uint64) (Watermark, error) {
+	kv, err := js.KeyValue(ctx, BucketIngest)
+	if err != nil {
+		return Watermark{}, fmt.Errorf("open bucket %s: %w", BucketIngest, err)
+	}
+	var wm Watermark
 	for {
-		wm, _, err := LoadWatermark(ctx, js)
-		if err != nil {
+		got, _, err := readWatermark(ctx, kv)
+		if err == nil {
+			wm = got
+			if wm.Seq >= seq && !wm.Stamp.IsZero() {
+				return wm, nil
+			}
+		} else if ctx.Err() == nil {
 			return Watermark{}, err
-		}
-		if wm.Seq >= seq && !wm.Stamp.IsZero() {
-			return wm, nil
 		}
 		select {
 		case <-ctx.Done():
