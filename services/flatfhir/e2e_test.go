@@ -59,6 +59,15 @@ func startEngineWith(t *testing.T, adjust func(*flatfhir.Tuning)) string {
 	if adjust != nil {
 		adjust(&tune)
 	}
+	base, stop := runEngine(t, cfg, tune)
+	t.Cleanup(stop)
+	return base
+}
+
+// runEngine starts the engine and returns its base URL and a stop that
+// shuts it down and checks it stopped cleanly.
+func runEngine(t *testing.T, cfg flatfhir.Config, tune flatfhir.Tuning) (base string, stop func()) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	e, err := flatfhir.Start(ctx, cfg, tune, testenv.Logger(t))
 	if err != nil {
@@ -67,13 +76,12 @@ func startEngineWith(t *testing.T, adjust func(*flatfhir.Tuning)) string {
 	}
 	done := make(chan error, 1)
 	go func() { done <- e.Run(ctx) }()
-	t.Cleanup(func() {
+	return "http://" + e.APIAddr(), func() {
 		cancel()
 		if err := <-done; err != nil {
 			t.Errorf("engine stopped with: %v", err)
 		}
-	})
-	return "http://" + e.APIAddr()
+	}
 }
 
 func do(t testing.TB, method, url string, body io.Reader, headers ...string) (*http.Response, []byte) {

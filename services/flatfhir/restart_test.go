@@ -1,7 +1,6 @@
 package flatfhir_test
 
 import (
-	"context"
 	"net/url"
 	"strings"
 	"testing"
@@ -35,24 +34,7 @@ func TestE2EExportFinishesAfterTheWholeEngineRestarts(t *testing.T) {
 	sc.TaskAckWait = 2 * time.Second
 	tune := flatfhir.Tuning{Planner: pc, Writer: wc, Streams: sc}
 
-	run := func() (base string, stop func()) {
-		ctx, cancel := context.WithCancel(context.Background())
-		e, err := flatfhir.Start(ctx, cfg, tune, testenv.Logger(t))
-		if err != nil {
-			cancel()
-			t.Fatalf("start engine: %v", err)
-		}
-		done := make(chan error, 1)
-		go func() { done <- e.Run(ctx) }()
-		return "http://" + e.APIAddr(), func() {
-			cancel()
-			if err := <-done; err != nil {
-				t.Errorf("engine stopped with: %v", err)
-			}
-		}
-	}
-
-	base, stop := run()
+	base, stop := runEngine(t, cfg, tune)
 	want := ingestSynthea(t, base)
 	status := kickoff(t, base+"/$export")
 	// Stop as soon as the first task is done, with most still to run.
@@ -63,7 +45,7 @@ func TestE2EExportFinishesAfterTheWholeEngineRestarts(t *testing.T) {
 	})
 	stop()
 
-	base2, stop2 := run()
+	base2, stop2 := runEngine(t, cfg, tune)
 	defer stop2()
 	u, err := url.Parse(status)
 	if err != nil {
