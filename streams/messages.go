@@ -117,7 +117,10 @@ type TaskResult struct {
 	JobID   string `json:"jobId"`
 	TaskID  string `json:"taskId"`
 	Attempt uint64 `json:"attempt"`
-	Files   []File `json:"files"`
+	// Token is unique to the attempt and part of its file names, so two
+	// attempts never share an object even if delivery counts repeat.
+	Token string `json:"token,omitempty"`
+	Files []File `json:"files"`
 }
 
 // ManifestFile is an output entry of a manifest before URLs are attached.

@@ -3,6 +3,8 @@ package writer
 import (
 	"bufio"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"fmt"
 	"io"
 	"strconv"
@@ -19,6 +21,7 @@ type fileSet struct {
 	store   jetstream.ObjectStore
 	task    streams.Task
 	attempt uint64
+	token   string
 	open    map[string]*file // by file prefix
 	parts   map[string]int
 	files   []streams.File
@@ -36,7 +39,17 @@ type file struct {
 }
 
 func newFileSet(store jetstream.ObjectStore, task streams.Task, attempt uint64) *fileSet {
-	return &fileSet{store: store, task: task, attempt: attempt, open: map[string]*file{}, parts: map[string]int{}}
+	return &fileSet{store: store, task: task, attempt: attempt, token: attemptToken(),
+		open: map[string]*file{}, parts: map[string]int{}}
+}
+
+// attemptToken is a short random name for one attempt. Delivery counts
+// alone can repeat (a consumer's state restored from before a crash), and
+// two attempts must never write the same object.
+func attemptToken() string {
+	var b [4]byte
+	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails
+	return hex.EncodeToString(b[:])
 }
 
 // write appends one resource line to the current file of prefix, rolling
@@ -46,7 +59,7 @@ func (s *fileSet) write(ctx context.Context, typ, prefix string, line []byte) er
 	f := s.open[key]
 	if f == nil {
 		s.parts[key]++
-		name := fmt.Sprintf("%s%s-%s-a%d-%03d.ndjson", prefix, typ, s.task.TaskID, s.attempt, s.parts[key])
+		name := fmt.Sprintf("%s%s-%s-a%d-%s-%03d.ndjson", prefix, typ, s.task.TaskID, s.attempt, s.token, s.parts[key])
 		fileType := typ
 		if prefix != "" {
 			fileType = "Bundle"

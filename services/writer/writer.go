@@ -240,20 +240,57 @@ func (w *Writer) run(ctx context.Context, msg jetstream.Msg, task streams.Task, 
 		}
 		return err
 	}
-	result := streams.TaskResult{JobID: task.JobID, TaskID: task.TaskID, Attempt: attempt, Files: out.files}
-	if _, err := w.jobs.KV.Create(ctx, streams.KeyTask(task.JobID, task.TaskID), streams.Encode(result)); err != nil {
+	result := streams.TaskResult{JobID: task.JobID, TaskID: task.TaskID, Attempt: attempt, Token: out.token, Files: out.files}
+	switch err := w.record(ctx, result); {
+	case errors.Is(err, errOtherAttempt):
 		// Another attempt won the race: drop ours so no line is listed twice.
 		out.abort(context.WithoutCancel(ctx))
-		if errors.Is(err, jetstream.ErrKeyExists) {
-			return nil
-		}
-		return fmt.Errorf("record result of task %s: %w", task.TaskID, err)
+		return nil
+	case err != nil:
+		// Whether the result was stored is unknown: the files stay (the
+		// job's clean-up removes them if they end up unlisted), and the
+		// task is retried, which finds the result if it was stored.
+		return err
 	}
 	for _, f := range out.files {
 		w.resources.Add(ctx, int64(f.Count), metric.WithAttributes(attribute.String("type", f.Type)))
 		w.bytes.Add(ctx, f.Bytes)
 	}
 	return w.announce(ctx, task)
+}
+
+// errOtherAttempt means another attempt's result is recorded for the task.
+var errOtherAttempt = errors.New("another attempt recorded the task's result")
+
+// recordTimeout bounds recording a result, which runs even while the
+// writer shuts down: files written in full are worth keeping.
+const recordTimeout = 10 * time.Second
+
+// record stores an attempt's result unless one is there already. A create
+// that fails may still have been applied (its acknowledgement lost, or the
+// wait for it cut short), so on failure the stored result is read back:
+// nil means the stored result is this attempt's, errOtherAttempt that it
+// is another's, and any other error that the outcome is unknown.
+func (w *Writer) record(ctx context.Context, result streams.TaskResult) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), recordTimeout)
+	defer cancel()
+	key := streams.KeyTask(result.JobID, result.TaskID)
+	_, err := w.jobs.KV.Create(ctx, key, streams.Encode(result))
+	if err == nil {
+		return nil
+	}
+	entry, gerr := w.jobs.KV.Get(ctx, key)
+	if gerr != nil {
+		return fmt.Errorf("record result of task %s: %w", result.TaskID, err)
+	}
+	var stored streams.TaskResult
+	if derr := streams.Decode(entry.Value(), &stored); derr != nil {
+		return fmt.Errorf("read back result of task %s: %w", result.TaskID, derr)
+	}
+	if stored.Token != "" && stored.Token == result.Token {
+		return nil
+	}
+	return errOtherAttempt
 }
 
 // announce tells planners that a task has its result.
@@ -362,10 +399,10 @@ func (w *Writer) recordFailure(ctx context.Context, task streams.Task, attempt u
 	if _, err := w.files.PutBytes(ctx, streams.ObjectName(task.JobID, name), line); err != nil {
 		return fmt.Errorf("store error file: %w", err)
 	}
-	result := streams.TaskResult{JobID: task.JobID, TaskID: task.TaskID, Attempt: attempt,
+	result := streams.TaskResult{JobID: task.JobID, TaskID: task.TaskID, Attempt: attempt, Token: attemptToken(),
 		Files: []streams.File{{Name: name, Type: "OperationOutcome", Count: 1, Bytes: int64(len(line))}}}
-	if _, err := w.jobs.KV.Create(ctx, streams.KeyTask(task.JobID, task.TaskID), streams.Encode(result)); err != nil && !errors.Is(err, jetstream.ErrKeyExists) {
-		return fmt.Errorf("record result of task %s: %w", task.TaskID, err)
+	if err := w.record(ctx, result); err != nil && !errors.Is(err, errOtherAttempt) {
+		return err
 	}
 	return w.announce(ctx, task)
 }
