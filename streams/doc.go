@@ -8,7 +8,8 @@
 //
 // Topology:
 //
-//	CHANGES        changes.put.<Type>, changes.delete.<Type>   one change per message,
+//	CHANGES        changes.put.<Type>, changes.delete.<Type>   one change per message;
+//	               changes.transaction                          several, all or none;
 //	               limits retention; the ingester reads it in order and keeps its
 //	               position in the "ingest" KV bucket (the watermark).
 //	EXPORT_JOBS    export.jobs.submit.<job>, export.jobs.done.<job>,

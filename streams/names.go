@@ -27,6 +27,7 @@ const (
 	subjectChangesAll   = "changes.>"
 	subjectChangePut    = "changes.put.%s"
 	subjectChangeDelete = "changes.delete.%s"
+	subjectTransaction  = "changes.transaction"
 
 	subjectJobsAll    = "export.jobs.>"
 	subjectJobSubmit  = "export.jobs.submit.%s"
@@ -38,7 +39,7 @@ const (
 
 // Message headers.
 const (
-	// HeaderOp is "put" or "delete" on a change message.
+	// HeaderOp is "put", "delete" or "transaction" on a change message.
 	HeaderOp = "Flatfhir-Op"
 	// HeaderType and HeaderID name the resource a change is about.
 	HeaderType = "Flatfhir-Type"
@@ -49,6 +50,9 @@ const (
 const (
 	OpPut    = "put"
 	OpDelete = "delete"
+	// OpTransaction is a message carrying several changes that are
+	// applied together or not at all (see TransactionMsg).
+	OpTransaction = "transaction"
 )
 
 var (
@@ -74,6 +78,9 @@ func SubjectChange(op, typ string) string {
 	}
 	return fmt.Sprintf(subjectChangePut, typ)
 }
+
+// SubjectTransaction is the subject of a transaction message.
+func SubjectTransaction() string { return subjectTransaction }
 
 // SubjectJobSubmit is where the API announces an accepted kick-off.
 func SubjectJobSubmit(job string) string { return fmt.Sprintf(subjectJobSubmit, job) }
