@@ -195,14 +195,18 @@ func (in *Ingester) follow(ctx context.Context, kv jetstream.KeyValue) error {
 				delete(stored, next.Seq)
 				continue
 			}
-			row, err := toRow(msg, next)
+			versions, err := toRows(msg, next)
 			if err != nil {
 				in.rejected.Add(ctx, 1)
 				in.deps.Log.WarnContext(ctx, "change skipped", slog.Uint64("seq", next.Seq), slog.String("subject", msg.Subject()), slog.Any("error", err))
 				continue
 			}
-			size += len(row.Body)
-			rows = append(rows, row)
+			// A message's versions always go in one insert: a transaction
+			// is stored, and passed by the watermark, whole (ADR 0003).
+			for _, v := range versions {
+				size += len(v.Body)
+			}
+			rows = append(rows, versions...)
 			if size >= in.cfg.BatchBytes {
 				// Insert what we have; the rest of the fetch continues the batch.
 				if !send(rows, next) {
@@ -277,36 +281,59 @@ func (in *Ingester) commit(ctx context.Context, kv jetstream.KeyValue, rows []ch
 	return nil
 }
 
-// toRow turns a change message into a resource version stamped with wm.
-func toRow(msg jetstream.Msg, wm streams.Watermark) (chstore.Row, error) {
+// toRows turns a change message into the resource versions it stores,
+// stamped with wm: one for a put or a delete, one per change of a
+// transaction. Any invalid change rejects the whole message.
+func toRows(msg jetstream.Msg, wm streams.Watermark) ([]chstore.Row, error) {
 	h := msg.Headers()
-	op := h.Get(streams.HeaderOp)
+	if h.Get(streams.HeaderOp) != streams.OpTransaction {
+		row, err := toRow(streams.Change{Op: h.Get(streams.HeaderOp), Type: h.Get(streams.HeaderType), ID: h.Get(streams.HeaderID), Body: msg.Data()}, wm)
+		if err != nil {
+			return nil, err
+		}
+		return []chstore.Row{row}, nil
+	}
+	changes, err := streams.DecodeTransaction(msg.Data())
+	if err != nil {
+		return nil, err
+	}
+	rows := make([]chstore.Row, len(changes))
+	for i, c := range changes {
+		if rows[i], err = toRow(c, wm); err != nil {
+			return nil, fmt.Errorf("transaction entry %d: %w", i, err)
+		}
+	}
+	return rows, nil
+}
+
+// toRow turns one change into a resource version stamped with wm.
+func toRow(c streams.Change, wm streams.Watermark) (chstore.Row, error) {
 	version := strconv.FormatUint(wm.Seq, 10)
 	row := chstore.Row{Seq: wm.Seq, LastUpdated: chstore.Micros(wm.Stamp)}
-	switch op {
+	switch c.Op {
 	case streams.OpDelete:
-		row.Type, row.ID, row.Deleted = h.Get(streams.HeaderType), h.Get(streams.HeaderID), true
+		row.Type, row.ID, row.Deleted = c.Type, c.ID, true
 		if !fhir.IsResourceType(row.Type) || !fhir.ValidID(row.ID) {
 			return chstore.Row{}, fmt.Errorf("delete of %q/%q names no valid resource", row.Type, row.ID)
 		}
 		return row, nil
 	case streams.OpPut:
-		hdr, err := fhir.Inspect(msg.Data(), true)
+		hdr, err := fhir.Inspect(c.Body, true)
 		if err != nil {
 			return chstore.Row{}, err
 		}
 		row.Type, row.ID = hdr.ResourceType, hdr.ID
-		if t, id := h.Get(streams.HeaderType), h.Get(streams.HeaderID); t != row.Type || id != row.ID {
-			return chstore.Row{}, fmt.Errorf("headers name %s/%s but the body is %s/%s", t, id, row.Type, row.ID)
+		if c.Type != row.Type || c.ID != row.ID {
+			return chstore.Row{}, fmt.Errorf("the change names %s/%s but the body is %s/%s", c.Type, c.ID, row.Type, row.ID)
 		}
-		if row.Patients, err = compartment.PatientIDs(row.Type, msg.Data()); err != nil {
+		if row.Patients, err = compartment.PatientIDs(row.Type, c.Body); err != nil {
 			return chstore.Row{}, err
 		}
-		if row.Body, err = fhir.SetMeta(nil, msg.Data(), version, fhir.FormatInstant(wm.Stamp)); err != nil {
+		if row.Body, err = fhir.SetMeta(nil, c.Body, version, fhir.FormatInstant(wm.Stamp)); err != nil {
 			return chstore.Row{}, err
 		}
 		return row, nil
 	default:
-		return chstore.Row{}, fmt.Errorf("unknown change operation %q", op)
+		return chstore.Row{}, fmt.Errorf("unknown change operation %q", c.Op)
 	}
 }
