@@ -46,6 +46,10 @@ type ExportRequest struct {
 	Elements []string `json:"elements,omitempty"`
 	// TypeFilter is the _typeFilter parameter's values, validated.
 	TypeFilter []string `json:"typeFilter,omitempty"`
+	// IncludeAssociatedData is the includeAssociatedData code the export
+	// honours (AssociatedLatestProvenance or AssociatedRelevantProvenance),
+	// the least restrictive one given; empty when absent.
+	IncludeAssociatedData string `json:"includeAssociatedData,omitempty"`
 	// Since is the _since instant; zero when absent.
 	Since time.Time `json:"since,omitzero"`
 	// MinChangeSeq is the last CHANGES sequence when the kick-off arrived:
@@ -101,7 +105,31 @@ type Task struct {
 	// MaxFileResources and MaxFileBytes roll output files over.
 	MaxFileResources int   `json:"maxFileResources"`
 	MaxFileBytes     int64 `json:"maxFileBytes"`
+	// Associated, when set, makes this an includeAssociatedData task: Type
+	// is Provenance, and it exports the Provenances of its hash range that
+	// target a resource of the export's output (see AssociatedLatestProvenance
+	// and AssociatedRelevantProvenance), whatever the export's types.
+	Associated string `json:"associated,omitempty"`
+	// ExportTypes are the types the export's output holds, for deciding
+	// whether a Provenance's target is exported; empty means every type.
+	// Set on associated tasks only.
+	ExportTypes []string `json:"exportTypes,omitempty"`
+	// ProvenanceExported says the export's own Provenance tasks run too: an
+	// associated task leaves out what they export, so no Provenance is
+	// listed twice.
+	ProvenanceExported bool `json:"provenanceExported,omitempty"`
 }
+
+// includeAssociatedData codes (Bulk Data IG v2 CodeSystem
+// include-associated-data).
+const (
+	// AssociatedLatestProvenance adds, for each exported resource, the most
+	// recent Provenance targeting it.
+	AssociatedLatestProvenance = "LatestProvenanceResources"
+	// AssociatedRelevantProvenance adds every Provenance targeting an
+	// exported resource.
+	AssociatedRelevantProvenance = "RelevantProvenanceResources"
+)
 
 // File is one NDJSON file a task wrote.
 type File struct {
