@@ -112,12 +112,9 @@ type Task struct {
 	Associated string `json:"associated,omitempty"`
 	// ExportTypes are the types the export's output holds, for deciding
 	// whether a Provenance's target is exported; empty means every type.
-	// Set on associated tasks only.
+	// Set on associated tasks only, which the planner plans only when the
+	// export's own tasks leave Provenance out.
 	ExportTypes []string `json:"exportTypes,omitempty"`
-	// ProvenanceExported says the export's own Provenance tasks run too: an
-	// associated task leaves out what they export, so no Provenance is
-	// listed twice.
-	ProvenanceExported bool `json:"provenanceExported,omitempty"`
 }
 
 // includeAssociatedData codes (Bulk Data IG v2 CodeSystem

@@ -2,13 +2,11 @@ package writer
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
-	"strings"
+	"slices"
 
 	"github.com/flatfhir/flatfhir/shared/chstore"
 	"github.com/flatfhir/flatfhir/shared/compartment"
-	"github.com/flatfhir/flatfhir/shared/fhir"
 )
 
 // provenanceBatch is how many Provenances are resolved with one query.
@@ -86,33 +84,14 @@ func (w *Writer) provenance(ctx context.Context, r chstore.Range, emit func(id s
 	return flush()
 }
 
-// provenanceTargets reads Provenance.target references of the form
-// Type/id (relative or absolute, with or without _history).
+// provenanceTargets reads the Provenance.target references (see
+// parseTargets) to resources that can be in a Patient compartment.
 func provenanceTargets(body []byte) ([]chstore.Ref, error) {
-	var p struct {
-		Target []struct {
-			Reference string `json:"reference"`
-		} `json:"target"`
-	}
-	if err := json.Unmarshal(body, &p); err != nil {
+	targets, err := parseTargets(body)
+	if err != nil {
 		return nil, err
 	}
-	var out []chstore.Ref
-	for _, t := range p.Target {
-		ref := t.Reference
-		if i := strings.Index(ref, "/_history/"); i >= 0 {
-			ref = ref[:i]
-		}
-		parts := strings.Split(ref, "/")
-		if len(parts) < 2 {
-			continue
-		}
-		typ, id := parts[len(parts)-2], parts[len(parts)-1]
-		if compartment.InCompartment(typ) || typ == "Patient" {
-			if fhir.ValidID(id) {
-				out = append(out, chstore.Ref{Type: typ, ID: id})
-			}
-		}
-	}
-	return out, nil
+	return slices.DeleteFunc(targets, func(t chstore.Ref) bool {
+		return !compartment.InCompartment(t.Type) && t.Type != "Patient"
+	}), nil
 }

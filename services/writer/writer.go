@@ -220,12 +220,16 @@ func (w *Writer) run(ctx context.Context, msg jetstream.Msg, task streams.Task, 
 	}
 	switch {
 	case empty:
+	case task.Associated != "":
+		err = w.associatedProvenance(ctx, task, r, filter, emit)
 	case task.Type == "Provenance" && task.Level != streams.LevelSystem:
 		err = w.provenance(ctx, r, emit)
 	default:
 		err = w.deps.Store.ReadLatest(ctx, r, emit)
 	}
-	if err == nil && !empty && !task.Since.IsZero() {
+	// An associated task lists no deletions: a deleted Provenance's targets
+	// are gone with its body.
+	if err == nil && !empty && !task.Since.IsZero() && task.Associated == "" {
 		err = w.deps.Store.ReadDeleted(ctx, r, func(id string, _ []byte) error {
 			return out.writeDeleted(ctx, task.Type, id)
 		})
