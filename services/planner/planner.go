@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"time"
 
@@ -15,7 +16,6 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/flatfhir/flatfhir/shared/chstore"
-	"github.com/flatfhir/flatfhir/shared/compartment"
 	"github.com/flatfhir/flatfhir/shared/fhir"
 	"github.com/flatfhir/flatfhir/streams"
 )
@@ -264,11 +264,7 @@ func (p *Planner) waitWatermark(ctx context.Context, minSeq uint64) (time.Time, 
 // are merged until a task holds about TaskRows versions. Buckets without
 // rows join their neighbours, so each type's tasks cover the whole hash space.
 func (p *Planner) split(ctx context.Context, job streams.Job, t time.Time) ([]streams.Task, error) {
-	types := job.Types
-	if len(types) == 0 && job.Level != streams.LevelSystem {
-		// Patient and Group levels export the Patient compartment.
-		types = compartment.Types()
-	}
+	types := countTypes(job)
 	counts, err := p.deps.Store.BucketCounts(ctx, types, chstore.Micros(t))
 	if err != nil {
 		return nil, err
@@ -277,31 +273,57 @@ func (p *Planner) split(ctx context.Context, job streams.Job, t time.Time) ([]st
 }
 
 // Split is the pure splitting rule; counts must be ordered by type and bucket.
+// Every exported type in counts gets tasks; when includeAssociatedData adds
+// Provenance tasks (see needsAssociated), they come last, split by the
+// Provenance counts the same way.
 func Split(job streams.Job, t time.Time, counts []chstore.BucketCount, cfg Config) []streams.Task {
 	width := chstore.HashSpace / chstore.HashBuckets
 	var tasks []streams.Task
-	emit := func(typ string, lo, hi uint64) {
-		tasks = append(tasks, streams.Task{
+	emit := func(typ, associated string, lo, hi uint64) {
+		task := streams.Task{
 			JobID: job.JobID, TaskID: fmt.Sprintf("%05d", len(tasks)), Type: typ,
 			Level: job.Level, GroupID: job.GroupID, Patients: job.Patients, Elements: job.Elements, TypeFilter: job.TypeFilter,
 			HashLo: lo, HashHi: hi, Since: job.Since, Until: t,
 			MaxFileResources: cfg.MaxFileResources, MaxFileBytes: cfg.MaxFileBytes,
-		})
+		}
+		if associated != "" {
+			task.Associated, task.ExportTypes = associated, ExportTypes(job)
+		}
+		tasks = append(tasks, task)
 	}
-	for i := 0; i < len(counts); {
-		typ := counts[i].Type
+	// splitType merges the buckets of one type into tasks of about TaskRows.
+	splitType := func(counts []chstore.BucketCount, associated string) {
+		typ := counts[0].Type
 		lo, acc := uint64(0), uint64(0)
-		for ; i < len(counts) && counts[i].Type == typ; i++ {
-			acc += counts[i].Rows
-			last := i+1 == len(counts) || counts[i+1].Type != typ
-			if acc >= uint64(cfg.TaskRows) && !last {
-				hi := (counts[i].Bucket + 1) * width
-				emit(typ, lo, hi)
+		for i, c := range counts {
+			acc += c.Rows
+			if acc >= uint64(cfg.TaskRows) && i+1 < len(counts) {
+				hi := (c.Bucket + 1) * width
+				emit(typ, associated, lo, hi)
 				lo, acc = hi, 0
 			}
 		}
 		// The type's last task runs to the end of the hash space.
-		emit(typ, lo, chstore.HashSpace)
+		emit(typ, associated, lo, chstore.HashSpace)
+	}
+	exported := ExportTypes(job)
+	var provenance []chstore.BucketCount
+	for i := 0; i < len(counts); {
+		j := i + 1
+		for j < len(counts) && counts[j].Type == counts[i].Type {
+			j++
+		}
+		typ := counts[i].Type
+		if exported == nil || slices.Contains(exported, typ) {
+			splitType(counts[i:j], "")
+		}
+		if typ == "Provenance" {
+			provenance = counts[i:j]
+		}
+		i = j
+	}
+	if needsAssociated(job) && len(provenance) > 0 {
+		splitType(provenance, job.IncludeAssociatedData)
 	}
 	return tasks
 }
