@@ -2,10 +2,12 @@ package api
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/url"
 	"strings"
 	"time"
@@ -18,6 +20,7 @@ import (
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/flatfhir/flatfhir/services/api/auth"
 	"github.com/flatfhir/flatfhir/shared/chstore"
 	"github.com/flatfhir/flatfhir/streams"
 )
@@ -39,6 +42,18 @@ type Config struct {
 	// per replica); polls beyond them get 429 with Retry-After. 0 disables.
 	PollRate  float64
 	PollBurst int
+	// Auth switches SMART Backend Services authorization on: every bulk,
+	// read and write endpoint then needs an access token.
+	Auth bool
+	// AuthConfig tunes token issuing; zero values take auth.DefaultConfig.
+	AuthConfig auth.Config
+	// AdminToken is the operator credential for /admin/* and $ingest;
+	// empty disables the admin endpoints.
+	AdminToken string
+	// TLSCertFile and TLSKeyFile, when set, make the API serve HTTPS
+	// (TLS 1.2 or later) with that certificate.
+	TLSCertFile string
+	TLSKeyFile  string
 }
 
 // DefaultConfig returns the defaults.
@@ -63,6 +78,12 @@ func (c Config) Validate() error {
 	if c.PollRate < 0 || c.PollBurst < 0 || (c.PollRate > 0 && c.PollBurst < 1) {
 		return errors.New("api poll rate must not be negative, and a poll rate needs a burst of at least 1")
 	}
+	if (c.TLSCertFile == "") != (c.TLSKeyFile == "") {
+		return errors.New("api TLS needs both a certificate and a key file")
+	}
+	if c.AdminToken != "" && len(c.AdminToken) < 16 {
+		return errors.New("api admin token must be at least 16 characters")
+	}
 	return nil
 }
 
@@ -77,6 +98,8 @@ type Deps struct {
 	Tracer trace.TracerProvider
 	Meter  metric.MeterProvider
 	Now    func() time.Time
+	// HTTP fetches clients' JWKS URLs; nil uses a default client.
+	HTTP *http.Client
 }
 
 // Server is the HTTP edge.
@@ -88,6 +111,8 @@ type Server struct {
 	jobs   streams.Jobs
 	files  jetstream.ObjectStore
 	polls  *pollLimiter
+	auth   *auth.Authority
+	tls    *tls.Config
 }
 
 // New builds the server and its routes.
@@ -109,6 +134,22 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Server, error) {
 	if s.files, err = deps.JS.ObjectStore(ctx, streams.ObjectFiles); err != nil {
 		return nil, fmt.Errorf("open object store %s: %w", streams.ObjectFiles, err)
 	}
+	ac := cfg.AuthConfig
+	if ac == (auth.Config{}) {
+		ac = auth.DefaultConfig()
+	}
+	// The registry and keyring are opened with auth off too, so that the
+	// admin endpoints can register clients before auth is switched on.
+	if s.auth, err = auth.New(ctx, ac, auth.Deps{JS: deps.JS, HTTP: deps.HTTP, Log: deps.Log, Now: deps.Now}); err != nil {
+		return nil, err
+	}
+	if cfg.TLSCertFile != "" {
+		cert, err := tls.LoadX509KeyPair(cfg.TLSCertFile, cfg.TLSKeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("load TLS certificate: %w", err)
+		}
+		s.tls = &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}}
+	}
 	s.app = fiber.New(fiber.Config{
 		AppName:               "flatfhir",
 		DisableStartupMessage: true,
@@ -126,8 +167,21 @@ func (s *Server) routes() {
 	// A panic in a handler is a 500 for that request, never a crash.
 	s.app.Use(recover.New())
 	s.app.Use(s.traceRequests)
+	// Public: discovery and the token endpoint.
 	s.app.Get("/metadata", s.metadata)
-	s.app.Post("/$ingest", s.ingest)
+	s.app.Get(pathSmartConfig, s.smartConfiguration)
+	s.app.Post(pathToken, s.token)
+	s.app.Get(pathAuthorize, s.authorize)
+	// Operator endpoints, behind FLATFHIR_ADMIN_TOKEN.
+	s.app.Get("/admin/clients", s.admin, s.listClients)
+	s.app.Get("/admin/clients/:id", s.admin, s.getClient)
+	s.app.Put("/admin/clients/:id", s.admin, s.putClient)
+	s.app.Delete("/admin/clients/:id", s.admin, s.deleteClient)
+	s.app.Post("/admin/keys/rotate", s.admin, s.rotateKeys)
+	// Every route below needs an access token when auth is on: register
+	// new routes here, never above.
+	s.app.Use(s.authenticate)
+	s.app.Post("/$ingest", s.needIngest, s.ingest)
 	for _, lvl := range []struct {
 		path string
 		lvl  level
@@ -135,15 +189,15 @@ func (s *Server) routes() {
 		s.app.Get(lvl.path, s.kickoff(lvl.lvl))
 		s.app.Post(lvl.path, s.kickoff(lvl.lvl))
 	}
-	s.app.Get("/Group", s.searchGroups)
+	s.app.Get("/Group", s.need(auth.PermSearch, "Group"), s.searchGroups)
 	s.app.Get("/jobs/:job", s.status)
 	s.app.Delete("/jobs/:job", s.cancel)
 	s.app.Get("/files/:job/:name", s.file)
 	// FHIR reads and writes; registered last, as they match any type.
-	s.app.Get("/:type/:id", s.readResource)
-	s.app.Put("/:type/:id", s.putResource)
-	s.app.Delete("/:type/:id", s.deleteResource)
-	s.app.Post("/:type", s.createResource)
+	s.app.Get("/:type/:id", s.need(auth.PermRead, ""), s.readResource)
+	s.app.Put("/:type/:id", s.need(auth.PermUpdate, ""), s.putResource)
+	s.app.Delete("/:type/:id", s.need(auth.PermDelete, ""), s.deleteResource)
+	s.app.Post("/:type", s.need(auth.PermCreate, ""), s.createResource)
 }
 
 // traceRequests starts a span per request, named after the route that
@@ -170,8 +224,12 @@ func (s *Server) Run(ctx context.Context) error {
 	return s.Serve(ctx, ln)
 }
 
-// Serve serves on ln until ctx is done.
+// Serve serves on ln until ctx is done: HTTPS (TLS 1.2 or later) when a
+// certificate is configured, else plain HTTP.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	if s.tls != nil {
+		ln = tls.NewListener(ln, s.tls)
+	}
 	errc := make(chan error, 1)
 	go func() { errc <- s.app.Listener(ln) }()
 	s.deps.Log.InfoContext(ctx, "api listening", slog.String("addr", ln.Addr().String()))

@@ -88,6 +88,9 @@ func (s *Server) kickoff(lvl level) fiber.Handler {
 				return err
 			}
 		}
+		if err := s.authorizeExport(c, lvl, &req); err != nil {
+			return err
+		}
 		if err := s.checkScope(c.UserContext(), lvl, &req, lenient); err != nil {
 			return err
 		}
@@ -275,7 +278,7 @@ func (s *Server) accept(c *fiber.Ctx, lvl level, req kickoffRequest) error {
 	if c.Method() == fiber.MethodPost {
 		key += "\n" + string(c.Body())
 	}
-	if running, ok, err := s.claimRequest(ctx, "", key, id); err != nil {
+	if running, ok, err := s.claimRequest(ctx, clientOf(c), key, id); err != nil {
 		return err
 	} else if !ok {
 		return throttled(c, s.cfg.RetryAfter, "the same export is already running as "+running+
@@ -283,7 +286,7 @@ func (s *Server) accept(c *fiber.Ctx, lvl level, req kickoffRequest) error {
 	}
 	job := streams.Job{
 		ExportRequest: streams.ExportRequest{
-			JobID: id, Level: lvl, GroupID: req.group, Patients: req.patients, Elements: req.elements, TypeFilter: req.typeFilter, RequestURL: requestURL,
+			JobID: id, ClientID: clientOf(c), Level: lvl, GroupID: req.group, Patients: req.patients, Elements: req.elements, TypeFilter: req.typeFilter, RequestURL: requestURL,
 			Types: req.types, Since: req.since, MinChangeSeq: minSeq, SubmittedAt: s.deps.Now().UTC(),
 			Ignored: req.ignored,
 		},

@@ -126,12 +126,12 @@ func TestAPIParseKickoff(t *testing.T) {
 			err: &wantErr{400, fhir.CodeNotSupported, []string{"_typeFilter", "eye-color"}}},
 		{name: "patient strict", params: P{"patient": {"Patient/1"}},
 			err: &wantErr{400, fhir.CodeNotSupported, []string{"patient"}}},
-		{name: "includeAssociatedData strict", params: P{"includeAssociatedData": {"LatestProvenanceResources"}},
-			err: &wantErr{400, fhir.CodeNotSupported, []string{"includeAssociatedData"}}},
+		{name: "includeAssociatedData unknown value strict", params: P{"includeAssociatedData": {"LatestProvenanceResources,AllTheThings"}},
+			err: &wantErr{400, fhir.CodeNotSupported, []string{"includeAssociatedData", `"AllTheThings"`}}},
 		{name: "unknown parameter lenient", params: P{"_foo": {"bar"}}, lenient: true,
 			wantIgnored: []string{"_foo"}},
 		{name: "several unknown parameters lenient, one entry each", lenient: true,
-			params:    P{"_type": {"Patient"}, "_foo": {"bar"}, "includeAssociatedData": {"LatestProvenanceResources"}, "zzz": {"1"}},
+			params:    P{"_type": {"Patient"}, "_foo": {"bar"}, "includeAssociatedData": {"_myPreset"}, "zzz": {"1"}},
 			wantTypes: []string{"Patient"}, wantIgnored: []string{"_foo", "includeAssociatedData", "zzz"}},
 		{name: "unknown parameter repeated lenient is one entry", params: P{"_foo": {"1", "2"}}, lenient: true,
 			wantIgnored: []string{"_foo"}},
@@ -333,6 +333,58 @@ func TestAPIKickoffHandlerRefusals(t *testing.T) {
 			}
 			if tc.notName != "" && strings.Contains(oo.Issue[0].Diagnostics, tc.notName) {
 				t.Errorf("issue %+v names %q, which is valid", oo.Issue[0], tc.notName)
+			}
+		})
+	}
+}
+
+func TestAPIParseKickoffIncludeAssociatedData(t *testing.T) {
+	const latest, relevant = "LatestProvenanceResources", "RelevantProvenanceResources"
+	cases := []struct {
+		name    string
+		values  []string
+		lenient bool
+		want    string
+		err     *wantErr
+		ignored []string
+	}{
+		{name: "latest", values: []string{latest}, want: latest},
+		{name: "relevant", values: []string{relevant}, want: relevant},
+		{name: "both in one list: the least restrictive wins", values: []string{latest + "," + relevant}, want: relevant},
+		{name: "both repeated: the least restrictive wins", values: []string{relevant, latest}, want: relevant},
+		{name: "a value twice", values: []string{latest, latest}, want: latest},
+		{name: "unknown value strict", values: []string{"SomeProvenance"},
+			err: &wantErr{400, fhir.CodeNotSupported, []string{`"SomeProvenance"`}}},
+		{name: "custom value strict", values: []string{relevant + ",_myPreset"},
+			err: &wantErr{400, fhir.CodeNotSupported, []string{`"_myPreset"`, "custom"}}},
+		{name: "codes are case-sensitive", values: []string{"latestprovenanceresources"},
+			err: &wantErr{400, fhir.CodeNotSupported, []string{`"latestprovenanceresources"`}}},
+		{name: "empty strict", values: []string{""},
+			err: &wantErr{400, fhir.CodeInvalid, []string{"includeAssociatedData is empty"}}},
+		{name: "unknown value lenient keeps the known ones", values: []string{"_myPreset," + latest, "Other"}, lenient: true,
+			want: latest, ignored: []string{`"_myPreset"`, `"Other"`}},
+		{name: "only unknown values lenient", values: []string{"_x"}, lenient: true, ignored: []string{`"_x"`}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			req, err := parseKickoff(map[string][]string{"includeAssociatedData": tc.values}, tc.lenient)
+			if tc.err != nil {
+				checkProblem(t, err, *tc.err)
+				return
+			}
+			if err != nil {
+				t.Fatalf("parseKickoff: %v", err)
+			}
+			if req.associated != tc.want {
+				t.Errorf("associated %q, want %q", req.associated, tc.want)
+			}
+			if len(req.ignored) != len(tc.ignored) {
+				t.Fatalf("ignored %q, want %d entries naming %q", req.ignored, len(tc.ignored), tc.ignored)
+			}
+			for i, w := range tc.ignored {
+				if !strings.Contains(req.ignored[i], w) || !strings.Contains(req.ignored[i], "includeAssociatedData") {
+					t.Errorf("ignored[%d] = %q, want it to name includeAssociatedData and %s", i, req.ignored[i], w)
+				}
 			}
 		})
 	}

@@ -22,6 +22,9 @@ var capabilityStatement = func() []byte {
 			"description": "flatfhir FHIR Bulk Data export engine. Export files hold at most 100,000 resources or 128 MiB each; " +
 				"a type may span several files. _outputFormat accepts application/fhir+ndjson, application/ndjson and ndjson. " +
 				"Unsupported parameters are refused with 400 unless the request carries Prefer: handling=lenient. " +
+				"includeAssociatedData takes LatestProvenanceResources and RelevantProvenanceResources (the least restrictive " +
+				"given wins): the export adds the Provenances whose target is an exported resource, each one's most recent " +
+				"or all, even when _type leaves Provenance out. " +
 				"Patient and Group exports hold the resources in the R4 Patient compartment of the patients (linked as " +
 				"subject/patient, not as performer or author), no supporting resources; a Group export follows the " +
 				"group's Patient members as of transactionTime (other members are ignored). The patient parameter " +
