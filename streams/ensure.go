@@ -96,6 +96,9 @@ func Ensure(ctx context.Context, js jetstream.JetStream, cfg Config) error {
 	kvs := []jetstream.KeyValueConfig{
 		{Bucket: BucketJobs, Description: "export jobs and task results", History: 1, Storage: cfg.storage(), Replicas: cfg.Replicas},
 		{Bucket: BucketIngest, Description: "ingest watermark", History: 1, Storage: cfg.storage(), Replicas: cfg.Replicas},
+		{Bucket: BucketAuthClients, Description: "registered SMART backend clients", History: 5, Storage: cfg.storage(), Replicas: cfg.Replicas},
+		{Bucket: BucketAuthKeys, Description: "access-token signing keys", History: 5, Storage: cfg.storage(), Replicas: cfg.Replicas},
+		{Bucket: BucketAuthJTI, Description: "client assertion ids seen, for replay refusal", History: 1, TTL: AuthJTITTL, Storage: cfg.storage(), Replicas: cfg.Replicas},
 	}
 	for _, kc := range kvs {
 		if _, err := js.CreateOrUpdateKeyValue(ctx, kc); err != nil {

@@ -3,6 +3,7 @@ package streams
 import (
 	"fmt"
 	"regexp"
+	"time"
 )
 
 // Stream, bucket and consumer names.
@@ -15,12 +16,29 @@ const (
 	BucketIngest = "ingest"
 	ObjectFiles  = "export_files"
 
+	// BucketAuthClients holds the registered SMART Backend Services
+	// clients, one key per client id.
+	BucketAuthClients = "auth_clients"
+	// BucketAuthKeys holds the engine's access-token signing keys
+	// (KeyAuthKeyring).
+	BucketAuthKeys = "auth_keys"
+	// BucketAuthJTI records the jti of every accepted client assertion
+	// (KeyAssertion) for AuthJTITTL, so that a replay is refused by every
+	// API replica.
+	BucketAuthJTI = "auth_jti"
+
 	ConsumerPlanner = "planner"
 	ConsumerWriters = "writers"
 
 	// KeyWatermark is the key of the ingest watermark in BucketIngest.
 	KeyWatermark = "watermark"
+	// KeyAuthKeyring is the key of the signing keyring in BucketAuthKeys.
+	KeyAuthKeyring = "keyring"
 )
+
+// AuthJTITTL is how long an assertion's jti stays recorded: longer than
+// the longest assertion lifetime (5 minutes) plus clock skew allowances.
+const AuthJTITTL = 10 * time.Minute
 
 // Subject templates. Use the functions below rather than formatting them.
 const (
@@ -109,3 +127,7 @@ func KeyTasksOfJob(job string) string { return "task." + job + ".*" }
 
 // ObjectName is the object-store name of a file of job.
 func ObjectName(job, file string) string { return job + "/" + file }
+
+// KeyAssertion is the BucketAuthJTI key recording that client used an
+// assertion whose jti hashes to jtiHash (hex, so any jti is key-safe).
+func KeyAssertion(client, jtiHash string) string { return "jti." + client + "." + jtiHash }

@@ -29,6 +29,17 @@ func notSupported(format string, a ...any) *problem {
 	return &problem{fiber.StatusBadRequest, fhir.SeverityError, fhir.CodeNotSupported, fmt.Sprintf(format, a...)}
 }
 
+// unauthorized is a request without a valid access token; the caller sets
+// WWW-Authenticate.
+func unauthorized(format string, a ...any) *problem {
+	return &problem{fiber.StatusUnauthorized, fhir.SeverityError, fhir.CodeLogin, fmt.Sprintf(format, a...)}
+}
+
+// forbidden is a valid token whose scopes do not cover the request.
+func forbidden(format string, a ...any) *problem {
+	return &problem{fiber.StatusForbidden, fhir.SeverityError, fhir.CodeForbidden, fmt.Sprintf(format, a...)}
+}
+
 func notFound(format string, a ...any) *problem {
 	return &problem{fiber.StatusNotFound, fhir.SeverityError, fhir.CodeNotFound, fmt.Sprintf(format, a...)}
 }

@@ -8,8 +8,24 @@ import (
 	"github.com/flatfhir/flatfhir/shared/fhir"
 )
 
-// capabilityStatement declares what this server does, and only that.
-var capabilityStatement = func() []byte {
+// capabilityStatement declares what this server does, and only that (with
+// authorization off).
+var capabilityStatement = buildCapabilityStatement(nil)
+
+// buildCapabilityStatement is the CapabilityStatement; security, when not
+// nil, becomes rest.security.
+func buildCapabilityStatement(security map[string]any) []byte {
+	rest := map[string]any{
+		"mode":     "server",
+		"resource": resourceCapabilities(),
+		"operation": []any{map[string]any{
+			"name":       "export",
+			"definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export",
+		}},
+	}
+	if security != nil {
+		rest["security"] = security
+	}
 	cs := map[string]any{
 		"resourceType": "CapabilityStatement",
 		"status":       "active",
@@ -33,18 +49,31 @@ var capabilityStatement = func() []byte {
 		},
 		"fhirVersion": "4.0.1",
 		"format":      []string{"json", "application/fhir+json"},
-		"rest": []any{map[string]any{
-			"mode":     "server",
-			"resource": resourceCapabilities(),
-			"operation": []any{map[string]any{
-				"name":       "export",
-				"definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export",
-			}},
-		}},
+		"rest":        []any{rest},
 	}
 	b, _ := json.Marshal(cs)
 	return b
-}()
+}
+
+// smartSecurity is rest.security with authorization on: the SMART-on-FHIR
+// service and the OAuth endpoints (the SMART oauth-uris extension).
+func smartSecurity(base string) map[string]any {
+	return map[string]any{
+		"cors": false,
+		"service": []any{map[string]any{"coding": []any{map[string]any{
+			"system": "http://terminology.hl7.org/CodeSystem/restful-security-service", "code": "SMART-on-FHIR",
+		}}}},
+		"extension": []any{map[string]any{
+			"url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
+			"extension": []any{
+				map[string]any{"url": "token", "valueUri": base + pathToken},
+				map[string]any{"url": "authorize", "valueUri": base + pathAuthorize},
+			},
+		}},
+		"description": "SMART Backend Services (client_credentials with a private_key_jwt assertion, RS384 or ES384); " +
+			"discovery at " + base + pathSmartConfig + ". Every $export, status, file, read and write request needs a bearer token.",
+	}
+}
 
 // resourceCapabilities declares, for every R4 type, the FHIR reads and
 // writes the API serves, plus the Patient and Group export operations and
@@ -82,5 +111,8 @@ func resourceCapabilities() []any {
 
 func (s *Server) metadata(c *fiber.Ctx) error {
 	c.Set(fiber.HeaderContentType, "application/fhir+json")
+	if s.cfg.Auth {
+		return c.Send(buildCapabilityStatement(smartSecurity(s.baseURL(c))))
+	}
 	return c.Send(capabilityStatement)
 }

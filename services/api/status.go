@@ -31,6 +31,9 @@ func (s *Server) loadJob(c *fiber.Ctx) (streams.Job, error) {
 	if err != nil {
 		return streams.Job{}, transient("the status of export %s could not be read; retry later: %v", id, err)
 	}
+	if err := s.authorizeJob(c, job); err != nil {
+		return streams.Job{}, err
+	}
 	return job, nil
 }
 
@@ -94,7 +97,7 @@ func (s *Server) status(c *fiber.Ctx) error {
 	body := manifestJSON{
 		TransactionTime:     fhir.FormatInstant(m.TransactionTime),
 		Request:             m.Request,
-		RequiresAccessToken: false,
+		RequiresAccessToken: s.cfg.Auth,
 		Output:              items(m.Output),
 		Deleted:             items(m.Deleted),
 		Error:               items(m.Error),
