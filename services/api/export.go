@@ -45,6 +45,7 @@ type kickoffRequest struct {
 	typeFilter []string // _typeFilter, validated
 	group      string   // Group level: the group's id
 	patients   []string // Patient and Group levels: the patient parameter's ids
+	associated string   // includeAssociatedData: the code honoured, or empty
 }
 
 // kickoff serves GET and POST [base]/$export, [base]/Patient/$export and
@@ -213,6 +214,8 @@ func parseKickoff(params map[string][]string, lenient bool) (kickoffRequest, err
 			} else {
 				req.elements = vals
 			}
+		case "includeAssociatedData":
+			req.associated, err = parseAssociatedData(vals, refuse)
 		default:
 			err = refuse(notSupported("parameter %s is not supported by this server", name))
 		}
@@ -233,6 +236,40 @@ func splitList(vals []string) []string {
 		}
 	}
 	return out
+}
+
+// parseAssociatedData reads includeAssociatedData: the union of every
+// value, comma-split. Of the IG's codes the least restrictive given wins
+// (RelevantProvenanceResources holds every Provenance that
+// LatestProvenanceResources would add). Any other value, a server-defined
+// "_" one included, is refused, or dropped and reported when lenient.
+func parseAssociatedData(vals []string, refuse func(*problem) error) (string, error) {
+	items := splitList(vals)
+	if len(items) == 0 {
+		return "", refuse(badRequest("includeAssociatedData is empty"))
+	}
+	code := ""
+	for _, v := range items {
+		switch v {
+		case streams.AssociatedRelevantProvenance:
+			code = v
+		case streams.AssociatedLatestProvenance:
+			if code == "" {
+				code = v
+			}
+		default:
+			what := "is not supported"
+			if strings.HasPrefix(v, "_") {
+				what = "is not supported: this server defines no custom values"
+			}
+			p := notSupported("includeAssociatedData value %q %s; use %s or %s", v, what,
+				streams.AssociatedLatestProvenance, streams.AssociatedRelevantProvenance)
+			if err := refuse(p); err != nil {
+				return "", err
+			}
+		}
+	}
+	return code, nil
 }
 
 // parseTypes reads _type: the union of every value, comma-split, sorted
@@ -288,7 +325,7 @@ func (s *Server) accept(c *fiber.Ctx, lvl level, req kickoffRequest) error {
 		ExportRequest: streams.ExportRequest{
 			JobID: id, ClientID: clientOf(c), Level: lvl, GroupID: req.group, Patients: req.patients, Elements: req.elements, TypeFilter: req.typeFilter, RequestURL: requestURL,
 			Types: req.types, Since: req.since, MinChangeSeq: minSeq, SubmittedAt: s.deps.Now().UTC(),
-			Ignored: req.ignored,
+			Ignored: req.ignored, IncludeAssociatedData: req.associated,
 		},
 		Status: streams.JobAccepted,
 	}
