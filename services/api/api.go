@@ -193,6 +193,8 @@ func (s *Server) routes() {
 	s.app.Get("/jobs/:job", s.status)
 	s.app.Delete("/jobs/:job", s.cancel)
 	s.app.Get("/files/:job/:name", s.file)
+	// Batch and transaction Bundles; each entry needs its permission.
+	s.app.Post("/", s.bundle)
 	// FHIR reads and writes; registered last, as they match any type.
 	s.app.Get("/:type/:id", s.need(auth.PermRead, ""), s.readResource)
 	s.app.Put("/:type/:id", s.need(auth.PermUpdate, ""), s.putResource)

@@ -22,6 +22,7 @@ func buildCapabilityStatement(security map[string]any) []byte {
 			"name":       "export",
 			"definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export",
 		}},
+		"interaction": []any{map[string]any{"code": "batch"}, map[string]any{"code": "transaction"}},
 	}
 	if security != nil {
 		rest["security"] = security
@@ -45,7 +46,10 @@ func buildCapabilityStatement(security map[string]any) []byte {
 				"subject/patient, not as performer or author), no supporting resources; a Group export follows the " +
 				"group's Patient members as of transactionTime (other members are ignored). The patient parameter " +
 				"(POST only) narrows either to the listed patients. With _since, resources of patients who joined a " +
-				"group after _since are exported only if they changed after _since.",
+				"group after _since are exported only if they changed after _since. " +
+				"POST [base] takes batch and transaction Bundles of GET (batch only), PUT, POST and DELETE entries on Type/id " +
+				"or Type; conditional requests and searches are refused. A transaction is all or nothing and becomes visible " +
+				"to exports at once; its resources share one versionId and lastUpdated.",
 		},
 		"fhirVersion": "4.0.1",
 		"format":      []string{"json", "application/fhir+json"},

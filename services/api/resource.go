@@ -50,28 +50,95 @@ func (s *Server) readResource(c *fiber.Ctx) error {
 	return s.sendResource(c, fiber.StatusOK, typ, body)
 }
 
-// sendResource answers with a stored resource and its version headers.
-func (s *Server) sendResource(c *fiber.Ctx, status int, typ string, body []byte) error {
-	var meta struct {
+// version is what a stored resource says about itself.
+type version struct {
+	id, versionID string
+	lastUpdated   time.Time // zero when unknown
+}
+
+// versionOf reads the id and meta a stored body carries.
+func versionOf(body []byte) version {
+	var r struct {
 		ID   string `json:"id"`
 		Meta struct {
 			VersionID   string `json:"versionId"`
 			LastUpdated string `json:"lastUpdated"`
 		} `json:"meta"`
 	}
-	if err := json.Unmarshal(body, &meta); err == nil {
-		if meta.Meta.VersionID != "" {
-			c.Set(fiber.HeaderETag, `W/"`+meta.Meta.VersionID+`"`)
-		}
-		if t, err := fhir.ParseInstant(meta.Meta.LastUpdated); err == nil {
-			c.Set(fiber.HeaderLastModified, t.Format(http.TimeFormat))
-		}
-		if status == fiber.StatusCreated {
-			c.Set(fiber.HeaderLocation, s.baseURL(c)+"/"+typ+"/"+meta.ID+"/_history/"+meta.Meta.VersionID)
-		}
+	if err := json.Unmarshal(body, &r); err != nil {
+		return version{}
+	}
+	v := version{id: r.ID, versionID: r.Meta.VersionID}
+	if t, err := fhir.ParseInstant(r.Meta.LastUpdated); err == nil {
+		v.lastUpdated = t
+	}
+	return v
+}
+
+// etag is the weak ETag of a version id.
+func etag(versionID string) string { return `W/"` + versionID + `"` }
+
+// location is the URL of one version of typ/id.
+func (s *Server) location(c *fiber.Ctx, typ, id, versionID string) string {
+	return s.baseURL(c) + "/" + typ + "/" + id + "/_history/" + versionID
+}
+
+// sendResource answers with a stored resource and its version headers.
+func (s *Server) sendResource(c *fiber.Ctx, status int, typ string, body []byte) error {
+	v := versionOf(body)
+	if v.versionID != "" {
+		c.Set(fiber.HeaderETag, etag(v.versionID))
+	}
+	if !v.lastUpdated.IsZero() {
+		c.Set(fiber.HeaderLastModified, v.lastUpdated.Format(http.TimeFormat))
+	}
+	if status == fiber.StatusCreated && v.id != "" {
+		c.Set(fiber.HeaderLocation, s.location(c, typ, v.id, v.versionID))
 	}
 	c.Set(fiber.HeaderContentType, "application/fhir+json")
 	return c.Status(status).Send(body)
+}
+
+// checkPut validates a create-or-update of typ/id (an R4 type) with body.
+func checkPut(typ, id string, body []byte) error {
+	if !fhir.ValidID(id) {
+		return badRequest("%q is not a valid FHIR id ([A-Za-z0-9-.]{1,64})", id)
+	}
+	h, err := fhir.Inspect(body, true)
+	if err != nil {
+		return badRequest("the body is not a valid resource: %v", err)
+	}
+	if h.ResourceType != typ || h.ID != id {
+		return badRequest("the body is %s/%s but the URL names %s/%s", h.ResourceType, h.ID, typ, id)
+	}
+	return nil
+}
+
+// prepareCreate validates a create of typ (an R4 type) and returns the id
+// the server assigns and the body carrying it.
+func prepareCreate(typ string, body []byte) (string, []byte, error) {
+	h, err := fhir.Inspect(body, false)
+	if err != nil {
+		return "", nil, badRequest("the body is not a valid resource: %v", err)
+	}
+	if h.ResourceType != typ {
+		return "", nil, badRequest("the body is a %s but the URL names %s", h.ResourceType, typ)
+	}
+	id := nuid.Next()
+	out, err := fhir.SetID(body, id)
+	if err != nil {
+		return "", nil, badRequest("the body is not a valid resource: %v", err)
+	}
+	return id, out, nil
+}
+
+// exists reports whether typ/id is stored now and not deleted.
+func (s *Server) exists(ctx context.Context, typ, id string) (bool, error) {
+	_, ok, err := s.deps.Store.ReadOne(ctx, typ, id, math.MaxUint64)
+	if err != nil {
+		return false, transient("%s/%s could not be read; retry: %v", typ, id, err)
+	}
+	return ok, nil
 }
 
 // putResource serves PUT [base]/{type}/{id}: create or update.
@@ -81,19 +148,12 @@ func (s *Server) putResource(c *fiber.Ctx) error {
 		return err
 	}
 	id := c.Params("id")
-	if !fhir.ValidID(id) {
-		return badRequest("%q is not a valid FHIR id ([A-Za-z0-9-.]{1,64})", id)
+	if err := checkPut(typ, id, c.Body()); err != nil {
+		return err
 	}
-	h, err := fhir.Inspect(c.Body(), true)
+	existed, err := s.exists(c.UserContext(), typ, id)
 	if err != nil {
-		return badRequest("the body is not a valid resource: %v", err)
-	}
-	if h.ResourceType != typ || h.ID != id {
-		return badRequest("the body is %s/%s but the URL names %s/%s", h.ResourceType, h.ID, typ, id)
-	}
-	_, existed, err := s.deps.Store.ReadOne(c.UserContext(), typ, id, math.MaxUint64)
-	if err != nil {
-		return transient("%s/%s could not be read; retry: %v", typ, id, err)
+		return err
 	}
 	status := fiber.StatusOK
 	if !existed {
@@ -108,17 +168,9 @@ func (s *Server) createResource(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	h, err := fhir.Inspect(c.Body(), false)
+	id, body, err := prepareCreate(typ, c.Body())
 	if err != nil {
-		return badRequest("the body is not a valid resource: %v", err)
-	}
-	if h.ResourceType != typ {
-		return badRequest("the body is a %s but the URL names %s", h.ResourceType, typ)
-	}
-	id := nuid.Next()
-	body, err := fhir.SetID(c.Body(), id)
-	if err != nil {
-		return badRequest("the body is not a valid resource: %v", err)
+		return err
 	}
 	return s.write(c, fiber.StatusCreated, typ, id, body)
 }
@@ -155,9 +207,9 @@ func (s *Server) deleteResource(c *fiber.Ctx) error {
 		return badRequest("%q is not a valid FHIR id", id)
 	}
 	ctx := c.UserContext()
-	_, exists, err := s.deps.Store.ReadOne(ctx, typ, id, math.MaxUint64)
+	exists, err := s.exists(ctx, typ, id)
 	if err != nil {
-		return transient("%s/%s could not be read; retry: %v", typ, id, err)
+		return err
 	}
 	if !exists {
 		// Nothing to delete: no change, so no deletion shows up in
@@ -172,7 +224,7 @@ func (s *Server) deleteResource(c *fiber.Ctx) error {
 		c.Set(fiber.HeaderRetryAfter, "5")
 		return transient("the deletion of %s/%s is accepted but not yet visible: %v", typ, id, err)
 	}
-	c.Set(fiber.HeaderETag, `W/"`+strconv.FormatUint(seq, 10)+`"`)
+	c.Set(fiber.HeaderETag, etag(strconv.FormatUint(seq, 10)))
 	return c.SendStatus(fiber.StatusNoContent)
 }
 

@@ -192,13 +192,22 @@ func (s *Server) need(perm auth.Perm, fixedType string) fiber.Handler {
 		if !fhir.IsResourceType(typ) {
 			return c.Next() // the handler answers 404
 		}
-		cl := callerOf(c)
-		if cl.operator || !cl.Scopes.Allows(typ, perm) {
-			return insufficient(c, "the access token's scopes do not grant %s on %s (needs system/%s.%s or system/*.%s)",
-				permName(perm), typ, typ, permLetters(perm), permLetters(perm))
+		if p := scopeRefusal(c, perm, typ); p != nil {
+			return insufficient(c, "%s", p.msg)
 		}
 		return c.Next()
 	}
+}
+
+// scopeRefusal says why the caller may not do perm on typ (the operator
+// credential is not enough), or nil when it may. Call it with auth on.
+func scopeRefusal(c *fiber.Ctx, perm auth.Perm, typ string) *problem {
+	cl := callerOf(c)
+	if cl.operator || !cl.Scopes.Allows(typ, perm) {
+		return forbidden("the access token's scopes do not grant %s on %s (needs system/%s.%s or system/*.%s)",
+			permName(perm), typ, typ, permLetters(perm), permLetters(perm))
+	}
+	return nil
 }
 
 // needIngest guards $ingest: the operator credential, or a token whose
