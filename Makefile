@@ -22,8 +22,8 @@ deps: ## Install what is missing: ClickHouse (Debian package) and Go modules
 build: deps ## Build the engine binary into bin/
 	go build -o $(BIN) ./services/flatfhir/cmd/flatfhir
 
-run: build ## Start the whole engine on this machine with sample data
-	$(BIN)
+run: build ## Start the whole engine on this machine with sample data (authorization off)
+	FLATFHIR_AUTH=$${FLATFHIR_AUTH:-off} $(BIN)
 
 test: deps ## Run every module's tests against real NATS and ClickHouse
 	@fail=0; for m in $(MODULES); do \

@@ -46,6 +46,15 @@ type Config struct {
 	PollRate float64
 	// Retention is how long a completed export's files stay available.
 	Retention time.Duration
+	// Auth switches SMART Backend Services authorization on (FLATFHIR_AUTH,
+	// on by default; make run switches it off).
+	Auth bool
+	// AdminToken is the operator credential for the API's /admin
+	// endpoints and $ingest (FLATFHIR_ADMIN_TOKEN).
+	AdminToken string
+	// TLSCert and TLSKey, when set, make the API serve HTTPS (TLS 1.2+).
+	TLSCert string
+	TLSKey  string
 	// OTLPEndpoint receives traces and metrics when set.
 	OTLPEndpoint string
 	LogLevel     string
@@ -61,10 +70,20 @@ func FromEnv() (Config, error) {
 		NATSURL:            env("FLATFHIR_NATS_URL", ""),
 		ClickHouseAddr:     env("FLATFHIR_CLICKHOUSE_ADDR", ""),
 		ClickHouseDatabase: env("FLATFHIR_CLICKHOUSE_DATABASE", "flatfhir"),
+		AdminToken:         env("FLATFHIR_ADMIN_TOKEN", ""),
+		TLSCert:            env("FLATFHIR_TLS_CERT", ""),
+		TLSKey:             env("FLATFHIR_TLS_KEY", ""),
 		OTLPEndpoint:       env("FLATFHIR_OTLP_ENDPOINT", ""),
 		LogLevel:           env("FLATFHIR_LOG_LEVEL", "info"),
 	}
 	var errs []error
+	switch v := strings.ToLower(env("FLATFHIR_AUTH", "on")); v {
+	case "on", "true", "1":
+		c.Auth = true
+	case "off", "false", "0":
+	default:
+		errs = append(errs, fmt.Errorf("FLATFHIR_AUTH=%q is not on or off", v))
+	}
 	c.NATSPort = envInt("FLATFHIR_NATS_PORT", 4222, &errs)
 	c.ClickHousePort = envInt("FLATFHIR_CLICKHOUSE_PORT", 19000, &errs)
 	c.SamplePatients = envInt("FLATFHIR_SAMPLE_PATIENTS", 200, &errs)
@@ -105,6 +124,12 @@ func (c Config) Validate() error {
 	}
 	if c.SamplePatients < 0 {
 		return errors.New("FLATFHIR_SAMPLE_PATIENTS must not be negative")
+	}
+	if (c.TLSCert == "") != (c.TLSKey == "") {
+		return errors.New("FLATFHIR_TLS_CERT and FLATFHIR_TLS_KEY go together")
+	}
+	if c.AdminToken != "" && len(c.AdminToken) < 16 {
+		return errors.New("FLATFHIR_ADMIN_TOKEN must be at least 16 characters")
 	}
 	return nil
 }

@@ -32,6 +32,29 @@ func TestLauncherConfigFromEnv(t *testing.T) {
 			}
 		})
 	}
+	t.Run("auth is on unless switched off", func(t *testing.T) {
+		if !c.Auth {
+			t.Error("FLATFHIR_AUTH unset: auth off, want on")
+		}
+		t.Setenv("FLATFHIR_AUTH", "off")
+		if c, err := FromEnv(); err != nil || c.Auth {
+			t.Errorf("FLATFHIR_AUTH=off: auth %v (%v)", c.Auth, err)
+		}
+		for _, kv := range [][3]string{{"FLATFHIR_AUTH", "maybe", "off"}, {"FLATFHIR_ADMIN_TOKEN", "short", ""}} {
+			t.Setenv(kv[0], kv[1])
+			if _, err := FromEnv(); err == nil || !strings.Contains(err.Error(), "FLATFHIR_") {
+				t.Errorf("%s=%s: error %v", kv[0], kv[1], err)
+			}
+			t.Setenv(kv[0], kv[2])
+		}
+		if _, err := FromEnv(); err != nil {
+			t.Fatal(err)
+		}
+		t.Setenv("FLATFHIR_TLS_CERT", "cert.pem")
+		if _, err := FromEnv(); err == nil {
+			t.Error("FLATFHIR_TLS_CERT without FLATFHIR_TLS_KEY accepted")
+		}
+	})
 	t.Run("single role needs external servers", func(t *testing.T) {
 		t.Setenv("FLATFHIR_ROLE", "writer")
 		if _, err := FromEnv(); err == nil {

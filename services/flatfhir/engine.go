@@ -155,6 +155,7 @@ func (e *Engine) build(ctx context.Context, tune Tuning, sc streams.Config) erro
 	if e.has(RoleAPI) {
 		cfg := api.DefaultConfig()
 		cfg.Listen, cfg.BaseURL, cfg.PollRate = e.cfg.Listen, e.cfg.BaseURL, e.cfg.PollRate
+		cfg.Auth, cfg.AdminToken, cfg.TLSCertFile, cfg.TLSKeyFile = e.cfg.Auth, e.cfg.AdminToken, e.cfg.TLSCert, e.cfg.TLSKey
 		if cfg.PollRate == 0 {
 			cfg.PollBurst = 0
 		}
@@ -199,6 +200,18 @@ func (e *Engine) loadSample(ctx context.Context) error {
 	}
 	e.log.Info("sample data loaded", slog.Int("resources", n))
 	return nil
+}
+
+// APIURL is the API's base URL on its listen address: https when it
+// serves TLS (role all or api; empty otherwise).
+func (e *Engine) APIURL() string {
+	if e.apiLn == nil {
+		return ""
+	}
+	if e.cfg.TLSCert != "" {
+		return "https://" + e.APIAddr()
+	}
+	return "http://" + e.APIAddr()
 }
 
 // APIAddr is where the API listens (role all or api).

@@ -3,13 +3,16 @@ module github.com/flatfhir/flatfhir/services/flatfhir
 go 1.26.0
 
 require (
+	github.com/MicahParks/jwkset v0.11.4
 	github.com/flatfhir/flatfhir/services/api v0.0.0
 	github.com/flatfhir/flatfhir/services/ingester v0.0.0
 	github.com/flatfhir/flatfhir/services/planner v0.0.0
 	github.com/flatfhir/flatfhir/services/writer v0.0.0
 	github.com/flatfhir/flatfhir/shared v0.0.0
 	github.com/flatfhir/flatfhir/streams v0.0.0
+	github.com/golang-jwt/jwt/v5 v5.3.1
 	github.com/nats-io/nats.go v1.55.0
+	github.com/nats-io/nuid v1.0.1
 	go.opentelemetry.io/otel/metric v1.47.0
 	go.opentelemetry.io/otel/sdk v1.47.0
 )
@@ -37,7 +40,6 @@ require (
 	github.com/nats-io/jwt/v2 v2.8.2 // indirect
 	github.com/nats-io/nats-server/v2 v2.15.2 // indirect
 	github.com/nats-io/nkeys v0.4.16 // indirect
-	github.com/nats-io/nuid v1.0.1 // indirect
 	github.com/paulmach/orb v0.14.0 // indirect
 	github.com/pierrec/lz4/v4 v4.1.33 // indirect
 	github.com/rivo/uniseg v0.2.0 // indirect

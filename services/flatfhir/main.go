@@ -16,7 +16,7 @@ func Main(ctx context.Context, cfg Config, log *slog.Logger, out io.Writer) erro
 	if addr := e.APIAddr(); addr != "" {
 		base := cfg.BaseURL
 		if base == "" {
-			base = "http://" + addr
+			base = e.APIURL()
 		}
 		fmt.Fprintf(out, `
 flatfhir is running (role %s). FHIR base: %s
@@ -32,6 +32,25 @@ Only some types, as of a time:
 Load your own NDJSON:
   curl -s -X POST -H 'Content-Type: application/fhir+ndjson' --data-binary @Patient.ndjson '%s/$ingest'
 `, cfg.Role, base, base, base, base)
+		if cfg.Auth {
+			fmt.Fprintf(out, `
+Authorization is on (SMART Backend Services): every request above needs
+-H "Authorization: Bearer $TOKEN". Register a client and get a token:
+  flatfhir clients keygen --out demo
+  flatfhir clients add demo --scope 'system/*.rs' --jwks-file demo.jwks.json
+  TOKEN=$(flatfhir token --client demo --key demo.key.pem --url %s --raw)
+Discovery: %s/.well-known/smart-configuration (docs/auth.md)
+`, base, base)
+		} else {
+			fmt.Fprintf(out, `
+Authorization is off (FLATFHIR_AUTH=off). To try SMART Backend Services, start with
+FLATFHIR_AUTH=on, then register a client and get a token (docs/auth.md):
+  bin/flatfhir clients keygen --out demo
+  bin/flatfhir clients add demo --scope 'system/*.rs' --jwks-file demo.jwks.json
+  TOKEN=$(bin/flatfhir token --client demo --key demo.key.pem --url %s --raw)
+  curl -si -H "Authorization: Bearer $TOKEN" -H 'Prefer: respond-async' '%s/$export'
+`, base, base)
+		}
 		if cfg.Role == RoleAll {
 			fmt.Fprintf(out, "\nCtrl-C stops everything; data stays in %s.\n", cfg.DataDir)
 		}

@@ -1,5 +1,7 @@
 // Command flatfhir runs the flatfhir Bulk Data export engine: every service
 // in one process (FLATFHIR_ROLE=all, the default), or one role per process.
+// Subcommands manage SMART clients and signing keys and fetch tokens
+// (flatfhir help).
 package main
 
 import (
@@ -15,6 +17,12 @@ import (
 )
 
 func main() {
+	if args := os.Args[1:]; flatfhir.IsCommand(args) {
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		code := flatfhir.Command(ctx, args, os.Stdout, os.Stderr)
+		stop()
+		os.Exit(code)
+	}
 	cfg, err := flatfhir.FromEnv()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "flatfhir: configuration:", err)
