@@ -256,6 +256,10 @@ func (s *Server) authorizeExport(c *fiber.Ctx, lvl level, req *kickoffRequest) e
 	if cl.operator {
 		return insufficient(c, "exports are started by registered clients; the operator credential cannot start one")
 	}
+	// includeAssociatedData adds Provenance whatever _type says.
+	if req.associated != "" && !cl.Scopes.Allows("Provenance", auth.PermExport) {
+		return insufficient(c, "includeAssociatedData=%s adds Provenance, which the access token's scopes (%s) do not allow exporting", req.associated, cl.Scopes)
+	}
 	if len(req.types) > 0 {
 		var refused []string
 		for _, t := range req.types {
@@ -305,6 +309,9 @@ func (s *Server) authorizeJob(c *fiber.Ctx, job streams.Job) error {
 	cl := callerOf(c)
 	if cl.operator || cl.ClientID == "" || cl.ClientID != job.ClientID {
 		return notFound("no export %q", job.JobID)
+	}
+	if job.IncludeAssociatedData != "" && !cl.Scopes.Allows("Provenance", auth.PermExport) {
+		return insufficient(c, "export %s holds Provenance (includeAssociatedData), which the access token's scopes (%s) do not cover", job.JobID, cl.Scopes)
 	}
 	if len(job.Types) == 0 {
 		if !cl.Scopes.AllowsAll(auth.PermExport) {

@@ -458,6 +458,10 @@ func TestAuthKickoffTypesFollowScopes(t *testing.T) {
 	if resp.StatusCode != http.StatusForbidden || !strings.Contains(string(body), "exporting Device, Encounter;") {
 		t.Errorf("types outside the scopes: %d %s", resp.StatusCode, body)
 	}
+	resp, body = kickoffWith(t, base, tok, "?_type=Patient&includeAssociatedData=LatestProvenanceResources")
+	if resp.StatusCode != http.StatusForbidden || !strings.Contains(string(body), "Provenance") {
+		t.Errorf("includeAssociatedData without Provenance in the scopes: %d %s", resp.StatusCode, body)
+	}
 	jobTypes := func(resp *http.Response) []string {
 		loc := resp.Header.Get("Content-Location")
 		job, _, err := streamsJobs(t, bus).Get(t.Context(), loc[strings.LastIndex(loc, "/")+1:])
