@@ -162,16 +162,22 @@ func (s *Server) bundle(c *fiber.Ctx) error {
 	return c.Status(fiber.StatusOK).Send(buf.Bytes())
 }
 
-// readBody reads a request body of at most limit bytes.
+// readBody reads a request body of at most limit bytes. A streamed body
+// is read only up to the limit (c.Body would read all of it).
 func readBody(c *fiber.Ctx, limit int) ([]byte, error) {
-	body := c.Body()
+	var body []byte
 	if st := c.Context().RequestBodyStream(); st != nil {
 		var err error
 		if body, err = io.ReadAll(io.LimitReader(st, int64(limit)+1)); err != nil {
 			return nil, badRequest("reading the body: %v", err)
 		}
+	} else {
+		body = c.Body()
 	}
 	if len(body) > limit {
+		// The rest of the body is not read: close the connection after
+		// the answer rather than parse it as the next request.
+		c.Context().SetConnectionClose()
 		return nil, tooLarge("the body is larger than %d bytes", limit)
 	}
 	return body, nil

@@ -207,3 +207,36 @@ func TestAuthBundleEntriesFollowScopes(t *testing.T) {
 		t.Errorf("transaction without a token: %d %s", resp.StatusCode, body)
 	}
 }
+
+func TestAPIReadBodyStopsAtTheLimit(t *testing.T) {
+	for _, stream := range []bool{true, false} {
+		app := fiber.New(fiber.Config{StreamRequestBody: stream, BodyLimit: 1 << 20})
+		app.Post("/", func(c *fiber.Ctx) error {
+			body, err := readBody(c, 100)
+			if err != nil {
+				checkProblem(t, err, wantErr{413, fhir.CodeTooCostly, []string{"larger than 100 bytes"}})
+				return c.SendStatus(413)
+			}
+			return c.Send(body)
+		})
+		sizes := map[int]int{100: 200, 101: 413, 200 << 10: 413}
+		if stream {
+			sizes[4<<20] = 413 // beyond Fiber's BodyLimit: streamed, read only up to the limit
+		}
+		for size, want := range sizes {
+			resp, err := app.Test(httptestRequest(strings.Repeat("x", size)), -1)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if resp.StatusCode != want {
+				t.Errorf("stream %v, %d bytes: %d, want %d", stream, size, resp.StatusCode, want)
+			}
+		}
+	}
+}
+
+func httptestRequest(body string) *http.Request {
+	req, _ := http.NewRequest("POST", "/", strings.NewReader(body))
+	req.Header.Set("Content-Type", "application/fhir+json")
+	return req
+}
