@@ -135,7 +135,7 @@ func (in *Ingester) follow(ctx context.Context, kv jetstream.KeyValue) error {
 	// Versions a crashed predecessor inserted without advancing the
 	// watermark: they are replayed with the same seqs and stamps, so skip
 	// them rather than store them twice.
-	stored, err := in.deps.Store.SeqsAfter(ctx, wm.Seq, chstore.Micros(wm.Stamp))
+	stored, err := in.deps.Store.Recover(ctx, wm.Seq, chstore.Micros(wm.Stamp))
 	if err != nil {
 		return err
 	}

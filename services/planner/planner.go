@@ -265,7 +265,7 @@ func (p *Planner) waitWatermark(ctx context.Context, minSeq uint64) (time.Time, 
 // rows join their neighbours, so each type's tasks cover the whole hash space.
 func (p *Planner) split(ctx context.Context, job streams.Job, t time.Time) ([]streams.Task, error) {
 	types := countTypes(job)
-	counts, err := p.deps.Store.BucketCounts(ctx, types, chstore.Micros(t))
+	counts, err := p.deps.Store.BucketCounts(ctx, types, chstore.Micros(job.Since), chstore.Micros(t))
 	if err != nil {
 		return nil, err
 	}

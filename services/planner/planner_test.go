@@ -221,7 +221,7 @@ func TestPlannerPlansAndCompletesExport(t *testing.T) {
 	if perType["Patient"] != 1 || perType["Condition"] != 1 || perType["Observation"] < 5 || perType["Encounter"] != 0 {
 		t.Errorf("tasks per type %v: want 1 Patient, 1 Condition, at least 5 Observation (600 rows / 100), no Encounter (stamped after the watermark)", perType)
 	}
-	counts, err := e.store.BucketCounts(ctx, nil, chstore.Micros(stamp))
+	counts, err := e.store.BucketCounts(ctx, nil, 0, chstore.Micros(stamp))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -495,7 +495,7 @@ func TestPlannerCompletesJobWhoseTasksFinishedBeforeThePlanWasRecorded(t *testin
 
 	// The dead planner's work: the plan recorded and its tasks published.
 	job := newJob(id, 0)
-	counts, err := e.store.BucketCounts(ctx, nil, chstore.Micros(stamp))
+	counts, err := e.store.BucketCounts(ctx, nil, 0, chstore.Micros(stamp))
 	if err != nil {
 		t.Fatal(err)
 	}

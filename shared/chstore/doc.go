@@ -9,6 +9,11 @@
 // lets a read of one type and one hash range prune on the primary key, and
 // the hash spreads every type evenly over ranges of similar size.
 //
+// The change log (table resource_changes, ADR 0005) holds the same rows
+// sorted by (type, last_updated, ...): a _since read scans only the window
+// between _since and T there. Insert writes both tables; Recover repairs
+// them after a crash between the two.
+//
 // Reads are point-in-time: the latest version of each resource with
 // last_updated <= T. They are two-pass so that ClickHouse holds only the
 // (id, seq) set of one task in memory, never the bodies.

@@ -19,27 +19,29 @@ type BucketCount struct {
 }
 
 // BucketCounts counts versions per type and hash bucket up to until
-// (microseconds). types limits the count; empty means every type. The
-// counts size tasks; they count versions, not resources, so they are an
-// upper bound of what a range exports.
-func (s *Store) BucketCounts(ctx context.Context, types []string, until uint64) ([]BucketCount, error) {
-	q := "SELECT type, toUInt64(intDiv(id_hash, " + fmt.Sprint(HashSpace/HashBuckets) + ")) AS b, count() FROM " + s.table +
-		" WHERE last_updated <= ?"
+// (microseconds), only those stamped after since when since is not zero.
+// types limits the count; empty means every type. The counts size tasks;
+// they count versions, not resources, so they are an upper bound of what a
+// range exports.
+func (s *Store) BucketCounts(ctx context.Context, types []string, since, until uint64) ([]BucketCount, error) {
+	table, window := s.table, ""
 	args := []any{until}
+	if s.windowed(since) {
+		table, window = s.changes, " AND last_updated > ?"
+		args = append(args, since)
+	}
+	q := "SELECT type, toUInt64(intDiv(id_hash, " + fmt.Sprint(HashSpace/HashBuckets) + ")) AS b, count() FROM " + table +
+		" WHERE last_updated <= ?" + window
 	if len(types) > 0 {
 		// A GroupSet renders as a tuple, which 18.16 accepts in IN (an
 		// array it does not).
-		set := make([]any, len(types))
-		for i, t := range types {
-			set[i] = t
-		}
 		q += " AND type IN ?"
-		args = append(args, clickhouse.GroupSet{Value: set})
+		args = append(args, groupSet(types))
 	}
 	q += " GROUP BY type, b ORDER BY type, b"
 	rows, err := s.conn.Query(ctx, q, args...)
 	if err != nil {
-		return nil, fmt.Errorf("count buckets in %s: %w", s.table, err)
+		return nil, fmt.Errorf("count buckets in %s: %w", table, err)
 	}
 	defer rows.Close()
 	var out []BucketCount
@@ -51,7 +53,7 @@ func (s *Store) BucketCounts(ctx context.Context, types []string, until uint64) 
 		out = append(out, c)
 	}
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("count buckets in %s: %w", s.table, err)
+		return nil, fmt.Errorf("count buckets in %s: %w", table, err)
 	}
 	return out, nil
 }
@@ -81,19 +83,32 @@ func (r Range) validate() error {
 	return nil
 }
 
+// windowed reports whether a read of the changes after since can use the
+// change log, which holds every version stamped after its horizon.
+func (s *Store) windowed(since uint64) bool {
+	return since > 0 && since >= s.horizon
+}
+
 // latestSQL selects (id, body) of the latest version at or before Until of
 // each resource in the range, keeping only resources whose latest version
-// has the wanted deleted flag. The inner query holds only ids and seqs.
-// Every (id, seq) is stored once (see SeqsAfter), so the outer pass needs
-// no de-duplication.
-func (s *Store) latestSQL(deleted bool) string {
+// has the wanted deleted flag and was stamped after Since. The inner query
+// holds only ids and seqs. Every (id, seq) is stored once (see Recover), so
+// the outer pass needs no de-duplication.
+//
+// A windowed read scans the change log between Since and Until only: the
+// latest version at Until of a resource changed after Since lies in that
+// window, since stamps grow with seqs.
+func (s *Store) latestSQL(deleted, windowed bool) string {
 	del := "0"
 	if deleted {
 		del = "1"
 	}
-	where := "type = ? AND id_hash >= ? AND id_hash < ? AND last_updated <= ?"
-	return "SELECT id, body FROM " + s.table + " WHERE " + where +
-		" AND (id, seq) IN (SELECT id, max(seq) FROM " + s.table + " WHERE " + where +
+	table, where := s.table, "type = ? AND id_hash >= ? AND id_hash < ? AND last_updated <= ?"
+	if windowed {
+		table, where = s.changes, where+" AND last_updated > ?"
+	}
+	return "SELECT id, body FROM " + table + " WHERE " + where +
+		" AND (id, seq) IN (SELECT id, max(seq) FROM " + table + " WHERE " + where +
 		" GROUP BY id HAVING argMax(deleted, seq) = " + del + " AND max(last_updated) > ?" +
 		" AND %s)"
 }
@@ -132,9 +147,22 @@ func (s *Store) read(ctx context.Context, r Range, deleted bool, fn func(id stri
 	if err := r.validate(); err != nil {
 		return err
 	}
-	hi := r.HashHi // id_hash is UInt32; HashSpace itself does not fit, so compare with <=
+	windowed := s.windowed(r.Since)
+	if windowed && deleted && (r.InCompartment || len(r.Patients) > 0) {
+		return s.readDeletedInCompartment(ctx, r, fn)
+	}
 	cond, condArgs := compartmentSQL(r, deleted)
-	q := fmt.Sprintf(s.latestSQL(deleted), cond)
+	q := fmt.Sprintf(s.latestSQL(deleted, windowed), cond)
+	where := []any{r.Type, uint32(r.HashLo), r.HashHi, r.Until} // id_hash is UInt32; HashSpace itself does not fit, so HashHi stays 64-bit
+	if windowed {
+		where = append(where, r.Since)
+	}
+	args := append(append(append(append([]any{}, where...), where...), r.Since), condArgs...)
+	return s.stream(ctx, r, q, args, fn)
+}
+
+// stream runs a read of r that selects (id, body) and hands each row to fn.
+func (s *Store) stream(ctx context.Context, r Range, q string, args []any, fn func(id string, body []byte) error) error {
 	settings := clickhouse.Settings{"max_block_size": s.cfg.ReadBlockRows}
 	if n := listSize(r.Patients); n > 0 {
 		// The patient list is inlined: let a large cohort's query through
@@ -142,7 +170,6 @@ func (s *Store) read(ctx context.Context, r Range, deleted bool, fn func(id stri
 		settings["max_query_size"] = 2*n + 1<<20
 	}
 	ctx = clickhouse.Context(ctx, clickhouse.WithSettings(settings))
-	args := append([]any{r.Type, uint32(r.HashLo), hi, r.Until, r.Type, uint32(r.HashLo), hi, r.Until, r.Since}, condArgs...)
 	rows, err := s.conn.Query(ctx, q, args...)
 	if err != nil {
 		return fmt.Errorf("read %s range [%d, %d): %w", r.Type, r.HashLo, r.HashHi, err)
@@ -163,29 +190,92 @@ func (s *Store) read(ctx context.Context, r Range, deleted bool, fn func(id stri
 	return nil
 }
 
-// SeqsAfter returns the seqs of the versions stored after a watermark
-// (seq, stamp in microseconds): what an ingester that crashed between an
-// insert and its watermark update had already inserted. The ingester skips
-// them when it replays, so no version is ever stored twice. Every such row
-// is stamped after the watermark, so the read prunes to recent partitions.
-func (s *Store) SeqsAfter(ctx context.Context, seq, stamp uint64) (map[uint64]bool, error) {
-	rows, err := s.conn.Query(ctx, "SELECT seq FROM "+s.table+" WHERE last_updated > ? AND seq > ?", stamp, seq)
+// lookupBatch is how many ids one point lookup in the versions table names.
+const lookupBatch = 1000
+
+// readDeletedInCompartment is a windowed ReadDeleted narrowed to
+// compartments. A delete carries no patients, and the last live version,
+// whose patients decide, may be older than the window: the window yields
+// the deleted ids, and a point lookup in the versions table (sorted by id)
+// their compartments.
+func (s *Store) readDeletedInCompartment(ctx context.Context, r Range, fn func(id string, body []byte) error) error {
+	q := "SELECT id, '' FROM " + s.changes +
+		" WHERE type = ? AND id_hash >= ? AND id_hash < ? AND last_updated <= ? AND last_updated > ?" +
+		" GROUP BY id HAVING argMax(deleted, seq) = 1"
+	var ids []string
+	err := s.stream(ctx, r, q, []any{r.Type, uint32(r.HashLo), r.HashHi, r.Until, r.Since}, func(id string, _ []byte) error {
+		ids = append(ids, id)
+		return nil
+	})
 	if err != nil {
-		return nil, fmt.Errorf("read seqs after %d from %s: %w", seq, s.table, err)
+		return err
 	}
-	defer rows.Close()
-	out := map[uint64]bool{}
-	for rows.Next() {
-		var v uint64
-		if err := rows.Scan(&v); err != nil {
-			return nil, fmt.Errorf("scan seq: %w", err)
+	want := make(map[string]bool, len(r.Patients))
+	for _, p := range r.Patients {
+		want[p] = true
+	}
+	for len(ids) > 0 {
+		n := min(len(ids), lookupBatch)
+		batch := ids[:n]
+		ids = ids[n:]
+		hashes := make([]any, len(batch))
+		for i, id := range batch {
+			hashes[i] = IDHash(id)
 		}
-		out[v] = true
+		rows, err := s.conn.Query(ctx, "SELECT id, argMaxIf(patients, seq, deleted = 0) FROM "+s.table+
+			" WHERE type = ? AND id_hash IN ? AND id IN ? AND last_updated <= ? GROUP BY id",
+			r.Type, clickhouse.GroupSet{Value: hashes}, groupSet(batch), r.Until)
+		if err != nil {
+			return fmt.Errorf("read compartments of deleted %s: %w", r.Type, err)
+		}
+		var keep []string
+		for rows.Next() {
+			var id string
+			var patients []string
+			if err := rows.Scan(&id, &patients); err != nil {
+				rows.Close()
+				return fmt.Errorf("scan compartments of deleted %s: %w", r.Type, err)
+			}
+			if inCompartment(patients, want) {
+				keep = append(keep, id)
+			}
+		}
+		err = rows.Err()
+		rows.Close()
+		if err != nil {
+			return fmt.Errorf("read compartments of deleted %s: %w", r.Type, err)
+		}
+		for _, id := range keep {
+			if err := fn(id, nil); err != nil {
+				return err
+			}
+		}
 	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("read seqs after %d from %s: %w", seq, s.table, err)
+	return nil
+}
+
+// inCompartment: patients holds one of want, or any patient when want is
+// empty.
+func inCompartment(patients []string, want map[string]bool) bool {
+	if len(want) == 0 {
+		return len(patients) > 0
 	}
-	return out, nil
+	for _, p := range patients {
+		if want[p] {
+			return true
+		}
+	}
+	return false
+}
+
+// groupSet renders a string list as a tuple for IN, which 18.16 accepts
+// where it refuses an array.
+func groupSet(values []string) clickhouse.GroupSet {
+	set := make([]any, len(values))
+	for i, v := range values {
+		set[i] = v
+	}
+	return clickhouse.GroupSet{Value: set}
 }
 
 // ReadOne returns the body of typ/id as it stood at until (microseconds),

@@ -16,6 +16,13 @@ import (
 // Table is the name of the resource-versions table.
 const Table = "resource_versions"
 
+// ChangesTable is the name of the change log: the same rows as Table,
+// ordered by time, which _since reads scan only the window of.
+const ChangesTable = "resource_changes"
+
+// horizonTable records from when on the change log holds every version.
+const horizonTable = "resource_changes_horizon"
+
 // HashBuckets is how many equal slices of the 32-bit id hash space the
 // planner counts resources in.
 const HashBuckets = 1024
@@ -73,6 +80,10 @@ type Store struct {
 	cfg     Config
 	version Version
 	table   string
+	changes string
+	// horizon: every version stamped after it (microseconds) is in the
+	// change log too. Stores created with the change log have 0.
+	horizon uint64
 	log     *slog.Logger
 }
 
@@ -106,6 +117,7 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (*Store, error) {
 		cfg:     cfg,
 		version: Version{Major: int(sv.Version.Major), Minor: int(sv.Version.Minor)},
 		table:   cfg.Database + "." + Table,
+		changes: cfg.Database + "." + ChangesTable,
 		log:     log,
 	}
 	if err := s.migrate(ctx); err != nil {
@@ -134,8 +146,46 @@ func (s *Store) migrate(ctx context.Context) error {
 	if err := s.conn.Exec(ctx, CreateTableSQL(s.table, s.version)); err != nil {
 		return fmt.Errorf("create table %s: %w", s.table, err)
 	}
+	return s.migrateChanges(ctx)
+}
+
+// migrateChanges creates the change log. A store that holds versions from
+// before the change log existed records the latest stamp then as the
+// horizon: _since reads from before it scan the versions table instead.
+// The horizon is written before the change log is created, so a crash in
+// between only repeats this step.
+func (s *Store) migrateChanges(ctx context.Context) error {
+	var exists uint8
+	if err := s.conn.QueryRow(ctx, "EXISTS TABLE "+s.changes).Scan(&exists); err != nil {
+		return fmt.Errorf("look for table %s: %w", s.changes, err)
+	}
+	horizons := s.cfg.Database + "." + horizonTable
+	if err := s.conn.Exec(ctx, "CREATE TABLE IF NOT EXISTS "+horizons+" (horizon UInt64) ENGINE = Log"); err != nil {
+		return fmt.Errorf("create table %s: %w", horizons, err)
+	}
+	if exists == 0 {
+		// Server-side: the native protocol's INSERT ... VALUES waits for
+		// data blocks from the client.
+		if err := s.conn.Exec(ctx, "INSERT INTO "+horizons+" (horizon) SELECT max(last_updated) FROM "+s.table); err != nil {
+			return fmt.Errorf("record the change log horizon: %w", err)
+		}
+		if err := s.conn.Exec(ctx, CreateChangesSQL(s.changes, s.version)); err != nil {
+			return fmt.Errorf("create table %s: %w", s.changes, err)
+		}
+	}
+	if err := s.conn.QueryRow(ctx, "SELECT max(horizon) FROM "+horizons).Scan(&s.horizon); err != nil {
+		return fmt.Errorf("read the change log horizon: %w", err)
+	}
+	if s.horizon > 0 && s.log != nil {
+		s.log.Info("change log holds versions after its horizon; older _since reads scan the versions table",
+			slog.Uint64("horizon_us", s.horizon))
+	}
 	return nil
 }
+
+// Horizon is the stamp (microseconds) after which the change log holds
+// every version.
+func (s *Store) Horizon() uint64 { return s.horizon }
 
 // Version is a ClickHouse release number.
 type Version struct{ Major, Minor int }
@@ -151,6 +201,17 @@ func (v Version) String() string { return fmt.Sprintf("%d.%d", v.Major, v.Minor)
 // version v. Servers from 20.3 get LowCardinality types and ZSTD-compressed
 // bodies; older ones plain types with the server's default compression.
 func CreateTableSQL(table string, v Version) string {
+	return createSQL(table, v, "type, id_hash, id, seq")
+}
+
+// CreateChangesSQL is the DDL of the change log: the versions again,
+// sorted by stamp within a type, so a _since read touches only the
+// granules of its window (ADR 0003).
+func CreateChangesSQL(table string, v Version) string {
+	return createSQL(table, v, "type, last_updated, id_hash, id, seq")
+}
+
+func createSQL(table string, v Version, key string) string {
 	typeCol, bodyCol := "String", "String"
 	if v.AtLeast(20, 3) {
 		typeCol, bodyCol = "LowCardinality(String)", "String CODEC(ZSTD(3))"
@@ -166,7 +227,7 @@ func CreateTableSQL(table string, v Version) string {
 	body ` + bodyCol + `
 ) ENGINE = MergeTree
 PARTITION BY toYYYYMM(toDate(toDateTime(intDiv(last_updated, 1000000))))
-ORDER BY (type, id_hash, id, seq)`
+ORDER BY (` + key + `)`
 }
 
 // IDHash is the hash that spreads resources over key ranges.

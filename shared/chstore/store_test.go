@@ -73,7 +73,7 @@ func TestStorePointInTimeReads(t *testing.T) {
 	}
 }
 
-func TestStoreSeqsAfterAWatermark(t *testing.T) {
+func TestStoreRecoverReportsSeqsAfterAWatermark(t *testing.T) {
 	s := testenv.Store(t)
 	rows := []chstore.Row{
 		{Type: "Patient", ID: "a", Seq: 1, LastUpdated: 100, Body: []byte(`{}`)},
@@ -83,7 +83,7 @@ func TestStoreSeqsAfterAWatermark(t *testing.T) {
 	if err := s.Insert(t.Context(), rows); err != nil {
 		t.Fatal(err)
 	}
-	got, err := s.SeqsAfter(t.Context(), 1, 100)
+	got, err := s.Recover(t.Context(), 1, 100)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -101,7 +101,7 @@ func TestStoreHashRangesPartitionResources(t *testing.T) {
 	if err := s.Insert(t.Context(), rows); err != nil {
 		t.Fatal(err)
 	}
-	counts, err := s.BucketCounts(t.Context(), []string{"Observation"}, 10)
+	counts, err := s.BucketCounts(t.Context(), []string{"Observation"}, 0, 10)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -16,15 +16,28 @@ type Row struct {
 	Body        []byte
 }
 
-// Insert writes rows in one batch. A caller replaying changes after a crash
-// must leave out the seqs SeqsAfter reports: reads expect each (id, seq) once.
+const columns = "type, id, id_hash, seq, last_updated, deleted, patients, body"
+
+// Insert writes rows in one batch to the versions table and to the change
+// log, both at once. A caller replaying changes after a crash must leave
+// out the seqs Recover reports: reads expect each (id, seq) once.
 func (s *Store) Insert(ctx context.Context, rows []Row) error {
 	if len(rows) == 0 {
 		return nil
 	}
-	b, err := s.conn.PrepareBatch(ctx, "INSERT INTO "+s.table+" (type, id, id_hash, seq, last_updated, deleted, patients, body)")
+	errs := make(chan error, 1)
+	go func() { errs <- s.insert(ctx, s.changes, rows) }()
+	err := s.insert(ctx, s.table, rows)
+	if cerr := <-errs; err == nil {
+		err = cerr
+	}
+	return err
+}
+
+func (s *Store) insert(ctx context.Context, table string, rows []Row) error {
+	b, err := s.conn.PrepareBatch(ctx, "INSERT INTO "+table+" ("+columns+")")
 	if err != nil {
-		return fmt.Errorf("prepare insert into %s: %w", s.table, err)
+		return fmt.Errorf("prepare insert into %s: %w", table, err)
 	}
 	for i := range rows {
 		r := &rows[i]
@@ -42,7 +55,42 @@ func (s *Store) Insert(ctx context.Context, rows []Row) error {
 		}
 	}
 	if err := b.Send(); err != nil {
-		return fmt.Errorf("insert %d rows into %s: %w", len(rows), s.table, err)
+		return fmt.Errorf("insert %d rows into %s: %w", len(rows), table, err)
 	}
 	return nil
+}
+
+// Recover prepares a replay from a watermark (seq, stamp in microseconds)
+// after a crash between an insert and the watermark update. A version one
+// of the two tables got and the other did not is copied across, then the
+// seqs of the versions stored after the watermark are returned: the
+// ingester skips them rather than store them twice. Every such row is
+// stamped after the watermark, so the reads prune to recent partitions.
+func (s *Store) Recover(ctx context.Context, seq, stamp uint64) (map[uint64]bool, error) {
+	for _, c := range [][2]string{{s.table, s.changes}, {s.changes, s.table}} {
+		from, to := c[0], c[1]
+		after := " WHERE last_updated > ? AND seq > ?"
+		q := "INSERT INTO " + to + " (" + columns + ") SELECT " + columns + " FROM " + from + after +
+			" AND (seq, type, id) NOT IN (SELECT seq, type, id FROM " + to + after + ")"
+		if err := s.conn.Exec(ctx, q, stamp, seq, stamp, seq); err != nil {
+			return nil, fmt.Errorf("copy versions after seq %d from %s to %s: %w", seq, from, to, err)
+		}
+	}
+	rows, err := s.conn.Query(ctx, "SELECT seq FROM "+s.table+" WHERE last_updated > ? AND seq > ?", stamp, seq)
+	if err != nil {
+		return nil, fmt.Errorf("read seqs after %d from %s: %w", seq, s.table, err)
+	}
+	defer rows.Close()
+	out := map[uint64]bool{}
+	for rows.Next() {
+		var v uint64
+		if err := rows.Scan(&v); err != nil {
+			return nil, fmt.Errorf("scan seq: %w", err)
+		}
+		out[v] = true
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("read seqs after %d from %s: %w", seq, s.table, err)
+	}
+	return out, nil
 }

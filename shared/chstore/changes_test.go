@@ -1,0 +1,208 @@
+package chstore_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+
+	"github.com/ClickHouse/clickhouse-go/v2"
+
+	"github.com/flatfhir/flatfhir/shared/chstore"
+	"github.com/flatfhir/flatfhir/shared/testenv"
+)
+
+// rowsRead runs a read and returns the rows ClickHouse reported reading.
+func rowsRead(t *testing.T, s *chstore.Store, r chstore.Range, deleted bool) (uint64, map[string]string) {
+	t.Helper()
+	var read uint64
+	ctx := clickhouse.Context(t.Context(), clickhouse.WithProgress(func(p *clickhouse.Progress) { read += p.Rows }))
+	got := map[string]string{}
+	fn := func(id string, body []byte) error { got[id] = string(body); return nil }
+	var err error
+	if deleted {
+		err = s.ReadDeleted(ctx, r, fn)
+	} else {
+		err = s.ReadLatest(ctx, r, fn)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return read, got
+}
+
+// TestStoreSinceReadsScanOnlyTheWindow: a _since read over a large store
+// where few resources changed reads about the changed rows (plus granule
+// slack), not the store; a full read of the same range reads it all.
+func TestStoreSinceReadsScanOnlyTheWindow(t *testing.T) {
+	s := testenv.Store(t)
+	const old, changed = 60000, 40
+	rows := make([]chstore.Row, 0, old+changed)
+	for i := range old {
+		rows = append(rows, chstore.Row{Type: "Observation", ID: fmt.Sprintf("o%d", i), Seq: uint64(i + 1), LastUpdated: uint64(i + 1), Patients: []string{"p"}, Body: []byte(`{"v":1}`)})
+	}
+	for i := range changed {
+		del := i%4 == 0
+		body := []byte(`{"v":2}`)
+		if del {
+			body = nil
+		}
+		rows = append(rows, chstore.Row{Type: "Observation", ID: fmt.Sprintf("o%d", i*1000), Seq: uint64(old + i + 1), LastUpdated: uint64(old + 1000 + i), Deleted: del, Body: body})
+	}
+	if err := s.Insert(t.Context(), rows); err != nil {
+		t.Fatal(err)
+	}
+	since := uint64(old + 500)
+	r := chstore.Range{Type: "Observation", HashHi: chstore.HashSpace, Since: since, Until: 1 << 40}
+	read, live := rowsRead(t, s, r, false)
+	if len(live) != changed*3/4 {
+		t.Errorf("since read returned %d live resources, want %d", len(live), changed*3/4)
+	}
+	// Two passes over the window, each within a granule or two of it.
+	if limit := uint64(4 * 8192); read > limit {
+		t.Errorf("since read of %d changes read %d rows, want at most %d (the window, not the %d-row store)", changed, read, limit, old)
+	}
+	_, gone := rowsRead(t, s, r, true)
+	if len(gone) != changed/4 {
+		t.Errorf("since read returned %d deletions, want %d", len(gone), changed/4)
+	}
+	// Deletions in a compartment: the compartment comes from the last live
+	// version, older than the window, by point lookups.
+	rc := r
+	rc.Patients = []string{"p"}
+	if _, gone := rowsRead(t, s, rc, true); len(gone) != changed/4 {
+		t.Errorf("since read of patient p's deletions returned %d, want %d", len(gone), changed/4)
+	}
+	rc.Patients = []string{"q"}
+	if _, gone := rowsRead(t, s, rc, true); len(gone) != 0 {
+		t.Errorf("since read of patient q's deletions returned %v, want none", gone)
+	}
+	full := r
+	full.Since = 0
+	read, all := rowsRead(t, s, full, false)
+	if len(all) != old-changed/4 {
+		t.Errorf("full read returned %d resources, want %d", len(all), old-changed/4)
+	}
+	if read < old {
+		t.Errorf("full read reported %d rows read, fewer than the %d stored: the measure above proves nothing", read, old)
+	}
+	counts, err := s.BucketCounts(t.Context(), []string{"Observation"}, since, 1<<40)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n uint64
+	for _, c := range counts {
+		n += c.Rows
+	}
+	if n != changed {
+		t.Errorf("bucket counts since %d sum to %d, want the %d changed versions", since, n, changed)
+	}
+}
+
+// TestStoreChangeLogHorizonForOlderStores: a store that held versions
+// before the change log existed gets a horizon; _since reads from before
+// it read the versions table and still see every change.
+func TestStoreChangeLogHorizonForOlderStores(t *testing.T) {
+	cfg := testenv.ClickHouse(t)
+	ctx := context.Background()
+	s, err := chstore.Open(ctx, cfg, testenv.Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// An older store: versions only, no change log.
+	conn := s.Conn()
+	for _, q := range []string{
+		"DROP TABLE " + cfg.Database + "." + chstore.ChangesTable,
+		"DROP TABLE " + cfg.Database + ".resource_changes_horizon",
+		"INSERT INTO " + s.TableName() + " (type, id, id_hash, seq, last_updated, deleted, patients, body)" +
+			" SELECT 'Patient', 'a', 1, 1, 100, 0, [], 'a1' UNION ALL SELECT 'Patient', 'b', 2, 2, 200, 0, [], 'b1'",
+	} {
+		if err := conn.Exec(ctx, q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	s.Close()
+	s, err = chstore.Open(ctx, cfg, testenv.Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if s.Horizon() != 200 {
+		t.Fatalf("horizon %d, want 200 (the latest stamp before the change log)", s.Horizon())
+	}
+	if err := s.Insert(ctx, []chstore.Row{{Type: "Patient", ID: "c", Seq: 3, LastUpdated: 300, Body: []byte("c1")}}); err != nil {
+		t.Fatal(err)
+	}
+	all := chstore.Range{Type: "Patient", HashHi: chstore.HashSpace, Until: 1000}
+	for since, want := range map[uint64]string{150: "b=b1 c=c1", 200: "c=c1", 250: "c=c1"} {
+		r := all
+		r.Since = since
+		if got := render(readAll(t, s, r, false)); got != want {
+			t.Errorf("since %d: %q, want %q", since, got, want)
+		}
+	}
+	// Opening again keeps the horizon.
+	s2, err := chstore.Open(ctx, cfg, testenv.Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close()
+	if s2.Horizon() != 200 {
+		t.Errorf("horizon after reopening %d, want 200", s2.Horizon())
+	}
+}
+
+// TestStoreRecoverCompletesBothTables: after a crash between the two
+// inserts of a batch, Recover copies each version the other table lacks,
+// so a since read (change log) and a full read (versions) agree, and
+// reports the seqs the replay must skip.
+func TestStoreRecoverCompletesBothTables(t *testing.T) {
+	cfg := testenv.ClickHouse(t)
+	s, err := chstore.Open(t.Context(), cfg, testenv.Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ins := func(table, id string, seq, stamp int) {
+		q := fmt.Sprintf("INSERT INTO %s.%s (type, id, id_hash, seq, last_updated, deleted, patients, body) SELECT 'Patient', '%s', %d, %d, %d, 0, [], '%s'",
+			cfg.Database, table, id, chstore.IDHash(id), seq, stamp, id)
+		if err := s.Conn().Exec(t.Context(), q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Insert(t.Context(), []chstore.Row{{Type: "Patient", ID: "a", Seq: 1, LastUpdated: 100, Body: []byte("a")}}); err != nil {
+		t.Fatal(err)
+	}
+	ins(chstore.Table, "b", 2, 200)        // versions only
+	ins(chstore.ChangesTable, "c", 3, 300) // change log only
+	ins(chstore.Table, "d", 4, 400)        // both
+	ins(chstore.ChangesTable, "d", 4, 400)
+	stored, err := s.Recover(t.Context(), 1, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(stored) != 3 || !stored[2] || !stored[3] || !stored[4] {
+		t.Errorf("stored after the watermark %v, want {2, 3, 4}", stored)
+	}
+	// Each version once in each table.
+	for _, table := range []string{chstore.Table, chstore.ChangesTable} {
+		var n, distinct uint64
+		if err := s.Conn().QueryRow(t.Context(), "SELECT count(), uniqExact(seq) FROM "+cfg.Database+"."+table).Scan(&n, &distinct); err != nil {
+			t.Fatal(err)
+		}
+		if n != 4 || distinct != 4 {
+			t.Errorf("%s holds %d rows of %d seqs, want 4 of 4", table, n, distinct)
+		}
+	}
+	since := chstore.Range{Type: "Patient", HashHi: chstore.HashSpace, Since: 50, Until: 1000}
+	if got := render(readAll(t, s, since, false)); got != "a=a b=b c=c d=d" {
+		t.Errorf("since read after recovery: %q", got)
+	}
+	// Recovering again changes nothing.
+	if _, err := s.Recover(t.Context(), 1, 100); err != nil {
+		t.Fatal(err)
+	}
+	var n uint64
+	if err := s.Conn().QueryRow(t.Context(), "SELECT count() FROM "+cfg.Database+"."+chstore.ChangesTable).Scan(&n); err != nil || n != 4 {
+		t.Errorf("change log holds %d rows after a second recovery (%v), want 4", n, err)
+	}
+}
