@@ -90,27 +90,34 @@ func TestStreamsEnsureCreatesEverythingAndIsIdempotent(t *testing.T) {
 			t.Errorf("consumer %s on %s missing: %v", c.durable, c.stream, err)
 		}
 	}
-	for _, b := range []string{streams.BucketJobs, streams.BucketIngest} {
+	for _, b := range []string{streams.BucketJobs, streams.BucketIngest, streams.BucketAuthClients, streams.BucketAuthKeys, streams.BucketAuthJTI} {
 		if _, err := js.KeyValue(ctx, b); err != nil {
 			t.Errorf("key-value bucket %s missing: %v", b, err)
+		}
+	}
+	// A used assertion id must outlive every assertion (5 minutes plus skew).
+	if kv, err := js.KeyValue(ctx, streams.BucketAuthJTI); err == nil {
+		if st, err := kv.Status(ctx); err != nil || st.TTL() < 7*time.Minute {
+			t.Errorf("bucket %s keeps entries %v (%v), want at least 7 minutes", streams.BucketAuthJTI, st.TTL(), err)
 		}
 	}
 	if _, err := js.ObjectStore(ctx, streams.ObjectFiles); err != nil {
 		t.Errorf("object store %s missing: %v", streams.ObjectFiles, err)
 	}
-	// Exactly the three streams: the buckets are streams too (KV_, OBJ_).
+	// Exactly these streams: the buckets are streams too (KV_, OBJ_).
 	names := map[string]bool{}
 	for n := range js.StreamNames(ctx).Name() {
 		names[n] = true
 	}
 	for _, want := range []string{streams.StreamChanges, streams.StreamExportJobs, streams.StreamExportTasks,
-		"KV_" + streams.BucketJobs, "KV_" + streams.BucketIngest, "OBJ_" + streams.ObjectFiles} {
+		"KV_" + streams.BucketJobs, "KV_" + streams.BucketIngest, "OBJ_" + streams.ObjectFiles,
+		"KV_" + streams.BucketAuthClients, "KV_" + streams.BucketAuthKeys, "KV_" + streams.BucketAuthJTI} {
 		if !names[want] {
 			t.Errorf("stream %s not present; have %v", want, names)
 		}
 	}
-	if len(names) != 6 {
-		t.Errorf("ensure twice left %d streams, want 6: %v", len(names), names)
+	if len(names) != 9 {
+		t.Errorf("ensure twice left %d streams, want 9: %v", len(names), names)
 	}
 }
 
