@@ -125,7 +125,7 @@ func (s *Server) bundle(c *fiber.Ctx) error {
 	}
 	ops := make([]*entryOp, len(b.Entry))
 	base := s.baseURL(c)
-	maxResource := int(s.deps.NC.MaxPayload()) - payloadSlack
+	maxResource := s.maxResource()
 	for i, e := range b.Entry {
 		op, err := parseEntry(e, base, maxResource)
 		if err != nil {
@@ -338,7 +338,7 @@ func (s *Server) transaction(c *fiber.Ctx, ops []*entryOp) ([]entryOut, error) {
 		if err != nil {
 			return nil, fmt.Errorf("build transaction: %w", err)
 		}
-		if max := int(s.deps.NC.MaxPayload()) - payloadSlack; len(m.Data) > max {
+		if max := s.maxResource(); len(m.Data) > max {
 			return nil, tooLarge("the transaction's changes take %d bytes, more than the %d one transaction may hold; split it or use a batch", len(m.Data), max)
 		}
 		ack, err := s.deps.JS.PublishMsg(ctx, m)

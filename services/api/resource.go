@@ -132,6 +132,9 @@ func prepareCreate(typ string, body []byte) (string, []byte, error) {
 	return id, out, nil
 }
 
+// maxResource is the largest resource a change message can carry.
+func (s *Server) maxResource() int { return int(s.deps.NC.MaxPayload()) - payloadSlack }
+
 // exists reports whether typ/id is stored now and not deleted.
 func (s *Server) exists(ctx context.Context, typ, id string) (bool, error) {
 	_, ok, err := s.deps.Store.ReadOne(ctx, typ, id, math.MaxUint64)
@@ -148,7 +151,11 @@ func (s *Server) putResource(c *fiber.Ctx) error {
 		return err
 	}
 	id := c.Params("id")
-	if err := checkPut(typ, id, c.Body()); err != nil {
+	body, err := readBody(c, s.maxResource())
+	if err != nil {
+		return err
+	}
+	if err := checkPut(typ, id, body); err != nil {
 		return err
 	}
 	existed, err := s.exists(c.UserContext(), typ, id)
@@ -159,7 +166,7 @@ func (s *Server) putResource(c *fiber.Ctx) error {
 	if !existed {
 		status = fiber.StatusCreated
 	}
-	return s.write(c, status, typ, id, c.Body())
+	return s.write(c, status, typ, id, body)
 }
 
 // createResource serves POST [base]/{type}: the server assigns the id.
@@ -168,7 +175,11 @@ func (s *Server) createResource(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	id, body, err := prepareCreate(typ, c.Body())
+	body, err := readBody(c, s.maxResource())
+	if err != nil {
+		return err
+	}
+	id, body, err := prepareCreate(typ, body)
 	if err != nil {
 		return err
 	}
