@@ -167,7 +167,9 @@ func (h *harness) setUp(ctx context.Context) error {
 			"FLATFHIR_LOG_LEVEL":           "warn",
 			// Polls every PollInterval to see completion within one
 			// interval: the per-export poll limit would answer 429.
-			"FLATFHIR_POLL_RATE":       "0",
+			"FLATFHIR_POLL_RATE": "0",
+			// Measures the engine, not token handling (docs/auth.md).
+			"FLATFHIR_AUTH":            "off",
 			"FLATFHIR_DATA_DIR":        filepath.Join(h.dir, "logs"),
 			"FLATFHIR_SAMPLE_PATIENTS": "0",
 		}
@@ -265,6 +267,16 @@ func (h *harness) measure(ctx context.Context) error {
 	h.report.computeMedians()
 	h.report.Verified = true
 
+	if o.ChangeFraction > 0 {
+		last := h.report.Runs[len(h.report.Runs)-1].TransactionTime
+		inc, err := h.incremental(ctx, last)
+		h.report.Incremental = inc
+		if err != nil {
+			h.report.Verified = false
+			return err
+		}
+	}
+
 	if err := h.childrenAlive(); err != nil {
 		return err
 	}
@@ -339,7 +351,12 @@ func (h *harness) shutdown(failure error, showLogs bool) {
 
 // do sends a small request and reads the whole answer.
 func (h *harness) do(req *http.Request) (*http.Response, []byte, error) {
-	resp, err := h.client.Do(req)
+	return h.doWith(h.client, req)
+}
+
+// doWith sends a request with client and reads the whole answer.
+func (h *harness) doWith(client *http.Client, req *http.Request) (*http.Response, []byte, error) {
+	resp, err := client.Do(req)
 	if err != nil {
 		return nil, nil, err
 	}

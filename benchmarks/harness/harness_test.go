@@ -57,6 +57,7 @@ func TestRunTiny(t *testing.T) {
 	opts.Patients, opts.Runs, opts.Writers = 30, 1, 2
 	opts.ChunkResources = 500 // several ingest requests even at this size
 	opts.Gzip = true
+	opts.ChangeFraction = 0.01 // about 15 changes, 3 of them deletes
 	opts.Progress = &logWriter{t: t}
 	rep, err := Run(ctx, opts)
 	if err != nil {
@@ -109,6 +110,23 @@ func TestRunTiny(t *testing.T) {
 		t.Errorf("ratios not positive: run %+v, median %+v", run, rep.Median)
 	}
 
+	inc := rep.Incremental
+	if inc == nil {
+		t.Fatal("no incremental measurement")
+	}
+	if !inc.Verified || inc.Updated < 1 || inc.Deleted < 1 || len(inc.Runs) != 1 || inc.Since != run.TransactionTime {
+		t.Errorf("incremental: %+v", inc)
+	}
+	if want := float64(in.Resources) * opts.ChangeFraction; float64(inc.Updated+inc.Deleted) < want-1 || float64(inc.Updated+inc.Deleted) > want+1 {
+		t.Errorf("%d changes, want about %.1f (%g of %d)", inc.Updated+inc.Deleted, want, opts.ChangeFraction, in.Resources)
+	}
+	if r := inc.Runs[0]; int64(r.Output) != inc.Updated || int64(r.DeletedOut) != inc.Deleted || r.ToDownloaded < r.ToManifest || r.ToManifest <= 0 {
+		t.Errorf("incremental run %+v for %d updates and %d deletes", r, inc.Updated, inc.Deleted)
+	}
+	if inc.RatioToFull <= 0 || inc.FullMedianToDownloaded != rep.Median.ToDownloaded.Seconds {
+		t.Errorf("incremental ratio %v against full %v (median %v)", inc.RatioToFull, inc.FullMedianToDownloaded, rep.Median.ToDownloaded.Seconds)
+	}
+
 	procs := map[string]bool{}
 	for _, m := range rep.Memory {
 		if m.PeakMiB <= 0 || m.PID <= 0 {
@@ -127,7 +145,7 @@ func TestRunTiny(t *testing.T) {
 	if err := rep.WriteTable(&table); err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"accepted", "queryable", "kick-off -> manifest", "raw ClickHouse read", "VERIFIED", "flatfhir writer"} {
+	for _, want := range []string{"accepted", "queryable", "kick-off -> manifest", "raw ClickHouse read", "INCREMENTAL", "VERIFIED", "flatfhir writer"} {
 		if !strings.Contains(table.String(), want) {
 			t.Errorf("table lacks %q:\n%s", want, table.String())
 		}

@@ -21,6 +21,10 @@ type Options struct {
 	Gzip bool
 	// Keep leaves the temporary directory (data, logs, binary) in place.
 	Keep bool
+	// ChangeFraction of the store is changed after the full exports (one
+	// in five of those deleted, the rest updated), then exported with
+	// _since Runs times; 0 skips the incremental measurement.
+	ChangeFraction float64
 	// Seed of the generator; 0 means 1.
 	Seed uint64
 	// ChunkResources is how many resources go into one POST /$ingest.
@@ -47,6 +51,7 @@ func DefaultOptions() Options {
 		Patients:         20000,
 		Writers:          2,
 		Runs:             3,
+		ChangeFraction:   0.001,
 		Seed:             1,
 		ChunkResources:   50000,
 		DownloadParallel: 2,
@@ -88,6 +93,9 @@ func (o Options) Validate() error {
 	}
 	if o.Runs < 1 {
 		errs = append(errs, fmt.Errorf("runs must be at least 1, got %d", o.Runs))
+	}
+	if o.ChangeFraction < 0 || o.ChangeFraction > 1 {
+		errs = append(errs, fmt.Errorf("change fraction must be in [0, 1], got %g", o.ChangeFraction))
 	}
 	if o.ChunkResources < 1 || o.DownloadParallel < 1 {
 		errs = append(errs, errors.New("chunk size and download parallelism must be positive"))

@@ -117,6 +117,8 @@ type Report struct {
 	Runs      []RunResult  `json:"runs"`
 	Median    Medians      `json:"median"`
 	Memory    []Memory     `json:"peakMemory"`
+	// Incremental is the _since measurement, when one was made.
+	Incremental *IncrementalResult `json:"incremental,omitempty"`
 	// Verified is true when every run's files matched their manifest
 	// counts and held exactly the ingested number of resources per type.
 	Verified bool     `json:"verified"`
@@ -242,6 +244,17 @@ func (r *Report) WriteTable(w io.Writer) error {
 	}
 	if err := tw.Flush(); err != nil {
 		return err
+	}
+
+	if inc := r.Incremental; inc != nil {
+		fmt.Fprintf(w, "\nINCREMENTAL (%.2f%% changed: %s updated, %s deleted, applied in %.2f s; _since %s)\n",
+			inc.Fraction*100, group(inc.Updated), group(inc.Deleted), inc.ApplySeconds, inc.Since)
+		fmt.Fprintf(w, "  %-38s %9s %9s %9s\n", "median of "+fmt.Sprint(len(inc.Runs))+" runs (seconds)", "_since", "full", "ratio")
+		fmt.Fprintf(w, "  %-38s %9.2f %9.2f %8.3fx\n", "kick-off -> manifest", inc.MedianToManifest, inc.FullMedianToManifest, ratio(inc.MedianToManifest, inc.FullMedianToManifest))
+		fmt.Fprintf(w, "  %-38s %9.2f %9.2f %8.3fx\n", "kick-off -> all files downloaded", inc.MedianToDownloaded, inc.FullMedianToDownloaded, inc.RatioToFull)
+		if inc.Verified {
+			fmt.Fprintf(w, "  verified: each _since export held exactly the updated resources in output and the deleted ones in deleted.\n")
+		}
 	}
 
 	fmt.Fprintf(w, "\nPeak memory (VmHWM):\n")

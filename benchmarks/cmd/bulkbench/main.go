@@ -19,6 +19,7 @@ func main() {
 	flag.IntVar(&opts.Patients, "patients", opts.Patients, "synthetic patients to generate (about 50 resources each)")
 	flag.IntVar(&opts.Writers, "writers", opts.Writers, "writer instances in the writer process (FLATFHIR_WRITERS)")
 	flag.IntVar(&opts.Runs, "runs", opts.Runs, "export runs; the median is reported")
+	flag.Float64Var(&opts.ChangeFraction, "change", opts.ChangeFraction, "fraction of the store changed, then exported with _since (0 skips it)")
 	flag.BoolVar(&opts.Gzip, "gzip", false, "send ingest bodies gzip-compressed")
 	flag.BoolVar(&opts.Keep, "keep", false, "keep the temporary directory (data, logs, binary)")
 	jsonPath := flag.String("json", "", "also write the figures as JSON to this file")
