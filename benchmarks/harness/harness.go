@@ -19,6 +19,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/flatfhir/flatfhir/services/flatfhir"
+	"github.com/flatfhir/flatfhir/services/flatfhir/chain"
 	"github.com/flatfhir/flatfhir/shared/chserver"
 	"github.com/flatfhir/flatfhir/shared/chstore"
 	"github.com/flatfhir/flatfhir/shared/natsembed"
@@ -274,6 +275,20 @@ func (h *harness) measure(ctx context.Context) error {
 		if err != nil {
 			h.report.Verified = false
 			return err
+		}
+	}
+
+	if o.ChainRounds > 0 {
+		fmt.Fprintf(o.Progress, "bulkbench: chained exports, %d rounds of %d changes\n", o.ChainRounds, o.ChainChanges)
+		rep, err := chain.Run(ctx, chain.Config{
+			Base: h.base, Rounds: o.ChainRounds, Changes: o.ChainChanges, Pool: o.ChainChanges,
+			Concurrent: o.ChainChanges, Seed: o.Seed, Prefix: "chain-", Timeout: o.ExportTimeout,
+			Client: h.downloadClient, Progress: o.Progress,
+		})
+		h.report.Chain = &rep
+		if err != nil {
+			h.report.Verified = false
+			return fmt.Errorf("chained exports: %w", err)
 		}
 	}
 

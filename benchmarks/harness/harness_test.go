@@ -58,6 +58,7 @@ func TestRunTiny(t *testing.T) {
 	opts.ChunkResources = 500 // several ingest requests even at this size
 	opts.Gzip = true
 	opts.ChangeFraction = 0.01 // about 15 changes, 3 of them deletes
+	opts.ChainRounds, opts.ChainChanges = 2, 20
 	opts.Progress = &logWriter{t: t}
 	rep, err := Run(ctx, opts)
 	if err != nil {
@@ -127,6 +128,10 @@ func TestRunTiny(t *testing.T) {
 		t.Errorf("incremental ratio %v against full %v (median %v)", inc.RatioToFull, inc.FullMedianToDownloaded, rep.Median.ToDownloaded.Seconds)
 	}
 
+	if c := rep.Chain; c == nil || c.Rounds != 2 || c.Changes == 0 || c.Compared == 0 || c.Applied == 0 {
+		t.Errorf("chained exports: %+v", rep.Chain)
+	}
+
 	procs := map[string]bool{}
 	for _, m := range rep.Memory {
 		if m.PeakMiB <= 0 || m.PID <= 0 {
@@ -145,7 +150,7 @@ func TestRunTiny(t *testing.T) {
 	if err := rep.WriteTable(&table); err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"accepted", "queryable", "kick-off -> manifest", "raw ClickHouse read", "INCREMENTAL", "VERIFIED", "flatfhir writer"} {
+	for _, want := range []string{"accepted", "queryable", "kick-off -> manifest", "raw ClickHouse read", "INCREMENTAL", "CHAINED EXPORTS", "VERIFIED", "flatfhir writer"} {
 		if !strings.Contains(table.String(), want) {
 			t.Errorf("table lacks %q:\n%s", want, table.String())
 		}

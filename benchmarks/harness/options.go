@@ -25,6 +25,12 @@ type Options struct {
 	// in five of those deleted, the rest updated), then exported with
 	// _since Runs times; 0 skips the incremental measurement.
 	ChangeFraction float64
+	// ChainRounds, when positive, runs the chained-export check of DESIGN.md
+	// invariant 1 (services/flatfhir/chain) on the loaded store at the end:
+	// that many rounds of ChainChanges changes each, with up to
+	// ChainChanges concurrent writes during every export.
+	ChainRounds  int
+	ChainChanges int
 	// Seed of the generator; 0 means 1.
 	Seed uint64
 	// ChunkResources is how many resources go into one POST /$ingest.
@@ -52,6 +58,7 @@ func DefaultOptions() Options {
 		Writers:          2,
 		Runs:             3,
 		ChangeFraction:   0.001,
+		ChainChanges:     500,
 		Seed:             1,
 		ChunkResources:   50000,
 		DownloadParallel: 2,
@@ -96,6 +103,9 @@ func (o Options) Validate() error {
 	}
 	if o.ChangeFraction < 0 || o.ChangeFraction > 1 {
 		errs = append(errs, fmt.Errorf("change fraction must be in [0, 1], got %g", o.ChangeFraction))
+	}
+	if o.ChainRounds < 0 || (o.ChainRounds > 0 && o.ChainChanges < 1) {
+		errs = append(errs, fmt.Errorf("chain rounds must not be negative and chain changes positive, got %d and %d", o.ChainRounds, o.ChainChanges))
 	}
 	if o.ChunkResources < 1 || o.DownloadParallel < 1 {
 		errs = append(errs, errors.New("chunk size and download parallelism must be positive"))

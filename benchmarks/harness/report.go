@@ -9,6 +9,8 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/flatfhir/flatfhir/services/flatfhir/chain"
 )
 
 // MB is the unit of the MB/s figures: 10^6 bytes.
@@ -119,6 +121,8 @@ type Report struct {
 	Memory    []Memory     `json:"peakMemory"`
 	// Incremental is the _since measurement, when one was made.
 	Incremental *IncrementalResult `json:"incremental,omitempty"`
+	// Chain is the chained-export check, when one was run.
+	Chain *chain.Report `json:"chain,omitempty"`
 	// Verified is true when every run's files matched their manifest
 	// counts and held exactly the ingested number of resources per type.
 	Verified bool     `json:"verified"`
@@ -255,6 +259,11 @@ func (r *Report) WriteTable(w io.Writer) error {
 		if inc.Verified {
 			fmt.Fprintf(w, "  verified: each _since export held exactly the updated resources in output and the deleted ones in deleted.\n")
 		}
+	}
+
+	if c := r.Chain; c != nil {
+		fmt.Fprintf(w, "\nCHAINED EXPORTS (DESIGN.md invariant 1): %d rounds in %.1f s; %s changes (%d transactions, %d Group changes), %s concurrent writes (%d after their export's transactionTime); %s entries applied; replica equal to the source (%s resources) after every round\n",
+			c.Rounds, c.Seconds, group(int64(c.Changes)), c.Transactions, c.GroupChanges, group(int64(c.Concurrent)), c.Straddled, group(int64(c.Applied)), group(int64(c.Compared)))
 	}
 
 	fmt.Fprintf(w, "\nPeak memory (VmHWM):\n")

@@ -20,6 +20,8 @@ func main() {
 	flag.IntVar(&opts.Writers, "writers", opts.Writers, "writer instances in the writer process (FLATFHIR_WRITERS)")
 	flag.IntVar(&opts.Runs, "runs", opts.Runs, "export runs; the median is reported")
 	flag.Float64Var(&opts.ChangeFraction, "change", opts.ChangeFraction, "fraction of the store changed, then exported with _since (0 skips it)")
+	flag.IntVar(&opts.ChainRounds, "chain-rounds", 0, "rounds of the chained-export check (DESIGN.md invariant 1) on the loaded store; 0 skips it")
+	flag.IntVar(&opts.ChainChanges, "chain-changes", opts.ChainChanges, "changes per chained-export round")
 	flag.BoolVar(&opts.Gzip, "gzip", false, "send ingest bodies gzip-compressed")
 	flag.BoolVar(&opts.Keep, "keep", false, "keep the temporary directory (data, logs, binary)")
 	jsonPath := flag.String("json", "", "also write the figures as JSON to this file")
