@@ -59,6 +59,11 @@ type ExportRequest struct {
 	// Ignored lists what a lenient kick-off ignored; each becomes an
 	// OperationOutcome in the manifest's error file.
 	Ignored []string `json:"ignored,omitempty"`
+	// BaseURL is the public FHIR base the kick-off was served under, the
+	// base of the manifest's file URLs (no trailing slash). Attachment URLs
+	// in the export's files are built on it (see AttachmentBase); empty in
+	// jobs recorded before it existed, whose attachments are not rewritten.
+	BaseURL string `json:"baseUrl,omitempty"`
 }
 
 // Job is the record of an export in BucketJobs under KeyJob.
@@ -115,6 +120,14 @@ type Task struct {
 	// Set on associated tasks only, which the planner plans only when the
 	// export's own tasks leave Provenance out.
 	ExportTypes []string `json:"exportTypes,omitempty"`
+	// BaseURL is the job's BaseURL: an Attachment.url on it naming a
+	// Binary is rewritten like a relative Binary/<id>.
+	BaseURL string `json:"baseUrl,omitempty"`
+	// AttachmentBase is AttachmentBase(BaseURL, JobID): the writer points
+	// every Attachment.url naming a Binary at AttachmentBase+"Binary/<id>",
+	// which the API serves under the export's authorization. Empty: no
+	// rewrite, and converted Binaries keep their data inline.
+	AttachmentBase string `json:"attachmentBase,omitempty"`
 }
 
 // includeAssociatedData codes (Bulk Data IG v2 CodeSystem

@@ -3,6 +3,7 @@ package streams
 import (
 	"fmt"
 	"regexp"
+	"strings"
 	"time"
 )
 
@@ -127,6 +128,17 @@ func KeyTasksOfJob(job string) string { return "task." + job + ".*" }
 
 // ObjectName is the object-store name of a file of job.
 func ObjectName(job, file string) string { return job + "/" + file }
+
+// AttachmentBase is the URL prefix under which the API serves the Binaries
+// an export's attachments name: AttachmentBase(base, job)+"Binary/<id>" is
+// GET [base]/files/<job>/attachments/Binary/<id>, authorized as the
+// export's files are. base is a FHIR base without trailing slash; "" gives "".
+func AttachmentBase(base, job string) string {
+	if base == "" {
+		return ""
+	}
+	return strings.TrimRight(base, "/") + "/files/" + job + "/attachments/"
+}
 
 // KeyAssertion is the BucketAuthJTI key recording that client used an
 // assertion whose jti hashes to jtiHash (hex, so any jti is key-safe).

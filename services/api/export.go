@@ -326,6 +326,8 @@ func (s *Server) accept(c *fiber.Ctx, lvl level, req kickoffRequest) error {
 			JobID: id, ClientID: clientOf(c), Level: lvl, GroupID: req.group, Patients: req.patients, Elements: req.elements, TypeFilter: req.typeFilter, RequestURL: requestURL,
 			Types: req.types, Since: req.since, MinChangeSeq: minSeq, SubmittedAt: s.deps.Now().UTC(),
 			Ignored: req.ignored, IncludeAssociatedData: req.associated,
+			// The manifest's file URLs and the attachment URLs share this base.
+			BaseURL: s.baseURL(c),
 		},
 		Status: streams.JobAccepted,
 	}

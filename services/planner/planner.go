@@ -285,6 +285,7 @@ func Split(job streams.Job, t time.Time, counts []chstore.BucketCount, cfg Confi
 			Level: job.Level, GroupID: job.GroupID, Patients: job.Patients, Elements: job.Elements, TypeFilter: job.TypeFilter,
 			HashLo: lo, HashHi: hi, Since: job.Since, Until: t,
 			MaxFileResources: cfg.MaxFileResources, MaxFileBytes: cfg.MaxFileBytes,
+			BaseURL: job.BaseURL, AttachmentBase: streams.AttachmentBase(job.BaseURL, job.JobID),
 		}
 		if associated != "" {
 			task.Associated, task.ExportTypes = associated, ExportTypes(job)

@@ -64,6 +64,9 @@ func checkPlan(t testing.TB, job streams.Job, until time.Time, counts []chstore.
 			t.Fatalf("task %s = %+v: job, since, until or file limits not copied (job %s since %s until %s, limits %d/%d)",
 				task.TaskID, task, job.JobID, job.Since, until, cfg.MaxFileResources, cfg.MaxFileBytes)
 		}
+		if task.BaseURL != job.BaseURL || task.AttachmentBase != streams.AttachmentBase(job.BaseURL, job.JobID) {
+			t.Fatalf("task %s: base %q, attachment base %q; want the job's %q and its attachment base", task.TaskID, task.BaseURL, task.AttachmentBase, job.BaseURL)
+		}
 		if task.HashLo >= task.HashHi || task.HashHi > chstore.HashSpace {
 			t.Fatalf("task %s has empty or out-of-space range [%d, %d)", task.TaskID, task.HashLo, task.HashHi)
 		}
@@ -167,7 +170,7 @@ func TestPlannerSplit(t *testing.T) {
 			if c.rows != 0 {
 				cfg.TaskRows = c.rows
 			}
-			job := streams.Job{ExportRequest: streams.ExportRequest{JobID: "job1", Since: c.since}}
+			job := streams.Job{ExportRequest: streams.ExportRequest{JobID: "job1", Since: c.since, BaseURL: "https://fhir.example/r4"}}
 			tasks := planner.Split(job, until, c.counts, cfg)
 			checkPlan(t, job, until, c.counts, cfg, tasks)
 			if c.want == nil {
@@ -219,5 +222,24 @@ func TestPlannerSplitRandomCounts(t *testing.T) {
 		if t.Failed() {
 			t.Fatalf("case %d (TaskRows %d) failed", i, cfg.TaskRows)
 		}
+	}
+}
+
+func TestPlannerSplitTasksCarryTheAttachmentBase(t *testing.T) {
+	job := streams.Job{ExportRequest: streams.ExportRequest{JobID: "j1", BaseURL: "https://fhir.example/r4"}}
+	tasks := planner.Split(job, time.Now(), uniform("Patient", 10), planner.DefaultConfig())
+	if len(tasks) == 0 {
+		t.Fatal("no tasks")
+	}
+	for _, task := range tasks {
+		if task.AttachmentBase != "https://fhir.example/r4/files/j1/attachments/" || task.BaseURL != job.BaseURL {
+			t.Errorf("task %s: attachment base %q, base %q", task.TaskID, task.AttachmentBase, task.BaseURL)
+		}
+	}
+	// A job recorded without a base (before the API recorded one) gets no
+	// attachment base: its writers rewrite nothing.
+	job.BaseURL = ""
+	if tasks := planner.Split(job, time.Now(), uniform("Patient", 10), planner.DefaultConfig()); tasks[0].AttachmentBase != "" {
+		t.Errorf("attachment base %q without a job base", tasks[0].AttachmentBase)
 	}
 }
