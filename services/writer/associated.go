@@ -281,7 +281,8 @@ func (sc exportScope) exported(ref chstore.Ref, st chstore.RefState) (bool, erro
 	}
 	typ, body := ref.Type, st.Body
 	if typ == "Binary" {
-		doc, ok, err := binaryAsDocumentReference(body)
+		// The attachment url does not matter to _typeFilter.
+		doc, ok, err := binaryAsDocumentReference(body, attachments{})
 		if err != nil {
 			return false, err
 		}

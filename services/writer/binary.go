@@ -8,12 +8,21 @@ import (
 	"github.com/flatfhir/flatfhir/shared/compartment"
 )
 
+// maxInlineData is the longest Binary.data (base64 characters, 64 KiB:
+// about 48 KiB of content) a converted Binary carries inline as
+// attachment.data. Larger content is only behind attachment.url, so that
+// big documents do not swell the NDJSON files.
+const maxInlineData = 64 << 10
+
 // binaryAsDocumentReference turns a Binary that belongs to one patient (its
 // securityContext references a Patient) into the DocumentReference the Bulk
-// Data IG requires in its place, with the content inline as
-// attachment.data. ok is false for a Binary of no particular patient,
-// which is exported as it is.
-func binaryAsDocumentReference(body []byte) (doc []byte, ok bool, err error) {
+// Data IG requires in its place: attachment.contentType is the Binary's,
+// attachment.url its attachment URL (see attachments), and the content is
+// inline as attachment.data too when it is at most maxInlineData long (or
+// always when the task has no attachment URLs). A Binary without data
+// (its content elsewhere) gets no data either. ok is false for a Binary of
+// no particular patient, which is exported as it is.
+func binaryAsDocumentReference(body []byte, a attachments) (doc []byte, ok bool, err error) {
 	var b struct {
 		ID              string          `json:"id"`
 		Meta            json.RawMessage `json:"meta,omitempty"`
@@ -39,7 +48,14 @@ func binaryAsDocumentReference(body []byte) (doc []byte, ok bool, err error) {
 		Meta:         b.Meta,
 		Status:       "current",
 		Subject:      reference{Reference: "Patient/" + patient},
-		Content:      []content{{Attachment: attachment{ContentType: b.ContentType, Data: b.Data}}},
+		Content:      []content{{Attachment: attachment{ContentType: b.ContentType, URL: a.urlOf(b.ID), Data: b.Data}}},
+	}
+	switch att := &out.Content[0].Attachment; {
+	case b.Data == "":
+		// Nothing to serve: a url would not dereference.
+		att.URL = ""
+	case att.URL != "" && len(b.Data) > maxInlineData:
+		att.Data = ""
 	}
 	doc, err = json.Marshal(out)
 	return doc, err == nil, err
@@ -75,4 +91,5 @@ type content struct {
 type attachment struct {
 	ContentType string `json:"contentType,omitempty"`
 	Data        string `json:"data,omitempty"`
+	URL         string `json:"url,omitempty"`
 }

@@ -192,11 +192,12 @@ func (w *Writer) run(ctx context.Context, msg jetstream.Msg, task streams.Task, 
 		return &permanentError{fmt.Errorf("_typeFilter: %v", err)}
 	}
 	var trimmed []byte
+	att := newAttachments(task.BaseURL, task.AttachmentBase)
 	emit := func(id string, body []byte) error {
 		typ := task.Type
 		if typ == "Binary" {
 			// A patient's Binary goes out as a DocumentReference.
-			doc, ok, err := binaryAsDocumentReference(body)
+			doc, ok, err := binaryAsDocumentReference(body, att)
 			if err != nil {
 				return fmt.Errorf("convert Binary/%s: %w", id, err)
 			}
@@ -215,6 +216,12 @@ func (w *Writer) run(ctx context.Context, msg jetstream.Msg, task streams.Task, 
 				return fmt.Errorf("apply _elements to a %s: %w", typ, err)
 			}
 			body = trimmed
+		}
+		// Attachment urls naming a Binary of this server become absolute
+		// URLs served under the export's authorization.
+		body, err := att.rewrite(typ, body)
+		if err != nil {
+			return fmt.Errorf("rewrite attachment urls of %s/%s: %w", typ, id, err)
 		}
 		return out.write(ctx, typ, "", body)
 	}
