@@ -193,6 +193,8 @@ func (s *Server) routes() {
 	s.app.Get("/jobs/:job", s.status)
 	s.app.Delete("/jobs/:job", s.cancel)
 	s.app.Get("/files/:job/:name", s.file)
+	// Binaries the export's Attachment.url values name, authorized as its files.
+	s.app.Get("/files/:job/attachments/Binary/:id", s.attachment)
 	// Batch and transaction Bundles; each entry needs its permission.
 	s.app.Post("/", s.bundle)
 	// FHIR reads and writes; registered last, as they match any type.

@@ -56,6 +56,12 @@ func jobFailed(format string, a ...any) *problem {
 	return &problem{fiber.StatusInternalServerError, fhir.SeverityError, fhir.CodeProcessing, fmt.Sprintf(format, a...)}
 }
 
+// broken is stored data the server cannot serve (a malformed resource):
+// the request cannot succeed until the data is mended.
+func broken(format string, a ...any) *problem {
+	return &problem{fiber.StatusInternalServerError, fhir.SeverityError, fhir.CodeProcessing, fmt.Sprintf(format, a...)}
+}
+
 // transient is a failure of this request while the job itself may be fine.
 func transient(format string, a ...any) *problem {
 	return &problem{fiber.StatusServiceUnavailable, fhir.SeverityError, fhir.CodeTransient, fmt.Sprintf(format, a...)}
