@@ -195,6 +195,9 @@ func TestStreamsKeysAndNames(t *testing.T) {
 		{streams.KeyTask("abc", "00001"), "task.abc.00001"},
 		{streams.KeyTasksOfJob("abc"), "task.abc.*"},
 		{streams.ObjectName("abc", "Patient-1.ndjson"), "abc/Patient-1.ndjson"},
+		{streams.AttachmentBase("https://fhir.example/r4", "abc"), "https://fhir.example/r4/files/abc/attachments/"},
+		{streams.AttachmentBase("https://fhir.example/r4/", "abc"), "https://fhir.example/r4/files/abc/attachments/"},
+		{streams.AttachmentBase("", "abc"), ""},
 	}
 	for _, c := range cases {
 		if c.got != c.want {
