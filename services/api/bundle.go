@@ -320,13 +320,14 @@ func (s *Server) transaction(c *fiber.Ctx, ops []*entryOp) ([]entryOut, error) {
 	if err := resolveReferences(ops); err != nil {
 		return nil, err
 	}
+	live, err := s.existing(ctx, ops)
+	if err != nil {
+		return nil, err
+	}
 	var changes []streams.Change
-	for i, op := range ops {
+	for _, op := range ops {
 		if op.method != "POST" {
-			var err error
-			if op.existed, err = s.exists(ctx, op.typ, op.id); err != nil {
-				return nil, entryError(i, op, err)
-			}
+			op.existed = live[op.key()]
 		}
 		if op.changes() {
 			changes = append(changes, op.change())
@@ -427,12 +428,53 @@ func isURN(s string) bool {
 	return strings.HasPrefix(s, "urn:uuid:") || strings.HasPrefix(s, "urn:oid:")
 }
 
+// existingBatch is how many resources one existence lookup names.
+const existingBatch = 1000
+
+// existing reports which of the resources the valid PUT, DELETE and GET
+// entries name exist now, by "Type/id", in a few lookups rather than one
+// per entry.
+func (s *Server) existing(ctx context.Context, ops []*entryOp) (map[string]bool, error) {
+	var refs []chstore.Ref
+	seen := map[string]bool{}
+	for _, op := range ops {
+		if op.err != nil || op.method == "POST" || seen[op.key()] {
+			continue
+		}
+		seen[op.key()] = true
+		refs = append(refs, chstore.Ref{Type: op.typ, ID: op.id})
+	}
+	live := make(map[string]bool, len(refs))
+	if len(refs) == 0 {
+		return live, nil
+	}
+	if err := s.caughtUp(ctx); err != nil {
+		return nil, err
+	}
+	for len(refs) > 0 {
+		n := min(len(refs), existingBatch)
+		found, err := s.deps.Store.ReadRefs(ctx, refs[:n], math.MaxUint64, nil)
+		if err != nil {
+			return nil, transient("the Bundle's resources could not be read; retry: %v", err)
+		}
+		for r := range found {
+			live[r.Type+"/"+r.ID] = true
+		}
+		refs = refs[n:]
+	}
+	return live, nil
+}
+
 // batch applies each entry on its own: a failed entry gets its outcome,
 // the others go ahead. Writes go out in entry order, reads are answered
 // once the writes are ingested.
 func (s *Server) batch(c *fiber.Ctx, ops []*entryOp) ([]entryOut, error) {
 	ctx := c.UserContext()
-	live := map[string]bool{} // whether each resource exists after the entries so far
+	// Whether each resource exists, updated as the entries go.
+	live, err := s.existing(ctx, ops)
+	if err != nil {
+		return nil, err
+	}
 	var last uint64
 	var pubErr error
 	for _, op := range ops {
@@ -440,15 +482,7 @@ func (s *Server) batch(c *fiber.Ctx, ops []*entryOp) ([]entryOut, error) {
 			continue
 		}
 		if op.method != "POST" {
-			exists, known := live[op.key()]
-			if !known {
-				var err error
-				if exists, err = s.exists(ctx, op.typ, op.id); err != nil {
-					op.err = err
-					continue
-				}
-			}
-			op.existed = exists
+			op.existed = live[op.key()]
 		}
 		if !op.changes() {
 			continue

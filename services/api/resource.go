@@ -40,6 +40,9 @@ func (s *Server) readResource(c *fiber.Ctx) error {
 	if !fhir.ValidID(id) {
 		return notFound("%s/%s does not exist", typ, id)
 	}
+	if err := s.caughtUp(c.UserContext()); err != nil {
+		return err
+	}
 	body, ok, err := s.deps.Store.ReadOne(c.UserContext(), typ, id, math.MaxUint64)
 	if err != nil {
 		return transient("%s/%s could not be read; retry: %v", typ, id, err)
@@ -135,8 +138,29 @@ func prepareCreate(typ string, body []byte) (string, []byte, error) {
 // maxResource is the largest resource a change message can carry.
 func (s *Server) maxResource() int { return int(s.deps.NC.MaxPayload()) - payloadSlack }
 
-// exists reports whether typ/id is stored now and not deleted.
+// caughtUp waits until every change accepted so far is ingested, so that a
+// read or an existence check made after a write (or an $ingest) returned
+// sees it.
+func (s *Server) caughtUp(ctx context.Context) error {
+	seq, err := streams.LastChangeSeq(ctx, s.deps.JS)
+	if err != nil {
+		return transient("the change stream could not be read; retry: %v", err)
+	}
+	if seq == 0 {
+		return nil // nothing was ever accepted
+	}
+	if _, err := s.awaitIngest(ctx, seq); err != nil {
+		return transient("changes accepted earlier are not yet readable; retry: %v", err)
+	}
+	return nil
+}
+
+// exists reports whether typ/id is stored now and not deleted, counting
+// every change accepted before the call.
 func (s *Server) exists(ctx context.Context, typ, id string) (bool, error) {
+	if err := s.caughtUp(ctx); err != nil {
+		return false, err
+	}
 	_, ok, err := s.deps.Store.ReadOne(ctx, typ, id, math.MaxUint64)
 	if err != nil {
 		return false, transient("%s/%s could not be read; retry: %v", typ, id, err)
