@@ -59,8 +59,10 @@ func (h *harness) incremental(ctx context.Context, since string) (*IncrementalRe
 		n = 1
 	}
 	// The changed set: a hash-ordered sample across every type, its bodies
-	// read back as stored (re-sending one makes a new version).
-	q := fmt.Sprintf("SELECT type, id, any(body) FROM %s GROUP BY type, id ORDER BY cityHash64(type, id) LIMIT %d", h.store.TableName(), n)
+	// read back as stored (re-sending one makes a new version). The store
+	// holds one version of each resource here, and a top-n sort keeps only
+	// n bodies in ClickHouse's memory.
+	q := fmt.Sprintf("SELECT type, id, body FROM %s ORDER BY cityHash64(type, id) LIMIT %d", h.store.TableName(), n)
 	rows, err := h.store.Conn().Query(ctx, q)
 	if err != nil {
 		return res, fmt.Errorf("choose the changed resources: %w", err)
