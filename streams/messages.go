@@ -159,6 +159,13 @@ type TaskResult struct {
 	// attempts never share an object even if delivery counts repeat.
 	Token string `json:"token,omitempty"`
 	Files []File `json:"files"`
+	// AttachmentIndex is the object name within the job (see ObjectName)
+	// of the attempt's attachment index: the ids of the Binaries whose
+	// attachment URL (AttachmentBase+"Binary/<id>") the attempt wrote into
+	// its files, sorted, one per line. The API serves an attachment only
+	// when one of the job's indexes lists it. Empty when the files name no
+	// Binary. Never a File: the manifest does not list it.
+	AttachmentIndex string `json:"attachmentIndex,omitempty"`
 }
 
 // ManifestFile is an output entry of a manifest before URLs are attached.

@@ -282,7 +282,7 @@ func (sc exportScope) exported(ref chstore.Ref, st chstore.RefState) (bool, erro
 	typ, body := ref.Type, st.Body
 	if typ == "Binary" {
 		// The attachment url does not matter to _typeFilter.
-		doc, ok, err := binaryAsDocumentReference(body, attachments{})
+		doc, ok, err := binaryAsDocumentReference(body, &attachments{})
 		if err != nil {
 			return false, err
 		}

@@ -2,6 +2,7 @@ package writer
 
 import (
 	"bytes"
+	"slices"
 	"strings"
 
 	"github.com/flatfhir/flatfhir/shared/fhir"
@@ -17,15 +18,24 @@ import (
 // Binary as of the export's transactionTime: a version in the url is
 // dropped). Anything else (other servers, urn:, contained "#x", malformed
 // ids) is left as it is.
+//
+// It also collects the ids of the Binaries it points attachment URLs at:
+// the attempt's attachment index, the only Binaries the API serves for the
+// export. A failed rewrite or write fails the whole attempt, so every id
+// collected by a successful attempt is in one of its output lines. The set
+// costs about 100 bytes per distinct Binary a task names (ids are at most
+// 64 bytes).
 type attachments struct {
 	// own is the job's base URL plus "/", empty when unknown.
 	own string
 	// base is the task's AttachmentBase; empty switches rewriting off.
 	base string
+	// named holds the ids of the Binaries named so far.
+	named map[string]struct{}
 }
 
-func newAttachments(baseURL, attachmentBase string) attachments {
-	a := attachments{base: attachmentBase}
+func newAttachments(baseURL, attachmentBase string) *attachments {
+	a := &attachments{base: attachmentBase, named: map[string]struct{}{}}
 	if baseURL != "" {
 		a.own = strings.TrimRight(baseURL, "/") + "/"
 	}
@@ -33,16 +43,37 @@ func newAttachments(baseURL, attachmentBase string) attachments {
 }
 
 // urlOf is the attachment URL of Binary/id, "" when rewriting is off.
-func (a attachments) urlOf(id string) string {
+func (a *attachments) urlOf(id string) string {
 	if a.base == "" {
 		return ""
 	}
 	return a.base + "Binary/" + id
 }
 
+// name records that an output line carries the attachment URL of
+// Binary/id.
+func (a *attachments) name(id string) {
+	if a.base != "" {
+		a.named[id] = struct{}{}
+	}
+}
+
+// index is the ids of the Binaries named so far, sorted.
+func (a *attachments) index() []string {
+	ids := make([]string, 0, len(a.named))
+	for id := range a.named {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	return ids
+}
+
 // target is the attachment URL an Attachment.url stands for, if it names
-// a Binary of this server.
-func (a attachments) target(u string) (string, bool) {
+// a Binary of this server; the Binary is then recorded as named.
+func (a *attachments) target(u string) (string, bool) {
+	if a.base == "" {
+		return "", false
+	}
 	rest := u
 	if a.own != "" && strings.HasPrefix(u, a.own) {
 		rest = u[len(a.own):]
@@ -55,6 +86,7 @@ func (a attachments) target(u string) (string, bool) {
 	if !fhir.ValidID(id) || versioned && !fhir.ValidID(version) {
 		return "", false
 	}
+	a.name(id)
 	return a.urlOf(id), true
 }
 
@@ -62,7 +94,7 @@ func (a attachments) target(u string) (string, bool) {
 // when there is nothing to do. Most bodies are passed over by two byte
 // searches: every url it rewrites names "Binary" (spelled out, unless JSON
 // escapes hide it, which "\u" gives away).
-func (a attachments) rewrite(typ string, body []byte) ([]byte, error) {
+func (a *attachments) rewrite(typ string, body []byte) ([]byte, error) {
 	if a.base == "" || !bytes.Contains(body, []byte("Binary")) && !bytes.Contains(body, []byte(`\u`)) {
 		return body, nil
 	}

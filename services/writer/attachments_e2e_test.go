@@ -52,6 +52,23 @@ func TestWriterRewritesAttachmentURLs(t *testing.T) {
 		info, err := e.Tasks.Info(t.Context())
 		return err == nil && info.State.Msgs == 0
 	})
+	// Each task's result names its attachment index: the Binaries its
+	// files point at (b2 is exported as itself and named nowhere).
+	for _, task := range tasks {
+		r, _ := result(t, e, task.JobID, task.TaskID)
+		if !strings.HasPrefix(r.AttachmentIndex, "attachments-"+task.TaskID+"-") || !strings.HasSuffix(r.AttachmentIndex, ".ids") {
+			t.Fatalf("task %s: attachment index %q", task.TaskID, r.AttachmentIndex)
+		}
+		for _, f := range r.Files {
+			if f.Name == r.AttachmentIndex {
+				t.Errorf("task %s lists its attachment index as a file", task.TaskID)
+			}
+		}
+		ids, err := e.Files.GetBytes(t.Context(), streams.ObjectName("att", r.AttachmentIndex))
+		if err != nil || string(ids) != "b1\n" {
+			t.Errorf("task %s: attachment index %q, %v; want b1", task.TaskID, ids, err)
+		}
+	}
 	got := map[string]string{}
 	for _, f := range readResults(t, e, tasks) {
 		for _, raw := range f.lines {

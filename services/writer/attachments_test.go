@@ -67,7 +67,7 @@ func TestWriterAttachmentRewrite(t *testing.T) {
 		}
 	}
 	// Without an attachment base nothing is rewritten.
-	if got, _ := (attachments{}).rewrite("DocumentReference", []byte(in)); string(got) != in {
+	if got, _ := (&attachments{}).rewrite("DocumentReference", []byte(in)); string(got) != in {
 		t.Errorf("rewritten without a base: %s", got)
 	}
 }

@@ -22,7 +22,7 @@ const maxInlineData = 64 << 10
 // always when the task has no attachment URLs). A Binary without data
 // (its content elsewhere) gets no data either. ok is false for a Binary of
 // no particular patient, which is exported as it is.
-func binaryAsDocumentReference(body []byte, a attachments) (doc []byte, ok bool, err error) {
+func binaryAsDocumentReference(body []byte, a *attachments) (doc []byte, ok bool, err error) {
 	var b struct {
 		ID              string          `json:"id"`
 		Meta            json.RawMessage `json:"meta,omitempty"`

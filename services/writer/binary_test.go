@@ -19,7 +19,7 @@ func TestWriterBinaryOfAPatientBecomesDocumentReference(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			doc, ok, err := binaryAsDocumentReference([]byte(c.body), attachments{})
+			doc, ok, err := binaryAsDocumentReference([]byte(c.body), &attachments{})
 			if err != nil || ok != c.ok || string(doc) != c.want {
 				t.Errorf("got %s, %v, %v; want %s, %v", doc, ok, err, c.want, c.ok)
 			}
@@ -32,7 +32,7 @@ func TestWriterBinaryOfAPatientBecomesDocumentReference(t *testing.T) {
 	if id := binaryDocID(long); len(id) > 64 || !strings.HasPrefix(id, "bin-") {
 		t.Errorf("id for a 64-character Binary id: %q", id)
 	}
-	if _, _, err := binaryAsDocumentReference([]byte(`not json`), attachments{}); err == nil {
+	if _, _, err := binaryAsDocumentReference([]byte(`not json`), &attachments{}); err == nil {
 		t.Error("malformed Binary accepted")
 	}
 }
@@ -67,7 +67,7 @@ func TestWriterBinaryDocumentReferencePointsAtTheAttachmentURL(t *testing.T) {
 	}
 	// Without an attachment base (a job recorded before base URLs were),
 	// large content stays inline as before.
-	doc, _, _ := binaryAsDocumentReference([]byte(`{"resourceType":"Binary","id":"b3","securityContext":{"reference":"Patient/p1"},"data":"`+large+`"}`), attachments{})
+	doc, _, _ := binaryAsDocumentReference([]byte(`{"resourceType":"Binary","id":"b3","securityContext":{"reference":"Patient/p1"},"data":"`+large+`"}`), &attachments{})
 	if !strings.Contains(string(doc), large) || strings.Contains(string(doc), `"url"`) {
 		t.Errorf("without an attachment base: %.200s", doc)
 	}

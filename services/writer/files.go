@@ -2,6 +2,7 @@ package writer
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -25,6 +26,7 @@ type fileSet struct {
 	open    map[string]*file // by file prefix
 	parts   map[string]int
 	files   []streams.File
+	index   string   // the attachment index's name within the job, if any
 	written []string // object names, for abort
 }
 
@@ -118,6 +120,30 @@ func (s *fileSet) finish(f *file) error {
 		return fmt.Errorf("write %s: %w", f.name, err)
 	}
 	s.files = append(s.files, streams.File{Name: f.name, Type: f.typ, Count: f.count, Bytes: f.bytes})
+	return nil
+}
+
+// writeIndex stores the attempt's attachment index, the sorted ids of
+// the Binaries its files name, one per line (see
+// streams.TaskResult.AttachmentIndex); nothing when ids is empty. Its name
+// carries the attempt's token, so attempts never share one, and does not
+// end in .ndjson, so the file route never serves it.
+func (s *fileSet) writeIndex(ctx context.Context, ids []string) error {
+	if len(ids) == 0 {
+		return nil
+	}
+	name := fmt.Sprintf("attachments-%s-a%d-%s.ids", s.task.TaskID, s.attempt, s.token)
+	obj := streams.ObjectName(s.task.JobID, name)
+	s.written = append(s.written, obj)
+	var b bytes.Buffer
+	for _, id := range ids {
+		b.WriteString(id)
+		b.WriteByte('\n')
+	}
+	if _, err := s.store.PutBytes(ctx, obj, b.Bytes()); err != nil {
+		return fmt.Errorf("store attachment index %s: %w", name, err)
+	}
+	s.index = name
 	return nil
 }
 

@@ -1,7 +1,9 @@
 package writer
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -194,7 +196,7 @@ func (w *Writer) run(ctx context.Context, msg jetstream.Msg, task streams.Task, 
 	var trimmed []byte
 	att := newAttachments(task.BaseURL, task.AttachmentBase)
 	emit := func(id string, body []byte) error {
-		typ := task.Type
+		typ, converted := task.Type, false
 		if typ == "Binary" {
 			// A patient's Binary goes out as a DocumentReference.
 			doc, ok, err := binaryAsDocumentReference(body, att)
@@ -202,7 +204,7 @@ func (w *Writer) run(ctx context.Context, msg jetstream.Msg, task streams.Task, 
 				return fmt.Errorf("convert Binary/%s: %w", id, err)
 			}
 			if ok {
-				typ, body = "DocumentReference", doc
+				typ, body, converted = "DocumentReference", doc, true
 			}
 		}
 		if match, err := filter.Match(typ, body); err != nil {
@@ -222,6 +224,9 @@ func (w *Writer) run(ctx context.Context, msg jetstream.Msg, task streams.Task, 
 		body, err := att.rewrite(typ, body)
 		if err != nil {
 			return fmt.Errorf("rewrite attachment urls of %s/%s: %w", typ, id, err)
+		}
+		if converted && carriesURL(body, att.urlOf(id)) {
+			att.name(id)
 		}
 		return out.write(ctx, typ, "", body)
 	}
@@ -244,6 +249,9 @@ func (w *Writer) run(ctx context.Context, msg jetstream.Msg, task streams.Task, 
 	if err == nil {
 		err = out.close(ctx)
 	}
+	if err == nil {
+		err = out.writeIndex(ctx, att.index())
+	}
 	if err != nil {
 		out.abort(context.WithoutCancel(ctx))
 		if cause := context.Cause(ctx); errors.Is(cause, errJobGone) {
@@ -251,7 +259,7 @@ func (w *Writer) run(ctx context.Context, msg jetstream.Msg, task streams.Task, 
 		}
 		return err
 	}
-	result := streams.TaskResult{JobID: task.JobID, TaskID: task.TaskID, Attempt: attempt, Token: out.token, Files: out.files}
+	result := streams.TaskResult{JobID: task.JobID, TaskID: task.TaskID, Attempt: attempt, Token: out.token, Files: out.files, AttachmentIndex: out.index}
 	switch err := w.record(ctx, result); {
 	case errors.Is(err, errOtherAttempt):
 		// Another attempt won the race: drop ours so no line is listed twice.
@@ -268,6 +276,17 @@ func (w *Writer) run(ctx context.Context, msg jetstream.Msg, task streams.Task, 
 		w.bytes.Add(ctx, f.Bytes)
 	}
 	return w.announce(ctx, task)
+}
+
+// carriesURL reports whether a converted Binary's DocumentReference line
+// still holds its attachment url u after _elements: the line was encoded
+// by encoding/json, so the url is there as json.Marshal spells it.
+func carriesURL(line []byte, u string) bool {
+	if u == "" {
+		return false
+	}
+	quoted, err := json.Marshal(u)
+	return err == nil && bytes.Contains(line, quoted)
 }
 
 // errOtherAttempt means another attempt's result is recorded for the task.

@@ -259,11 +259,15 @@ func readResults(t testing.TB, e env, tasks []streams.Task) []exportedFile {
 			}
 			out = append(out, exportedFile{task: task, file: f, lines: lines})
 		}
+		if r.AttachmentIndex != "" {
+			names[r.AttachmentIndex] = true // stored too, listed in no manifest
+		}
 	}
 	if len(names) == 0 {
 		return out
 	}
-	// Nothing stored beyond what the results list (no abandoned attempt).
+	// Nothing stored beyond what the results list (no abandoned attempt's
+	// files or attachment index).
 	stored := e.ObjectNames(t, tasks[0].JobID+"/")
 	if len(stored) != len(names) {
 		t.Errorf("%d objects stored for job %s, results list %d: %v", len(stored), tasks[0].JobID, len(names), stored)
