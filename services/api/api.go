@@ -111,8 +111,10 @@ type Server struct {
 	jobs   streams.Jobs
 	files  jetstream.ObjectStore
 	polls  *pollLimiter
-	auth   *auth.Authority
-	tls    *tls.Config
+	// indexes caches the attachment indexes of recent exports.
+	indexes *attachmentIndexes
+	auth    *auth.Authority
+	tls     *tls.Config
 }
 
 // New builds the server and its routes.
@@ -126,7 +128,8 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Server, error) {
 	if deps.Now == nil {
 		deps.Now = time.Now
 	}
-	s := &Server{cfg: cfg, deps: deps, tracer: deps.Tracer.Tracer("flatfhir/api"), polls: newPollLimiter(cfg.PollRate, cfg.PollBurst)}
+	s := &Server{cfg: cfg, deps: deps, tracer: deps.Tracer.Tracer("flatfhir/api"), polls: newPollLimiter(cfg.PollRate, cfg.PollBurst),
+		indexes: newAttachmentIndexes()}
 	var err error
 	if s.jobs, err = streams.OpenJobs(ctx, deps.JS); err != nil {
 		return nil, err

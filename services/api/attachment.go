@@ -25,10 +25,14 @@ import (
 // is on, no token when off; 404 for an unknown, cancelled or released
 // export, and while it is not complete).
 //
-// The Binary is read as it stood at the export's transactionTime and must
-// be one the export could cover: any Binary at system level; at Patient and
-// Group level only one whose securityContext names one of the export's
-// patients (the patient parameter, or the group's members at
+// Only a Binary the export's output names is served: one listed in the
+// attachment index of one of the export's task results (the writers record
+// there every Binary whose attachment URL they wrote; see attachindex.go).
+// The Binary is read as it stood at the export's transactionTime and must,
+// besides, be one the export could cover (defence in depth: a patient's
+// resource may name another patient's Binary): any Binary at system level;
+// at Patient and Group level only one whose securityContext names one of
+// the export's patients (the patient parameter, or the group's members at
 // transactionTime). Anything else is a 404, as is a Binary without data.
 // The answer is the decoded content with the Binary's contentType, gzip
 // compressed when the client accepts it.
@@ -45,6 +49,13 @@ func (s *Server) attachment(c *fiber.Ctx) error {
 		return notFound("export %s has no attachment Binary/%q: not a valid id", job.JobID, id)
 	}
 	ctx := c.UserContext()
+	named, err := s.attachmentNamed(ctx, job, id)
+	if err != nil {
+		return err
+	}
+	if !named {
+		return notFound("export %s has no attachment Binary/%s: no attachment in its output names that Binary", job.JobID, id)
+	}
 	until := chstore.Micros(job.TransactionTime)
 	body, ok, err := s.deps.Store.ReadOne(ctx, "Binary", id, until)
 	if err != nil {

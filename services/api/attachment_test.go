@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -43,15 +44,46 @@ func (w *attachmentWorld) binary(t *testing.T, id, patient, contentType string, 
 		id, contentType, sc, base64.StdEncoding.EncodeToString(content)))
 }
 
+// everyBinary is what the jobs of job name in their output: every Binary
+// of the world, and one that does not exist.
+var everyBinary = []string{"b1", "b2", "b3", "nobody", "late", "big", "odd-type", "no-data", "not-base64", "unknown"}
+
+// job records an export whose output names everyBinary, as one task.
 func (w *attachmentWorld) job(t *testing.T, id, client, status, level, group string, patients ...string) string {
+	t.Helper()
+	return w.jobNaming(t, id, client, status, level, group, patients, everyBinary)
+}
+
+// jobNaming records an export with a task result per list of names, each
+// with an attachment index naming those Binaries (none when empty).
+func (w *attachmentWorld) jobNaming(t *testing.T, id, client, status, level, group string, patients []string, names ...[]string) string {
 	t.Helper()
 	job := streams.Job{
 		ExportRequest: streams.ExportRequest{JobID: id, ClientID: client, Level: level, GroupID: group, Patients: patients,
 			SubmittedAt: w.t0, BaseURL: w.base},
-		Status: status, TransactionTime: w.t0, ExpiresAt: time.Now().Add(time.Hour),
+		Status: status, TransactionTime: w.t0, ExpiresAt: time.Now().Add(time.Hour), TasksTotal: len(names),
 	}
-	if err := streamsJobs(t, w.bus).Create(t.Context(), job); err != nil {
+	jobs := streamsJobs(t, w.bus)
+	if err := jobs.Create(t.Context(), job); err != nil {
 		t.Fatal(err)
+	}
+	files, err := w.bus.js.ObjectStore(t.Context(), streams.ObjectFiles)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, ids := range names {
+		task := fmt.Sprintf("%05d", i)
+		r := streams.TaskResult{JobID: id, TaskID: task, Attempt: 1, Token: "t0k3n"}
+		if len(ids) > 0 {
+			r.AttachmentIndex = "attachments-" + task + "-a1-t0k3n.ids"
+			sorted := slices.Sorted(slices.Values(ids))
+			if _, err := files.PutString(t.Context(), streams.ObjectName(id, r.AttachmentIndex), strings.Join(sorted, "\n")+"\n"); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, err := jobs.KV.Put(t.Context(), streams.KeyTask(id, task), streams.Encode(r)); err != nil {
+			t.Fatal(err)
+		}
 	}
 	return streams.AttachmentBase(w.base, id)
 }
@@ -147,6 +179,50 @@ func TestAPIAttachmentDownloadsWithoutAuth(t *testing.T) {
 			resp, body := getAttachment(t, "GET", c.url)
 			if resp.StatusCode != c.status || !strings.Contains(string(body), c.says) || !strings.Contains(string(body), `"OperationOutcome"`) {
 				t.Errorf("%s: %d %s; want %d saying %q", c.url, resp.StatusCode, body, c.status, c.says)
+			}
+		}
+	})
+	t.Run("only the Binaries the export's output names", func(t *testing.T) {
+		// Two tasks name b1 and b2; a third names nothing.
+		named := w.jobNaming(t, "named1", "", streams.JobComplete, streams.LevelSystem, "", nil, []string{"b1"}, []string{"b2"}, nil)
+		unnamed := w.jobNaming(t, "named2", "", streams.JobComplete, streams.LevelSystem, "", nil, nil)
+		forged := w.jobNaming(t, "named3", "", streams.JobComplete, streams.LevelSystem, "", nil)
+		// A task result naming an index that is not there (the export being
+		// removed) and one naming an object outside the index names.
+		jobs := streamsJobs(t, w.bus)
+		gone := w.jobNaming(t, "named4", "", streams.JobComplete, streams.LevelSystem, "", nil, []string{"b1"})
+		files, err := w.bus.js.ObjectStore(t.Context(), streams.ObjectFiles)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := files.Delete(t.Context(), streams.ObjectName("named4", "attachments-00000-a1-t0k3n.ids")); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := files.PutString(t.Context(), streams.ObjectName("named3", "00000-a1.ndjson"), "b1\n"); err != nil {
+			t.Fatal(err)
+		}
+		r := streams.TaskResult{JobID: "named3", TaskID: "00000", AttachmentIndex: "00000-a1.ndjson"}
+		if _, err := jobs.KV.Put(t.Context(), streams.KeyTask("named3", "00000"), streams.Encode(r)); err != nil {
+			t.Fatal(err)
+		}
+		for _, c := range []struct {
+			url    string
+			status int
+		}{
+			{named + "Binary/b1", http.StatusOK},
+			{named + "Binary/b2", http.StatusOK},
+			{named + "Binary/b3", http.StatusNotFound},
+			{named + "Binary/b1", http.StatusOK}, // from the cache
+			{unnamed + "Binary/b1", http.StatusNotFound},
+			{forged + "Binary/b1", http.StatusNotFound},
+			{gone + "Binary/b1", http.StatusNotFound},
+		} {
+			resp, body := getAttachment(t, "GET", c.url)
+			if resp.StatusCode != c.status {
+				t.Errorf("%s: %d %s, want %d", c.url, resp.StatusCode, body, c.status)
+			}
+			if c.status == http.StatusNotFound && !strings.Contains(string(body), "OperationOutcome") {
+				t.Errorf("%s: %s", c.url, body)
 			}
 		}
 	})
