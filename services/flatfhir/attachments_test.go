@@ -236,3 +236,49 @@ func TestE2EAttachmentURLsUnderAuthorization(t *testing.T) {
 		t.Errorf("attachment by another client: %d %s", resp.StatusCode, body)
 	}
 }
+
+// A system-level export serves only the Binaries its output names: with
+// _type=Patient the Patient's photo, not a report a DocumentReference
+// (not exported) points at; with _type=DocumentReference that report.
+func TestE2ESystemAttachmentsOnlyWhatTheOutputNames(t *testing.T) {
+	base := startEngine(t)
+	if resp, body := do(t, "POST", base+"/$ingest", bytes.NewReader(attachmentNDJSON(base)), "Content-Type", "application/fhir+ndjson"); resp.StatusCode != http.StatusOK {
+		t.Fatalf("ingest: %d %s", resp.StatusCode, body)
+	}
+	byHand := func(status, binary string) string {
+		job := status[strings.LastIndex(status, "/")+1:]
+		return base + "/files/" + job + "/attachments/Binary/" + binary
+	}
+	noIndexListed := func(m manifest) {
+		t.Helper()
+		for _, o := range m.Output {
+			if !strings.HasSuffix(o.URL, ".ndjson") {
+				t.Errorf("manifest lists %s", o.URL)
+			}
+		}
+	}
+
+	patients := kickoff(t, base+"/$export?_type=Patient")
+	pm, _, _ := await(t, patients)
+	noIndexListed(pm)
+	if urls := checkAttachments(t, pm, base); len(urls) != 1 || urls["photo"] == "" {
+		t.Errorf("Patient export attachment urls %v, want photo only", urls)
+	}
+	for _, id := range []string{"rep1", "rep2", "scan"} {
+		if resp, body := do(t, "GET", byHand(patients, id), nil); resp.StatusCode != http.StatusNotFound || !strings.Contains(string(body), "OperationOutcome") {
+			t.Errorf("Binary/%s through a Patient-only export: %d %s", id, resp.StatusCode, body)
+		}
+	}
+
+	docs := kickoff(t, base+"/$export?_type=DocumentReference")
+	dm, _, _ := await(t, docs)
+	noIndexListed(dm)
+	resp, body := do(t, "GET", byHand(docs, "rep1"), nil)
+	if resp.StatusCode != http.StatusOK || !bytes.Equal(body, attachmentContent["rep1"].data) {
+		t.Errorf("Binary/rep1 through a DocumentReference export: %d %q", resp.StatusCode, body)
+	}
+	// The photo is named by the Patient only, which this export left out.
+	if resp, body := do(t, "GET", byHand(docs, "photo"), nil); resp.StatusCode != http.StatusNotFound {
+		t.Errorf("Binary/photo through a DocumentReference export: %d %s", resp.StatusCode, body)
+	}
+}
