@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/ClickHouse/clickhouse-go/v2"
+
 	"github.com/flatfhir/flatfhir/shared/chstore"
 	"github.com/flatfhir/flatfhir/shared/testenv"
 )
@@ -247,5 +249,28 @@ func TestStoreLargePatientListsRead(t *testing.T) {
 	got := readAll(t, s, chstore.Range{Type: "Observation", HashHi: chstore.HashSpace, Until: 10, Patients: cohort, InCompartment: true}, false)
 	if len(got) != 20 {
 		t.Errorf("read %d Observations of the 20,000-patient cohort, want 20", len(got))
+	}
+}
+
+// TestStorePointReadsTouchOneSmallGranule: a read of one resource (single
+// reads, writes' existence checks, compartments) reads about one granule
+// of the versions table, not the default 8,192 rows of bodies.
+func TestStorePointReadsTouchOneSmallGranule(t *testing.T) {
+	s := testenv.Store(t)
+	var rows []chstore.Row
+	for i := range 20000 {
+		rows = append(rows, chstore.Row{Type: "Patient", ID: fmt.Sprintf("p%d", i), Seq: uint64(i + 1), LastUpdated: uint64(i + 1), Body: []byte(`{"resourceType":"Patient"}`)})
+	}
+	if err := s.Insert(t.Context(), rows); err != nil {
+		t.Fatal(err)
+	}
+	var read uint64
+	ctx := clickhouse.Context(t.Context(), clickhouse.WithProgress(func(p *clickhouse.Progress) { read += p.Rows }))
+	body, ok, err := s.ReadOne(ctx, "Patient", "p4242", 1<<40)
+	if err != nil || !ok || string(body) != `{"resourceType":"Patient"}` {
+		t.Fatalf("ReadOne = %q, %v, %v", body, ok, err)
+	}
+	if limit := uint64(2 * chstore.VersionsGranularity); read == 0 || read > limit {
+		t.Errorf("reading one resource read %d rows, want 1 to %d", read, limit)
 	}
 }
