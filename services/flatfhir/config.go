@@ -46,6 +46,9 @@ type Config struct {
 	PollRate float64
 	// Retention is how long a completed export's files stay available.
 	Retention time.Duration
+	// ChangeLogRetention is how long versions stay in the change log that
+	// serves _since reads (FLATFHIR_CHANGE_LOG_RETENTION; 0 keeps them all).
+	ChangeLogRetention time.Duration
 	// Auth switches SMART Backend Services authorization on (FLATFHIR_AUTH,
 	// on by default; make run switches it off).
 	Auth bool
@@ -102,6 +105,13 @@ func FromEnv() (Config, error) {
 			errs = append(errs, fmt.Errorf("FLATFHIR_RETENTION=%q is not a positive duration (e.g. 24h, 90m)", v))
 		}
 		c.Retention = d
+	}
+	if v := env("FLATFHIR_CHANGE_LOG_RETENTION", "0"); v != "0" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d < 24*time.Hour {
+			errs = append(errs, fmt.Errorf("FLATFHIR_CHANGE_LOG_RETENTION=%q is not 0 or a duration of at least 24h (e.g. 2160h for 90 days)", v))
+		}
+		c.ChangeLogRetention = d
 	}
 	if err := errors.Join(errs...); err != nil {
 		return c, err

@@ -14,6 +14,15 @@ func TestLauncherConfigFromEnv(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if c.ChangeLogRetention != 0 {
+		t.Errorf("FLATFHIR_CHANGE_LOG_RETENTION unset: %s, want 0 (keep the whole change log)", c.ChangeLogRetention)
+	}
+	t.Run("change log retention", func(t *testing.T) {
+		t.Setenv("FLATFHIR_CHANGE_LOG_RETENTION", "2160h")
+		if c, err := FromEnv(); err != nil || c.ChangeLogRetention != 90*24*time.Hour {
+			t.Errorf("FLATFHIR_CHANGE_LOG_RETENTION=2160h: %s (%v)", c.ChangeLogRetention, err)
+		}
+	})
 	if c.Retention != 90*time.Minute || c.PollRate != 0.5 || c.Writers != 3 || c.Role != RoleAll {
 		t.Errorf("config %+v", c)
 	}
@@ -22,6 +31,8 @@ func TestLauncherConfigFromEnv(t *testing.T) {
 		"FLATFHIR_POLL_RATE": "-1",
 		"FLATFHIR_WRITERS":   "two",
 		"FLATFHIR_ROLE":      "janitor",
+		// Shorter than a day would drop the month being written.
+		"FLATFHIR_CHANGE_LOG_RETENTION": "1h",
 	}
 	for key, val := range bad {
 		t.Run(key, func(t *testing.T) {

@@ -132,6 +132,9 @@ func (e *Engine) build(ctx context.Context, tune Tuning, sc streams.Config) erro
 		if e.cfg.Retention > 0 {
 			cfg.Retention = e.cfg.Retention
 		}
+		if e.cfg.ChangeLogRetention > 0 {
+			cfg.ChangeLogRetention = e.cfg.ChangeLogRetention
+		}
 		p, err := planner.New(cfg, planner.Deps{JS: e.js, Store: e.store, Log: e.log.With("service", "planner"), Tracer: tp, Meter: mp})
 		if err != nil {
 			return err

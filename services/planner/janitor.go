@@ -19,6 +19,7 @@ import (
 func (p *Planner) janitor(ctx context.Context, every time.Duration) {
 	t := time.NewTicker(every)
 	defer t.Stop()
+	var trimmed time.Time
 	for {
 		select {
 		case <-ctx.Done():
@@ -27,7 +28,26 @@ func (p *Planner) janitor(ctx context.Context, every time.Duration) {
 			if err := p.sweep(ctx); err != nil && ctx.Err() == nil {
 				p.deps.Log.WarnContext(ctx, "janitor sweep failed", slog.Any("error", err))
 			}
+			if p.cfg.ChangeLogRetention > 0 && time.Since(trimmed) >= p.cfg.TrimEvery {
+				trimmed = time.Now()
+				p.trimChangeLog(ctx)
+			}
 		}
+	}
+}
+
+// trimChangeLog drops the change log's months older than the retention.
+func (p *Planner) trimChangeLog(ctx context.Context) {
+	cutoff := p.deps.Now().Add(-p.cfg.ChangeLogRetention)
+	dropped, err := p.deps.Store.TrimChangeLog(ctx, cutoff, p.cfg.TrimGrace)
+	if err != nil {
+		if ctx.Err() == nil {
+			p.deps.Log.WarnContext(ctx, "trimming the change log failed", slog.Any("error", err))
+		}
+		return
+	}
+	if len(dropped) > 0 {
+		p.deps.Log.InfoContext(ctx, "change log trimmed", slog.Any("months", dropped), slog.Time("cutoff", cutoff))
 	}
 }
 

@@ -2,11 +2,13 @@ package planner_test
 
 import (
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/flatfhir/flatfhir/shared/chstore"
 	"github.com/flatfhir/flatfhir/shared/testenv"
 	"github.com/flatfhir/flatfhir/streams"
 )
@@ -67,5 +69,38 @@ func TestPlannerJanitorRemovesExpiredExportsButNotOneBeingDownloaded(t *testing.
 		if _, err := e.Files.GetInfo(ctx, streams.ObjectName(id, "Patient-1.ndjson")); err != nil {
 			t.Errorf("file of export %s: %v", id, err)
 		}
+	}
+}
+
+// TestPlannerJanitorTrimsTheChangeLog: with a change log retention, the
+// janitor drops the months older than it from the change log; _since
+// reads from before then still see every change.
+func TestPlannerJanitorTrimsTheChangeLog(t *testing.T) {
+	e := newEnv(t)
+	ctx := t.Context()
+	old := time.Date(2020, time.January, 10, 12, 0, 0, 0, time.UTC)
+	recent := time.Now().Add(-time.Hour)
+	rows := []chstore.Row{
+		{Type: "Patient", ID: "old", Seq: 1, LastUpdated: chstore.Micros(old), Body: []byte("old")},
+		{Type: "Patient", ID: "recent", Seq: 2, LastUpdated: chstore.Micros(recent), Body: []byte("recent")},
+	}
+	if err := e.store.Insert(ctx, rows); err != nil {
+		t.Fatal(err)
+	}
+	cfg := testConfig()
+	cfg.SweepEvery, cfg.ChangeLogRetention, cfg.TrimEvery, cfg.TrimGrace = 50*time.Millisecond, 30*24*time.Hour, time.Hour, 0
+	runPlanner(t, e, cfg)
+	testenv.Eventually(t, 20*time.Second, "old month dropped from the change log", func() bool {
+		var n uint64
+		err := e.store.Conn().QueryRow(ctx, "SELECT count() FROM "+strings.TrimSuffix(e.store.TableName(), chstore.Table)+chstore.ChangesTable).Scan(&n)
+		return err == nil && n == 1
+	})
+	got := map[string]bool{}
+	r := chstore.Range{Type: "Patient", HashHi: chstore.HashSpace, Since: chstore.Micros(old) - 1, Until: chstore.Micros(time.Now())}
+	if err := e.store.ReadLatest(ctx, r, func(id string, _ []byte) error { got[id] = true; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if !got["old"] || !got["recent"] {
+		t.Errorf("a _since read from before the trimmed month returned %v, want old and recent", got)
 	}
 }

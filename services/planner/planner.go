@@ -35,6 +35,15 @@ type Config struct {
 	Concurrency int
 	// SweepEvery is how often expired exports are looked for.
 	SweepEvery time.Duration
+	// ChangeLogRetention, when positive, is how long versions stay in the
+	// change log that serves _since reads (ADR 0005): whole months older
+	// than that are dropped, checked every TrimEvery. _since values older
+	// than what is kept read the versions table instead. 0 keeps it all.
+	ChangeLogRetention time.Duration
+	TrimEvery          time.Duration
+	// TrimGrace is the wait between raising the change log's horizon and
+	// dropping months (chstore.ChangeLogGrace; shorter only in tests).
+	TrimGrace time.Duration
 }
 
 // DefaultConfig returns the defaults.
@@ -42,7 +51,7 @@ func DefaultConfig() Config {
 	return Config{
 		TaskRows: 50_000, MaxFileResources: 100_000, MaxFileBytes: 128 << 20,
 		Retention: 24 * time.Hour, WatermarkTimeout: 10 * time.Minute, Concurrency: 16,
-		SweepEvery: time.Minute,
+		SweepEvery: time.Minute, TrimEvery: time.Hour, TrimGrace: chstore.ChangeLogGrace,
 	}
 }
 
@@ -50,6 +59,9 @@ func DefaultConfig() Config {
 func (c Config) Validate() error {
 	if c.TaskRows < 1 || c.MaxFileResources < 1 || c.MaxFileBytes < 1 || c.Retention <= 0 || c.WatermarkTimeout <= 0 || c.Concurrency < 1 || c.SweepEvery <= 0 {
 		return errors.New("planner task rows, file limits, retention, watermark timeout, concurrency and sweep interval must be positive")
+	}
+	if c.ChangeLogRetention < 0 || c.TrimGrace < 0 || (c.ChangeLogRetention > 0 && c.TrimEvery <= 0) {
+		return errors.New("planner change log retention and trim grace must not be negative, and retention needs a positive trim interval")
 	}
 	return nil
 }

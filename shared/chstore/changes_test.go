@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"testing"
+	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2"
 
@@ -126,8 +127,8 @@ func TestStoreChangeLogHorizonForOlderStores(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	if s.Horizon() != 200 {
-		t.Fatalf("horizon %d, want 200 (the latest stamp before the change log)", s.Horizon())
+	if h, err := s.Horizon(ctx); err != nil || h != 200 {
+		t.Fatalf("horizon %d (%v), want 200 (the latest stamp before the change log)", h, err)
 	}
 	if err := s.Insert(ctx, []chstore.Row{{Type: "Patient", ID: "c", Seq: 3, LastUpdated: 300, Body: []byte("c1")}}); err != nil {
 		t.Fatal(err)
@@ -146,8 +147,8 @@ func TestStoreChangeLogHorizonForOlderStores(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s2.Close()
-	if s2.Horizon() != 200 {
-		t.Errorf("horizon after reopening %d, want 200", s2.Horizon())
+	if h, err := s2.Horizon(ctx); err != nil || h != 200 {
+		t.Errorf("horizon after reopening %d (%v), want 200", h, err)
 	}
 }
 
@@ -204,5 +205,59 @@ func TestStoreRecoverCompletesBothTables(t *testing.T) {
 	var n uint64
 	if err := s.Conn().QueryRow(t.Context(), "SELECT count() FROM "+cfg.Database+"."+chstore.ChangesTable).Scan(&n); err != nil || n != 4 {
 		t.Errorf("change log holds %d rows after a second recovery (%v), want 4", n, err)
+	}
+}
+
+// TestStoreTrimChangeLogDropsOldMonthsAndRaisesTheHorizon: trimming drops
+// whole months older than the cutoff from the change log and raises the
+// horizon, so _since reads from before it still see every change (from
+// the versions table) and later ones still use the change log.
+func TestStoreTrimChangeLogDropsOldMonthsAndRaisesTheHorizon(t *testing.T) {
+	cfg := testenv.ClickHouse(t)
+	ctx := context.Background()
+	s, err := chstore.Open(ctx, cfg, testenv.Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	at := func(month time.Month, day int) uint64 {
+		return chstore.Micros(time.Date(2020, month, day, 12, 0, 0, 0, time.UTC))
+	}
+	rows := []chstore.Row{
+		{Type: "Patient", ID: "jan", Seq: 1, LastUpdated: at(time.January, 10), Body: []byte("jan")},
+		{Type: "Patient", ID: "jan2", Seq: 2, LastUpdated: at(time.January, 20), Body: []byte("jan2")},
+		{Type: "Patient", ID: "mar", Seq: 3, LastUpdated: at(time.March, 10), Body: []byte("mar")},
+	}
+	if err := s.Insert(ctx, rows); err != nil {
+		t.Fatal(err)
+	}
+	dropped, err := s.TrimChangeLog(ctx, time.Date(2020, time.February, 15, 0, 0, 0, 0, time.UTC), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(dropped) != 1 || dropped[0] != "202001" {
+		t.Fatalf("dropped %v, want [202001]", dropped)
+	}
+	if h, err := s.Horizon(ctx); err != nil || h != at(time.January, 20) {
+		t.Errorf("horizon %d (%v), want the newest January stamp %d", h, err, at(time.January, 20))
+	}
+	var n uint64
+	if err := s.Conn().QueryRow(ctx, "SELECT count() FROM "+cfg.Database+"."+chstore.ChangesTable).Scan(&n); err != nil || n != 1 {
+		t.Errorf("change log holds %d rows (%v), want the March one", n, err)
+	}
+	all := chstore.Range{Type: "Patient", HashHi: chstore.HashSpace, Until: at(time.December, 1)}
+	for since, want := range map[uint64]string{
+		at(time.January, 5):  "jan2=jan2 jan=jan mar=mar", // before the horizon: the versions table
+		at(time.January, 15): "jan2=jan2 mar=mar",
+		at(time.March, 1):    "mar=mar", // after it: the change log
+	} {
+		r := all
+		r.Since = since
+		if got := render(readAll(t, s, r, false)); got != want {
+			t.Errorf("since %d: %q, want %q", since, got, want)
+		}
+	}
+	if again, err := s.TrimChangeLog(ctx, time.Date(2020, time.February, 15, 0, 0, 0, 0, time.UTC), 0); err != nil || len(again) != 0 {
+		t.Errorf("trimming again dropped %v (%v), want nothing", again, err)
 	}
 }

@@ -3,6 +3,7 @@ package chstore
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"strings"
 
 	"github.com/ClickHouse/clickhouse-go/v2"
@@ -26,7 +27,7 @@ type BucketCount struct {
 func (s *Store) BucketCounts(ctx context.Context, types []string, since, until uint64) ([]BucketCount, error) {
 	table, window := s.table, ""
 	args := []any{until}
-	if s.windowed(since) {
+	if s.windowed(ctx, since) {
 		table, window = s.changes, " AND last_updated > ?"
 		args = append(args, since)
 	}
@@ -84,9 +85,21 @@ func (r Range) validate() error {
 }
 
 // windowed reports whether a read of the changes after since can use the
-// change log, which holds every version stamped after its horizon.
-func (s *Store) windowed(since uint64) bool {
-	return since > 0 && since >= s.horizon
+// change log, which holds every version stamped after its horizon. When the
+// horizon cannot be read, the read goes to the versions table: slower,
+// never wrong.
+func (s *Store) windowed(ctx context.Context, since uint64) bool {
+	if since == 0 {
+		return false
+	}
+	h, err := s.Horizon(ctx)
+	if err != nil {
+		if s.log != nil {
+			s.log.WarnContext(ctx, "reading the versions table instead of the change log", slog.Any("error", err))
+		}
+		return false
+	}
+	return since >= h
 }
 
 // latestSQL selects (id, body) of the latest version at or before Until of
@@ -147,7 +160,7 @@ func (s *Store) read(ctx context.Context, r Range, deleted bool, fn func(id stri
 	if err := r.validate(); err != nil {
 		return err
 	}
-	windowed := s.windowed(r.Since)
+	windowed := s.windowed(ctx, r.Since)
 	if windowed && deleted && (r.InCompartment || len(r.Patients) > 0) {
 		return s.readDeletedInCompartment(ctx, r, fn)
 	}

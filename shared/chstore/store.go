@@ -7,6 +7,7 @@ import (
 	"hash/fnv"
 	"log/slog"
 	"regexp"
+	"sync"
 	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2"
@@ -82,9 +83,13 @@ type Store struct {
 	table   string
 	changes string
 	// horizon: every version stamped after it (microseconds) is in the
-	// change log too. Stores created with the change log have 0.
-	horizon uint64
-	log     *slog.Logger
+	// change log too. Stores created with the change log start at 0;
+	// trimming the change log raises it. Read at most every
+	// horizonRefresh, at refreshed.
+	hmu       sync.Mutex
+	horizon   uint64
+	refreshed time.Time
+	log       *slog.Logger
 }
 
 // Open connects, creates the database and table when missing, and returns
@@ -173,19 +178,37 @@ func (s *Store) migrateChanges(ctx context.Context) error {
 			return fmt.Errorf("create table %s: %w", s.changes, err)
 		}
 	}
-	if err := s.conn.QueryRow(ctx, "SELECT max(horizon) FROM "+horizons).Scan(&s.horizon); err != nil {
-		return fmt.Errorf("read the change log horizon: %w", err)
+	h, err := s.Horizon(ctx)
+	if err != nil {
+		return err
 	}
-	if s.horizon > 0 && s.log != nil {
+	if h > 0 && s.log != nil {
 		s.log.Info("change log holds versions after its horizon; older _since reads scan the versions table",
-			slog.Uint64("horizon_us", s.horizon))
+			slog.Uint64("horizon_us", h))
 	}
 	return nil
 }
 
+// horizonRefresh is how long a store trusts the horizon it read. Trimming
+// the change log raises the horizon, then waits longer than this before it
+// drops anything (see TrimChangeLog).
+const horizonRefresh = 10 * time.Second
+
 // Horizon is the stamp (microseconds) after which the change log holds
-// every version.
-func (s *Store) Horizon() uint64 { return s.horizon }
+// every version, as read at most horizonRefresh ago.
+func (s *Store) Horizon(ctx context.Context) (uint64, error) {
+	s.hmu.Lock()
+	defer s.hmu.Unlock()
+	if !s.refreshed.IsZero() && time.Since(s.refreshed) < horizonRefresh {
+		return s.horizon, nil
+	}
+	var h uint64
+	if err := s.conn.QueryRow(ctx, "SELECT max(horizon) FROM "+s.cfg.Database+"."+horizonTable).Scan(&h); err != nil {
+		return 0, fmt.Errorf("read the change log horizon: %w", err)
+	}
+	s.horizon, s.refreshed = h, time.Now()
+	return h, nil
+}
 
 // Version is a ClickHouse release number.
 type Version struct{ Major, Minor int }
