@@ -62,7 +62,19 @@ func (s *Server) kickoff(lvl level) fiber.Handler {
 		}
 		post := c.Method() == fiber.MethodPost
 		var params map[string][]string
+		var ignoredQuery string
 		if post {
+			// Parameters in a POST's query string are not read: refusing
+			// them beats a silently full export where _since was meant.
+			var names []string
+			c.Context().QueryArgs().VisitAll(func(k, _ []byte) { names = append(names, string(k)) })
+			if len(names) > 0 {
+				msg := fmt.Sprintf("a POST kick-off takes its parameters in the Parameters body, not in the query string (%s)", strings.Join(names, ", "))
+				if !lenient {
+					return badRequest("%s", msg)
+				}
+				ignoredQuery = msg + " (ignored: Prefer: handling=lenient)"
+			}
 			if params, err = parseParametersBody(c); err != nil {
 				return err
 			}
@@ -82,6 +94,9 @@ func (s *Server) kickoff(lvl level) fiber.Handler {
 		req, err := parseKickoff(params, lenient)
 		if err != nil {
 			return err
+		}
+		if ignoredQuery != "" {
+			req.ignored = append(req.ignored, ignoredQuery)
 		}
 		req.group = c.Params("id")
 		if lvl != levelSystem {

@@ -279,6 +279,7 @@ func TestAPIKickoffHandlerRefusals(t *testing.T) {
 	s := &Server{deps: Deps{Log: slog.New(slog.NewTextHandler(io.Discard, nil))}}
 	app := fiber.New(fiber.Config{ErrorHandler: s.errorHandler})
 	app.Get("/$export", s.kickoff(levelSystem))
+	app.Post("/$export", s.kickoff(levelSystem))
 
 	cases := []struct {
 		name    string
@@ -287,6 +288,8 @@ func TestAPIKickoffHandlerRefusals(t *testing.T) {
 		code    string
 		names   string
 		notName string
+		method  string
+		body    string
 	}{
 		{name: "html accept", target: "/$export", headers: []string{"Accept", "text/html"},
 			code: fhir.CodeInvalid, names: "text/html"},
@@ -308,10 +311,17 @@ func TestAPIKickoffHandlerRefusals(t *testing.T) {
 		{name: "lenient still refuses bad since", target: "/$export?_since=yesterday",
 			headers: []string{"Prefer", "respond-async, handling=lenient"},
 			code:    fhir.CodeInvalid, names: "yesterday"},
+		{name: "POST with parameters in the query string", method: "POST", target: "/$export?_since=2020-01-01T00:00:00Z",
+			headers: []string{"Content-Type", "application/fhir+json"}, body: `{"resourceType":"Parameters"}`,
+			code: fhir.CodeInvalid, names: "_since"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			req := httptest.NewRequest("GET", tc.target, nil)
+			method := tc.method
+			if method == "" {
+				method = "GET"
+			}
+			req := httptest.NewRequest(method, tc.target, strings.NewReader(tc.body))
 			for i := 0; i+1 < len(tc.headers); i += 2 {
 				req.Header.Add(tc.headers[i], tc.headers[i+1])
 			}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/gofiber/fiber/v2"
 
+	"github.com/flatfhir/flatfhir/shared/chstore"
 	"github.com/flatfhir/flatfhir/shared/compartment"
 	"github.com/flatfhir/flatfhir/shared/fhir"
 )
@@ -136,6 +137,13 @@ func (s *Server) checkScope(ctx context.Context, lvl level, req *kickoffRequest,
 	if s.deps.Store == nil {
 		return transient("the resource store is not configured on this API replica")
 	}
+	if lvl == levelGroup || len(req.patients) > 0 {
+		// The Group and patients may come from changes accepted just
+		// before the kick-off.
+		if err := s.caughtUp(ctx); err != nil {
+			return err
+		}
+	}
 	latest := uint64(math.MaxUint64)
 	var members []string
 	if lvl == levelGroup {
@@ -153,18 +161,34 @@ func (s *Server) checkScope(ctx context.Context, lvl level, req *kickoffRequest,
 			return badRequest("Group/%s cannot be exported: %v", req.group, err)
 		}
 	}
-	for _, id := range req.patients {
-		if lvl == levelGroup {
+	if lvl == levelGroup {
+		for _, id := range req.patients {
 			if _, ok := slices.BinarySearch(members, id); !ok {
 				return badRequest("Patient/%s is not a member of Group/%s", id, req.group)
 			}
-			continue
 		}
-		if _, ok, err := s.deps.Store.ReadOne(ctx, "Patient", id, latest); err != nil {
-			return transient("Patient/%s could not be read; retry: %v", id, err)
-		} else if !ok {
-			return badRequest("Patient/%s does not exist", id)
+		return nil
+	}
+	// Patients that exist, looked up a batch at a time.
+	for rest := req.patients; len(rest) > 0; {
+		n := min(len(rest), existingBatch)
+		refs := make([]chstore.Ref, 0, n)
+		for _, id := range rest[:n] {
+			if !fhir.ValidID(id) {
+				return badRequest("Patient/%s does not exist", id)
+			}
+			refs = append(refs, chstore.Ref{Type: "Patient", ID: id})
 		}
+		found, err := s.deps.Store.ReadRefs(ctx, refs, latest, nil)
+		if err != nil {
+			return transient("the patients could not be read; retry: %v", err)
+		}
+		for _, r := range refs {
+			if _, ok := found[r]; !ok {
+				return badRequest("Patient/%s does not exist", r.ID)
+			}
+		}
+		rest = rest[n:]
 	}
 	return nil
 }

@@ -224,9 +224,11 @@ func TestE2EAttachmentURLsUnderAuthorization(t *testing.T) {
 	m := awaitAuthorized(t, resp.Header.Get("Content-Location"), tok)
 	// The owner's token alone fetches every attachment.
 	urls := checkAttachments(t, m, base, "Authorization", "Bearer "+token("owner"))
-	// Binary and DiagnosticReport are not exported: scan is named nowhere.
-	if len(urls) != 3 || urls["rep1"] == "" || urls["rep2"] == "" || urls["photo"] == "" {
-		t.Fatalf("attachment urls %v, want rep1, rep2 and photo", urls)
+	// Every Binary here belongs to a patient, so each goes out as a
+	// DocumentReference naming it (scan too, though no DiagnosticReport is
+	// exported).
+	if len(urls) != 4 || urls["rep1"] == "" || urls["rep2"] == "" || urls["photo"] == "" || urls["scan"] == "" {
+		t.Fatalf("attachment urls %v, want rep1, rep2, photo and scan", urls)
 	}
 	u := urls["rep1"]
 	if resp, _ := do(t, "GET", u, nil); resp.StatusCode != http.StatusUnauthorized || !strings.HasPrefix(resp.Header.Get("WWW-Authenticate"), "Bearer") {
@@ -239,10 +241,12 @@ func TestE2EAttachmentURLsUnderAuthorization(t *testing.T) {
 
 // A system-level export serves only the Binaries its output names: with
 // _type=Patient the Patient's photo, not a report a DocumentReference
-// (not exported) points at; with _type=DocumentReference that report.
+// (not exported) points at; with _type=DocumentReference that report, and
+// not a Binary of no patient that nothing exported names.
 func TestE2ESystemAttachmentsOnlyWhatTheOutputNames(t *testing.T) {
 	base := startEngine(t)
-	if resp, body := do(t, "POST", base+"/$ingest", bytes.NewReader(attachmentNDJSON(base)), "Content-Type", "application/fhir+ndjson"); resp.StatusCode != http.StatusOK {
+	data := append(attachmentNDJSON(base), []byte(`{"resourceType":"Binary","id":"free","contentType":"text/plain","data":"aGk="}`+"\n")...)
+	if resp, body := do(t, "POST", base+"/$ingest", bytes.NewReader(data), "Content-Type", "application/fhir+ndjson"); resp.StatusCode != http.StatusOK {
 		t.Fatalf("ingest: %d %s", resp.StatusCode, body)
 	}
 	byHand := func(status, binary string) string {
@@ -277,8 +281,8 @@ func TestE2ESystemAttachmentsOnlyWhatTheOutputNames(t *testing.T) {
 	if resp.StatusCode != http.StatusOK || !bytes.Equal(body, attachmentContent["rep1"].data) {
 		t.Errorf("Binary/rep1 through a DocumentReference export: %d %q", resp.StatusCode, body)
 	}
-	// The photo is named by the Patient only, which this export left out.
-	if resp, body := do(t, "GET", byHand(docs, "photo"), nil); resp.StatusCode != http.StatusNotFound {
-		t.Errorf("Binary/photo through a DocumentReference export: %d %s", resp.StatusCode, body)
+	// A Binary of no patient is not converted, and nothing exported names it.
+	if resp, body := do(t, "GET", byHand(docs, "free"), nil); resp.StatusCode != http.StatusNotFound {
+		t.Errorf("Binary/free through a DocumentReference export: %d %s", resp.StatusCode, body)
 	}
 }

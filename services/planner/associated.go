@@ -29,12 +29,25 @@ func needsAssociated(job streams.Job) bool {
 	return job.IncludeAssociatedData != "" && types != nil && !slices.Contains(types, "Provenance")
 }
 
+// binaryAsDocuments reports whether an export listing its types wants
+// DocumentReferences but not Binary: patients' Binaries still go out, as
+// the DocumentReferences the Bulk Data IG makes of them, from Binary tasks
+// that keep only those.
+func binaryAsDocuments(types []string) bool {
+	return types != nil && slices.Contains(types, "DocumentReference") && !slices.Contains(types, "Binary")
+}
+
 // countTypes are the types a plan counts rows of: the exported types, plus
-// Provenance when includeAssociatedData adds Provenance tasks.
+// Provenance when includeAssociatedData adds Provenance tasks, plus Binary
+// when its patients' Binaries go out as DocumentReferences.
 func countTypes(job streams.Job) []string {
 	types := ExportTypes(job)
 	if needsAssociated(job) {
 		types = append(slices.Clone(types), "Provenance")
+	}
+	if binaryAsDocuments(ExportTypes(job)) {
+		types = append(slices.Clone(types), "Binary")
+		slices.Sort(types)
 	}
 	return types
 }

@@ -291,7 +291,7 @@ func (p *Planner) split(ctx context.Context, job streams.Job, t time.Time) ([]st
 func Split(job streams.Job, t time.Time, counts []chstore.BucketCount, cfg Config) []streams.Task {
 	width := chstore.HashSpace / chstore.HashBuckets
 	var tasks []streams.Task
-	emit := func(typ, associated string, lo, hi uint64) {
+	emit := func(typ, associated string, only []string, lo, hi uint64) {
 		task := streams.Task{
 			JobID: job.JobID, TaskID: fmt.Sprintf("%05d", len(tasks)), Type: typ,
 			Level: job.Level, GroupID: job.GroupID, Patients: job.Patients, Elements: job.Elements, TypeFilter: job.TypeFilter,
@@ -302,22 +302,25 @@ func Split(job streams.Job, t time.Time, counts []chstore.BucketCount, cfg Confi
 		if associated != "" {
 			task.Associated, task.ExportTypes = associated, ExportTypes(job)
 		}
+		if only != nil {
+			task.ExportTypes = only
+		}
 		tasks = append(tasks, task)
 	}
 	// splitType merges the buckets of one type into tasks of about TaskRows.
-	splitType := func(counts []chstore.BucketCount, associated string) {
+	splitType := func(counts []chstore.BucketCount, associated string, only []string) {
 		typ := counts[0].Type
 		lo, acc := uint64(0), uint64(0)
 		for i, c := range counts {
 			acc += c.Rows
 			if acc >= uint64(cfg.TaskRows) && i+1 < len(counts) {
 				hi := (c.Bucket + 1) * width
-				emit(typ, associated, lo, hi)
+				emit(typ, associated, only, lo, hi)
 				lo, acc = hi, 0
 			}
 		}
 		// The type's last task runs to the end of the hash space.
-		emit(typ, associated, lo, chstore.HashSpace)
+		emit(typ, associated, only, lo, chstore.HashSpace)
 	}
 	exported := ExportTypes(job)
 	var provenance []chstore.BucketCount
@@ -327,8 +330,12 @@ func Split(job streams.Job, t time.Time, counts []chstore.BucketCount, cfg Confi
 			j++
 		}
 		typ := counts[i].Type
-		if exported == nil || slices.Contains(exported, typ) {
-			splitType(counts[i:j], "")
+		switch {
+		case exported == nil || slices.Contains(exported, typ):
+			splitType(counts[i:j], "", nil)
+		case typ == "Binary" && binaryAsDocuments(exported):
+			// Only the DocumentReferences patients' Binaries become.
+			splitType(counts[i:j], "", []string{"DocumentReference"})
 		}
 		if typ == "Provenance" {
 			provenance = counts[i:j]
@@ -336,7 +343,7 @@ func Split(job streams.Job, t time.Time, counts []chstore.BucketCount, cfg Confi
 		i = j
 	}
 	if needsAssociated(job) && len(provenance) > 0 {
-		splitType(provenance, job.IncludeAssociatedData)
+		splitType(provenance, job.IncludeAssociatedData, nil)
 	}
 	return tasks
 }

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -185,6 +186,10 @@ func (w *Writer) run(ctx context.Context, msg jetstream.Msg, task streams.Task, 
 	if err != nil {
 		return err
 	}
+	if task.Type == "Binary" && len(task.ExportTypes) > 0 {
+		// Only patients' Binaries, which go out as DocumentReferences.
+		r.InCompartment = true
+	}
 	elements, err := fhir.ParseElements(task.Elements)
 	if err != nil {
 		return &permanentError{fmt.Errorf("_elements: %v", err)}
@@ -205,6 +210,11 @@ func (w *Writer) run(ctx context.Context, msg jetstream.Msg, task streams.Task, 
 			}
 			if ok {
 				typ, body, converted = "DocumentReference", doc, true
+			}
+			if len(task.ExportTypes) > 0 && !slices.Contains(task.ExportTypes, typ) {
+				// The export wants the DocumentReferences of patients'
+				// Binaries, not Binaries (planner: binaryAsDocuments).
+				return nil
 			}
 		}
 		if match, err := filter.Match(typ, body); err != nil {
@@ -242,7 +252,14 @@ func (w *Writer) run(ctx context.Context, msg jetstream.Msg, task streams.Task, 
 	// An associated task lists no deletions: a deleted Provenance's targets
 	// are gone with its body.
 	if err == nil && !empty && !task.Since.IsZero() && task.Associated == "" {
+		// A Binary known to have been a patient's (in a compartment, or in
+		// a task that exports only those) went out as a DocumentReference:
+		// its deletion names that.
+		asDoc := task.Type == "Binary" && r.InCompartment
 		err = w.deps.Store.ReadDeleted(ctx, r, func(id string, _ []byte) error {
+			if asDoc {
+				return out.writeDeleted(ctx, "DocumentReference", binaryDocID(id))
+			}
 			return out.writeDeleted(ctx, task.Type, id)
 		})
 	}

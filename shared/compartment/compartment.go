@@ -1,7 +1,9 @@
 package compartment
 
 import (
+	"encoding/json"
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
 )
@@ -109,7 +111,15 @@ func Types() []string {
 // the compartment the whole body is validated as JSON; the result is nil if
 // no Patient reference is found (or, for a Patient, if it has no id). Errors
 // wrap ErrMalformed.
+//
+// Binary is the one type outside the compartment with patients: the patient
+// its securityContext names. The Bulk Data IG exports such a Binary as a
+// DocumentReference of that patient, so Patient and Group exports include
+// it (InCompartment and Types still follow R4 and leave Binary out).
 func PatientIDs(resourceType string, body []byte) ([]string, error) {
+	if resourceType == "Binary" {
+		return binaryPatient(body)
+	}
 	ti, ok := typeInfos[resourceType]
 	if !ok {
 		return nil, nil
@@ -202,4 +212,23 @@ func validID(id string) bool {
 		}
 	}
 	return true
+}
+
+// binaryPatient is the patient a Binary's securityContext names, if any.
+func binaryPatient(body []byte) ([]string, error) {
+	var b struct {
+		SecurityContext *struct {
+			Reference string `json:"reference"`
+		} `json:"securityContext"`
+	}
+	if err := json.Unmarshal(body, &b); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrMalformed, err)
+	}
+	if b.SecurityContext == nil {
+		return nil, nil
+	}
+	if id, ok := ReferencedPatientID(b.SecurityContext.Reference); ok {
+		return []string{id}, nil
+	}
+	return nil, nil
 }

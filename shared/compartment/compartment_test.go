@@ -407,3 +407,25 @@ func TestCompartmentDepth(t *testing.T) {
 		}
 	}
 }
+
+// TestCompartmentBinaryBelongsToItsSecurityContextPatient: a Binary is in
+// the compartment of the patient its securityContext names (it is exported
+// as that patient's DocumentReference), though R4 lists no Binary there.
+func TestCompartmentBinaryBelongsToItsSecurityContextPatient(t *testing.T) {
+	for body, want := range map[string]string{
+		`{"resourceType":"Binary","id":"b","contentType":"text/plain","securityContext":{"reference":"Patient/p1"},"data":"aGk="}`: "p1",
+		`{"resourceType":"Binary","id":"b","contentType":"text/plain","securityContext":{"reference":"Practitioner/x"}}`:           "",
+		`{"resourceType":"Binary","id":"b","contentType":"text/plain"}`:                                                            "",
+	} {
+		got, err := PatientIDs("Binary", []byte(body))
+		if err != nil || strings.Join(got, ",") != want {
+			t.Errorf("PatientIDs(%s) = %v, %v; want %q", body, got, err, want)
+		}
+	}
+	if _, err := PatientIDs("Binary", []byte(`{"resourceType":"Binary",`)); !errors.Is(err, ErrMalformed) {
+		t.Errorf("malformed Binary: %v, want ErrMalformed", err)
+	}
+	if InCompartment("Binary") || slices.Contains(Types(), "Binary") {
+		t.Error("Binary joined the R4 compartment's type list")
+	}
+}
