@@ -120,6 +120,33 @@ type attWalk struct {
 
 var errMalformed = errors.New("malformed JSON")
 
+// array walks the array whose '[' is at body[i], each element with elem,
+// and returns the index after the ']'.
+func (w *attWalk) array(i int, elem func(i int) (int, error)) (int, error) {
+	i = skipSpace(w.body, i+1)
+	if i < len(w.body) && w.body[i] == ']' {
+		return i + 1, nil
+	}
+	for {
+		end, err := elem(i)
+		if err != nil {
+			return 0, err
+		}
+		i = skipSpace(w.body, end)
+		if i >= len(w.body) {
+			return 0, errMalformed
+		}
+		switch w.body[i] {
+		case ',':
+			i = skipSpace(w.body, i+1)
+		case ']':
+			return i + 1, nil
+		default:
+			return 0, errMalformed
+		}
+	}
+}
+
 // value walks the value at body[i] and returns the index after it. n is
 // the attachment-path node of the value's element (nil: on no path), att
 // whether the value is an Attachment (or an array of them).
@@ -137,28 +164,7 @@ func (w *attWalk) value(i int, n *attNode, att bool, depth int) (int, error) {
 		if depth >= maxAttachmentDepth {
 			return w.skip(i)
 		}
-		i = skipSpace(w.body, i+1)
-		if i < len(w.body) && w.body[i] == ']' {
-			return i + 1, nil
-		}
-		for {
-			end, err := w.value(i, n, att, depth+1)
-			if err != nil {
-				return 0, err
-			}
-			i = skipSpace(w.body, end)
-			if i >= len(w.body) {
-				return 0, errMalformed
-			}
-			switch w.body[i] {
-			case ',':
-				i = skipSpace(w.body, i+1)
-			case ']':
-				return i + 1, nil
-			default:
-				return 0, errMalformed
-			}
-		}
+		return w.array(i, func(i int) (int, error) { return w.value(i, n, att, depth+1) })
 	default:
 		return w.skip(i)
 	}
@@ -263,28 +269,7 @@ func (w *attWalk) resources(i int, depth int) (int, error) {
 		})
 		return w.object(i, attachmentRoots[typ], false, depth)
 	case '[':
-		i = skipSpace(w.body, i+1)
-		if i < len(w.body) && w.body[i] == ']' {
-			return i + 1, nil
-		}
-		for {
-			end, err := w.resources(i, depth+1)
-			if err != nil {
-				return 0, err
-			}
-			i = skipSpace(w.body, end)
-			if i >= len(w.body) {
-				return 0, errMalformed
-			}
-			switch w.body[i] {
-			case ',':
-				i = skipSpace(w.body, i+1)
-			case ']':
-				return i + 1, nil
-			default:
-				return 0, errMalformed
-			}
-		}
+		return w.array(i, func(i int) (int, error) { return w.resources(i, depth+1) })
 	default:
 		return w.skip(i)
 	}
