@@ -9,7 +9,7 @@ import (
 )
 
 // Fixtures in the shapes of the Synthea R4 bulk export
-// (/work/shared/data/synthea-100), trimmed, some with elements added.
+// (the shared synthea-100 sample beside the repository), trimmed, some with elements added.
 const (
 	obsHeight = `{"resourceType":"Observation","id":"cdec68f5-5a6a-4861-b26b-f4061ff4f2f9","meta":{"versionId":"1","lastUpdated":"2024-03-01T10:00:00.000000Z"},"status":"final","category":[{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/observation-category","code":"vital-signs","display":"vital-signs"}]}],"code":{"coding":[{"system":"http://loinc.org","code":"8302-2","display":"Body Height"}],"text":"Body Height"},"subject":{"reference":"Patient/6c5d9ca9-54d7-42f5-bfae-a7c19cd217f2"},"encounter":{"reference":"Encounter/7518242e-0b07-41d2-8c40-8acd1e3a7bb9"},"effectiveDateTime":"2011-02-02T16:30:49-05:00","issued":"2011-02-02T16:30:49.825-05:00","valueQuantity":{"value":181.2,"unit":"cm","system":"http://unitsofmeasure.org","code":"cm"}}`
 	obsWeight = `{"resourceType":"Observation","id":"b1f3b4de-2f2f-4f43-9c1a-0d6b6c1e2a10","status":"final","category":[{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/observation-category","code":"vital-signs","display":"vital-signs"}]}],"code":{"coding":[{"system":"http://loinc.org","code":"29463-7","display":"Body Weight"}],"text":"Body Weight"},"subject":{"reference":"Patient/6c5d9ca9-54d7-42f5-bfae-a7c19cd217f2"},"encounter":{"reference":"Encounter/7518242e-0b07-41d2-8c40-8acd1e3a7bb9"},"effectiveDateTime":"2011-02-02T16:30:49-05:00","issued":"2011-02-02T16:30:49.825-05:00","valueQuantity":{"value":80.1,"unit":"kg","system":"http://unitsofmeasure.org","code":"kg"}}`
