@@ -16,8 +16,9 @@
 //
 // The change log (table resource_changes, ADR 0005) holds the same rows
 // sorted by (type, last_updated, ...): a _since read scans only the window
-// between _since and T there. Insert writes both tables; Recover repairs
-// them after a crash between the two.
+// between _since and T there. A materialized view (the feed) copies every
+// insert into it; Recover completes it after a crash that stored versions
+// without their copy.
 //
 // Reads are point-in-time: the latest version of each resource with
 // last_updated <= T. They are two-pass so that ClickHouse holds only the

@@ -21,6 +21,9 @@ const Table = "resource_versions"
 // ordered by time, which _since reads scan only the window of.
 const ChangesTable = "resource_changes"
 
+// feedView copies every insert into Table into ChangesTable.
+const feedView = "resource_changes_feed"
+
 // horizonTable records from when on the change log holds every version.
 const horizonTable = "resource_changes_horizon"
 
@@ -82,6 +85,7 @@ type Store struct {
 	version Version
 	table   string
 	changes string
+	feed    string
 	// horizon: every version stamped after it (microseconds) is in the
 	// change log too. Stores created with the change log start at 0;
 	// trimming the change log raises it. Read at most every
@@ -123,6 +127,7 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (*Store, error) {
 		version: Version{Major: int(sv.Version.Major), Minor: int(sv.Version.Minor)},
 		table:   cfg.Database + "." + Table,
 		changes: cfg.Database + "." + ChangesTable,
+		feed:    cfg.Database + "." + feedView,
 		log:     log,
 	}
 	if err := s.migrate(ctx); err != nil {
@@ -154,15 +159,16 @@ func (s *Store) migrate(ctx context.Context) error {
 	return s.migrateChanges(ctx)
 }
 
-// migrateChanges creates the change log. A store that holds versions from
-// before the change log existed records the latest stamp then as the
-// horizon: _since reads from before it scan the versions table instead.
-// The horizon is written before the change log is created, so a crash in
-// between only repeats this step.
+// migrateChanges creates the change log and the feed, a materialized view
+// that copies every insert into the versions table into the change log,
+// server-side. A store that held versions before the feed existed records
+// the latest stamp as the horizon, before and again after creating the
+// feed: _since reads from before it scan the versions table instead. A
+// crash in between only repeats the step.
 func (s *Store) migrateChanges(ctx context.Context) error {
 	var exists uint8
-	if err := s.conn.QueryRow(ctx, "EXISTS TABLE "+s.changes).Scan(&exists); err != nil {
-		return fmt.Errorf("look for table %s: %w", s.changes, err)
+	if err := s.conn.QueryRow(ctx, "EXISTS TABLE "+s.feed).Scan(&exists); err != nil {
+		return fmt.Errorf("look for table %s: %w", s.feed, err)
 	}
 	horizons := s.cfg.Database + "." + horizonTable
 	if err := s.conn.Exec(ctx, "CREATE TABLE IF NOT EXISTS "+horizons+" (horizon UInt64) ENGINE = Log"); err != nil {
@@ -171,11 +177,22 @@ func (s *Store) migrateChanges(ctx context.Context) error {
 	if exists == 0 {
 		// Server-side: the native protocol's INSERT ... VALUES waits for
 		// data blocks from the client.
-		if err := s.conn.Exec(ctx, "INSERT INTO "+horizons+" (horizon) SELECT max(last_updated) FROM "+s.table); err != nil {
+		raise := "INSERT INTO " + horizons + " (horizon) SELECT max(last_updated) FROM " + s.table
+		if err := s.conn.Exec(ctx, raise); err != nil {
 			return fmt.Errorf("record the change log horizon: %w", err)
 		}
 		if err := s.conn.Exec(ctx, CreateChangesSQL(s.changes, s.version)); err != nil {
 			return fmt.Errorf("create table %s: %w", s.changes, err)
+		}
+		feed := "CREATE MATERIALIZED VIEW IF NOT EXISTS " + s.feed + " TO " + s.changes +
+			" AS SELECT " + columns + " FROM " + s.table
+		if err := s.conn.Exec(ctx, feed); err != nil {
+			return fmt.Errorf("create view %s: %w", s.feed, err)
+		}
+		// Versions stored while the feed was being created are older than
+		// this.
+		if err := s.conn.Exec(ctx, raise); err != nil {
+			return fmt.Errorf("record the change log horizon: %w", err)
 		}
 	}
 	h, err := s.Horizon(ctx)

@@ -18,20 +18,14 @@ type Row struct {
 
 const columns = "type, id, id_hash, seq, last_updated, deleted, patients, body"
 
-// Insert writes rows in one batch to the versions table and to the change
-// log, both at once. A caller replaying changes after a crash must leave
-// out the seqs Recover reports: reads expect each (id, seq) once.
+// Insert writes rows in one batch to the versions table; the feed copies
+// them into the change log. A caller replaying changes after a crash must
+// leave out the seqs Recover reports: reads expect each (id, seq) once.
 func (s *Store) Insert(ctx context.Context, rows []Row) error {
 	if len(rows) == 0 {
 		return nil
 	}
-	errs := make(chan error, 1)
-	go func() { errs <- s.insert(ctx, s.changes, rows) }()
-	err := s.insert(ctx, s.table, rows)
-	if cerr := <-errs; err == nil {
-		err = cerr
-	}
-	return err
+	return s.insert(ctx, s.table, rows)
 }
 
 func (s *Store) insert(ctx context.Context, table string, rows []Row) error {
@@ -61,20 +55,19 @@ func (s *Store) insert(ctx context.Context, table string, rows []Row) error {
 }
 
 // Recover prepares a replay from a watermark (seq, stamp in microseconds)
-// after a crash between an insert and the watermark update. A version one
-// of the two tables got and the other did not is copied across, then the
-// seqs of the versions stored after the watermark are returned: the
-// ingester skips them rather than store them twice. Every such row is
-// stamped after the watermark, so the reads prune to recent partitions.
+// after a crash between an insert and the watermark update. A version the
+// versions table got and the change log did not (the feed's part of an
+// insert failed) is copied across; the reverse cannot happen, since the
+// feed writes after the table. Then the seqs of the versions stored after
+// the watermark are returned: the ingester skips them rather than store
+// them twice. Every such row is stamped after the watermark, so the reads
+// prune to recent partitions.
 func (s *Store) Recover(ctx context.Context, seq, stamp uint64) (map[uint64]bool, error) {
-	for _, c := range [][2]string{{s.table, s.changes}, {s.changes, s.table}} {
-		from, to := c[0], c[1]
-		after := " WHERE last_updated > ? AND seq > ?"
-		q := "INSERT INTO " + to + " (" + columns + ") SELECT " + columns + " FROM " + from + after +
-			" AND (seq, type, id) NOT IN (SELECT seq, type, id FROM " + to + after + ")"
-		if err := s.conn.Exec(ctx, q, stamp, seq, stamp, seq); err != nil {
-			return nil, fmt.Errorf("copy versions after seq %d from %s to %s: %w", seq, from, to, err)
-		}
+	after := " WHERE last_updated > ? AND seq > ?"
+	q := "INSERT INTO " + s.changes + " (" + columns + ") SELECT " + columns + " FROM " + s.table + after +
+		" AND (seq, type, id) NOT IN (SELECT seq, type, id FROM " + s.changes + after + ")"
+	if err := s.conn.Exec(ctx, q, stamp, seq, stamp, seq); err != nil {
+		return nil, fmt.Errorf("copy versions after seq %d into %s: %w", seq, s.changes, err)
 	}
 	rows, err := s.conn.Query(ctx, "SELECT seq FROM "+s.table+" WHERE last_updated > ? AND seq > ?", stamp, seq)
 	if err != nil {
