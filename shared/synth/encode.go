@@ -101,6 +101,30 @@ func appendRef(b []byte, typ string, id *[36]byte) []byte {
 	return append(b, `"}`...)
 }
 
+// appendSequenced appends ,"<field>":[{"sequence":1,"<field>Reference":
+// {"reference":"<typ>/<id(0)>"}}, ...] for n ids, nothing when n is 0.
+func appendSequenced(b []byte, field, typ string, n int, id func(k int) *[36]byte) []byte {
+	if n == 0 {
+		return b
+	}
+	b = append(b, `,"`...)
+	b = append(b, field...)
+	b = append(b, `":[`...)
+	for k := range n {
+		if k > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, `{"sequence":`...)
+		b = strconv.AppendInt(b, int64(k+1), 10)
+		b = append(b, `,"`...)
+		b = append(b, field...)
+		b = append(b, `Reference":`...)
+		b = appendRef(b, typ, id(k))
+		b = append(b, '}')
+	}
+	return append(b, ']')
+}
+
 func append2(b []byte, v int) []byte {
 	return append(b, byte('0'+v/10), byte('0'+v%10))
 }

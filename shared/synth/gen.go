@@ -916,34 +916,8 @@ func (g *generator) claim() error {
 	b = append(b, `,"provider":`...)
 	b = g.appendOrgRef(b, e.org)
 	b = append(b, `,"priority":{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/processpriority","code":"normal"}]}`...)
-	if len(e.conds) > 0 {
-		b = append(b, `,"diagnosis":[`...)
-		for k := range e.conds {
-			if k > 0 {
-				b = append(b, ',')
-			}
-			b = append(b, `{"sequence":`...)
-			b = strconv.AppendInt(b, int64(k+1), 10)
-			b = append(b, `,"diagnosisReference":`...)
-			b = appendRef(b, "Condition", &e.conds[k].id)
-			b = append(b, '}')
-		}
-		b = append(b, ']')
-	}
-	if len(e.procs) > 0 {
-		b = append(b, `,"procedure":[`...)
-		for k := range e.procs {
-			if k > 0 {
-				b = append(b, ',')
-			}
-			b = append(b, `{"sequence":`...)
-			b = strconv.AppendInt(b, int64(k+1), 10)
-			b = append(b, `,"procedureReference":`...)
-			b = appendRef(b, "Procedure", &e.procs[k].id)
-			b = append(b, '}')
-		}
-		b = append(b, ']')
-	}
+	b = appendSequenced(b, "diagnosis", "Condition", len(e.conds), func(k int) *[36]byte { return &e.conds[k].id })
+	b = appendSequenced(b, "procedure", "Procedure", len(e.procs), func(k int) *[36]byte { return &e.procs[k].id })
 	b = append(b, `,"insurance":[{"sequence":1,"focal":true,"coverage":`...)
 	b = appendRef(b, "Coverage", &p.coverage)
 	b = append(b, `}]`...)
