@@ -1,7 +1,6 @@
 package writer
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -46,49 +45,13 @@ func (w *Writer) associatedProvenance(ctx context.Context, task streams.Task, r 
 // relevantProvenance exports every Provenance of the range with an
 // exported target, resolving targets a batch of Provenances at a time.
 func (w *Writer) relevantProvenance(ctx context.Context, sc exportScope, all chstore.Range, emit func(id string, body []byte) error) error {
-	type pending struct {
-		id      string
-		body    []byte
-		targets []chstore.Ref
-	}
-	var batch []pending
-	flush := func() error {
-		var refs []chstore.Ref
-		for _, p := range batch {
-			refs = append(refs, p.targets...)
-		}
+	return w.provenancesTargeting(ctx, all, parseTargets, func(refs []chstore.Ref) (func(chstore.Ref) bool, error) {
 		exported, err := w.exportedRefs(ctx, sc, refs)
 		if err != nil {
-			return err
+			return nil, err
 		}
-		for _, p := range batch {
-			if slices.ContainsFunc(p.targets, func(t chstore.Ref) bool { return exported[t] }) {
-				if err := emit(p.id, p.body); err != nil {
-					return err
-				}
-			}
-		}
-		batch = batch[:0]
-		return nil
-	}
-	err := w.deps.Store.ReadLatest(ctx, all, func(id string, body []byte) error {
-		targets, err := parseTargets(body)
-		if err != nil {
-			return fmt.Errorf("read targets of Provenance/%s: %w", id, err)
-		}
-		if len(targets) == 0 {
-			return nil
-		}
-		batch = append(batch, pending{id, bytes.Clone(body), targets})
-		if len(batch) >= provenanceBatch {
-			return flush()
-		}
-		return nil
-	})
-	if err != nil {
-		return err
-	}
-	return flush()
+		return func(t chstore.Ref) bool { return exported[t] }, nil
+	}, emit)
 }
 
 // latestProvenance exports the Provenances of the range that are the most

@@ -1,6 +1,7 @@
 package writer
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"slices"
@@ -30,6 +31,29 @@ func (w *Writer) provenance(ctx context.Context, r chstore.Range, emit func(id s
 		}
 		return false
 	}
+	all := r
+	all.Patients, all.InCompartment = nil, false
+	return w.provenancesTargeting(ctx, all, provenanceTargets, func(refs []chstore.Ref) (func(chstore.Ref) bool, error) {
+		patientsOf, err := w.deps.Store.PatientsOf(ctx, refs, r.Until)
+		if err != nil {
+			return nil, err
+		}
+		return func(t chstore.Ref) bool {
+			patients, found := patientsOf[t]
+			if t.Type == "Patient" && found {
+				patients = []string{t.ID}
+			}
+			return found && inScope(patients)
+		}, nil
+	}, emit)
+}
+
+// provenancesTargeting emits the Provenances of r with a target that
+// exported reports true for. targetsOf reads a Provenance's targets;
+// resolve builds exported for the targets of a batch of Provenances, so
+// the store is asked once per provenanceBatch of them.
+func (w *Writer) provenancesTargeting(ctx context.Context, r chstore.Range, targetsOf func(body []byte) ([]chstore.Ref, error),
+	resolve func(refs []chstore.Ref) (exported func(chstore.Ref) bool, err error), emit func(id string, body []byte) error) error {
 	type pending struct {
 		id      string
 		body    []byte
@@ -41,38 +65,29 @@ func (w *Writer) provenance(ctx context.Context, r chstore.Range, emit func(id s
 		for _, p := range batch {
 			refs = append(refs, p.targets...)
 		}
-		patientsOf, err := w.deps.Store.PatientsOf(ctx, refs, r.Until)
+		exported, err := resolve(refs)
 		if err != nil {
 			return err
 		}
 		for _, p := range batch {
-			for _, t := range p.targets {
-				patients, found := patientsOf[t]
-				if t.Type == "Patient" && found {
-					patients = []string{t.ID}
-				}
-				if found && inScope(patients) {
-					if err := emit(p.id, p.body); err != nil {
-						return err
-					}
-					break
+			if slices.ContainsFunc(p.targets, exported) {
+				if err := emit(p.id, p.body); err != nil {
+					return err
 				}
 			}
 		}
 		batch = batch[:0]
 		return nil
 	}
-	all := r
-	all.Patients, all.InCompartment = nil, false
-	err := w.deps.Store.ReadLatest(ctx, all, func(id string, body []byte) error {
-		targets, err := provenanceTargets(body)
+	err := w.deps.Store.ReadLatest(ctx, r, func(id string, body []byte) error {
+		targets, err := targetsOf(body)
 		if err != nil {
 			return fmt.Errorf("read targets of Provenance/%s: %w", id, err)
 		}
 		if len(targets) == 0 {
 			return nil
 		}
-		batch = append(batch, pending{id, append([]byte(nil), body...), targets})
+		batch = append(batch, pending{id, bytes.Clone(body), targets})
 		if len(batch) >= provenanceBatch {
 			return flush()
 		}
