@@ -33,8 +33,14 @@ type Config struct {
 	// Content-Location, manifests and file URLs. Empty derives it from each
 	// request's scheme and Host.
 	BaseURL string
-	// RetryAfter is the polling delay suggested while an export runs.
+	// RetryAfter is the longest polling delay suggested while an export
+	// runs. The Retry-After of an in-progress answer follows the export's
+	// estimated remaining time, from 1 s up to this.
 	RetryAfter time.Duration
+	// StatusHold is how long a status request of a running export waits
+	// for it to complete before answering 202, so that a client learns of
+	// completion without waiting out a Retry-After. 0 answers at once.
+	StatusHold time.Duration
 	// SpoolDir holds ingest bodies while they are validated; empty is the
 	// system temp directory.
 	SpoolDir string
@@ -58,7 +64,7 @@ type Config struct {
 
 // DefaultConfig returns the defaults.
 func DefaultConfig() Config {
-	return Config{Listen: "127.0.0.1:8080", RetryAfter: 2 * time.Second, PollRate: 2, PollBurst: 20}
+	return Config{Listen: "127.0.0.1:8080", RetryAfter: 5 * time.Second, StatusHold: time.Second, PollRate: 2, PollBurst: 20}
 }
 
 // Validate checks the configuration.
@@ -74,6 +80,9 @@ func (c Config) Validate() error {
 	}
 	if c.RetryAfter < time.Second {
 		return errors.New("api retry-after must be at least one second")
+	}
+	if c.StatusHold < 0 || c.StatusHold > 30*time.Second {
+		return errors.New("api status hold must be between 0 and 30 seconds")
 	}
 	if c.PollRate < 0 || c.PollBurst < 0 || (c.PollRate > 0 && c.PollBurst < 1) {
 		return errors.New("api poll rate must not be negative, and a poll rate needs a burst of at least 1")
@@ -159,8 +168,11 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Server, error) {
 		StreamRequestBody:     true,
 		BodyLimit:             64 << 20, // larger bodies stream (ingest); others are read whole
 		ErrorHandler:          s.errorHandler,
-		ReadTimeout:           30 * time.Minute, // a large ingest body takes a while
-		IdleTimeout:           2 * time.Minute,
+		// Every body names its own media type; an empty one has none
+		// (fasthttp would otherwise label it text/plain).
+		DisableDefaultContentType: true,
+		ReadTimeout:               30 * time.Minute, // a large ingest body takes a while
+		IdleTimeout:               2 * time.Minute,
 	})
 	s.routes()
 	return s, nil

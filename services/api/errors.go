@@ -67,6 +67,15 @@ func transient(format string, a ...any) *problem {
 	return &problem{fiber.StatusServiceUnavailable, fhir.SeverityError, fhir.CodeTransient, fmt.Sprintf(format, a...)}
 }
 
+// empty answers status with no body and no Content-Type. Fiber's
+// SendStatus would write the status text ("Accepted") as a text/plain
+// body, which clients that parse every body as JSON choke on.
+func empty(c *fiber.Ctx, status int) error {
+	c.Status(status)
+	c.Response().ResetBody()
+	return nil
+}
+
 // sendOutcome writes p as an OperationOutcome.
 func sendOutcome(c *fiber.Ctx, p *problem) error {
 	c.Set(fiber.HeaderContentType, "application/fhir+json")

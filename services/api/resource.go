@@ -249,7 +249,7 @@ func (s *Server) deleteResource(c *fiber.Ctx) error {
 	if !exists {
 		// Nothing to delete: no change, so no deletion shows up in
 		// incremental exports for a resource nobody had.
-		return c.SendStatus(fiber.StatusNoContent)
+		return empty(c, fiber.StatusNoContent)
 	}
 	seq, err := streams.PublishChange(ctx, s.deps.JS, streams.OpDelete, typ, id, nil)
 	if err != nil {
@@ -260,7 +260,7 @@ func (s *Server) deleteResource(c *fiber.Ctx) error {
 		return transient("the deletion of %s/%s is accepted but not yet visible: %v", typ, id, err)
 	}
 	c.Set(fiber.HeaderETag, etag(strconv.FormatUint(seq, 10)))
-	return c.SendStatus(fiber.StatusNoContent)
+	return empty(c, fiber.StatusNoContent)
 }
 
 func (s *Server) awaitIngest(ctx context.Context, seq uint64) (streams.Watermark, error) {

@@ -391,7 +391,7 @@ func (s *Server) deleteClient(c *fiber.Ctx) error {
 		return transient("the client could not be removed; retry: %v", err)
 	}
 	s.deps.Log.InfoContext(c.UserContext(), "client removed", "client", c.Params("id"))
-	return c.SendStatus(fiber.StatusNoContent)
+	return empty(c, fiber.StatusNoContent)
 }
 
 // rotateKeys makes a new access-token signing key; ?revoke=true also
