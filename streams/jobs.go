@@ -62,3 +62,14 @@ func (j Jobs) Update(ctx context.Context, id string, change func(*Job) bool) (Jo
 		}
 	}
 }
+
+// Watch reports every change of job id's record made after the call (the
+// updates only), until ctx is done or the watcher is stopped. Status
+// requests wait on it for an export to complete instead of polling.
+func (j Jobs) Watch(ctx context.Context, id string) (jetstream.KeyWatcher, error) {
+	w, err := j.KV.Watch(ctx, KeyJob(id), jetstream.UpdatesOnly())
+	if err != nil {
+		return nil, fmt.Errorf("watch job %s: %w", id, err)
+	}
+	return w, nil
+}

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -62,21 +61,20 @@ func (s *Server) status(c *fiber.Ctx) error {
 	if ok, wait := s.polls.allow(job.JobID, s.deps.Now()); !ok {
 		return throttled(c, wait, "export "+job.JobID+" is polled too often; wait for Retry-After between polls")
 	}
+	if !finished(job) && s.cfg.StatusHold > 0 {
+		job = s.hold(c.UserContext(), job, s.cfg.StatusHold)
+	}
 	switch job.Status {
 	case streams.JobFailed:
 		return jobFailed("export %s failed: %s", job.JobID, job.Error)
+	case streams.JobCancelled:
+		return notFound("no export %q: it was cancelled or deleted", job.JobID)
 	case streams.JobComplete:
 	default:
-		pct := 0
-		if job.TasksTotal > 0 {
-			pct = job.TasksDone * 100 / job.TasksTotal
-		}
-		c.Set("X-Progress", fmt.Sprintf("%d%% complete (%d of %d tasks)", pct, job.TasksDone, job.TasksTotal))
-		if job.Status == streams.JobAccepted {
-			c.Set("X-Progress", "0% complete (planning)")
-		}
-		c.Set(fiber.HeaderRetryAfter, strconv.Itoa(int(s.cfg.RetryAfter.Seconds())))
-		return c.SendStatus(fiber.StatusAccepted)
+		// In progress: headers only, as the IG shapes it.
+		c.Set("X-Progress", progressText(job))
+		c.Set(fiber.HeaderRetryAfter, strconv.Itoa(retryAfterSeconds(job, s.deps.Now(), s.cfg.RetryAfter)))
+		return empty(c, fiber.StatusAccepted)
 	}
 	obj, err := s.files.GetBytes(c.UserContext(), job.Manifest)
 	if err != nil {
