@@ -36,7 +36,7 @@ func provenanceIn(t *testing.T, got map[string]int) (ids []string, rest map[stri
 // never lists a Provenance twice.
 func TestE2EIncludeAssociatedData(t *testing.T) {
 	base := startEngine(t)
-	input := ingestSynthea(t, base)
+	input := ingestSample(t, base)
 	var patients, observationsOfA, orgs []string
 	for key := range input {
 		typ, id, _ := strings.Cut(key, "/")
@@ -187,9 +187,9 @@ func TestE2EIncludeAssociatedData(t *testing.T) {
 			t.Errorf("besides Provenance %d resources, want %d (diff %v)", len(rest), len(want), diffKeys(rest, want, 5))
 		}
 	})
-	t.Run("Patient level without _type: the default rule's Provenances, each once", func(t *testing.T) {
+	t.Run("Patient level without _type, relevant: the default rule's Provenances, each once", func(t *testing.T) {
 		resp, body := post(t, base+"/Patient/$export", patientA,
-			map[string]any{"name": "includeAssociatedData", "valueCode": "LatestProvenanceResources"})
+			map[string]any{"name": "includeAssociatedData", "valueCode": "RelevantProvenanceResources"})
 		if resp.StatusCode != 202 {
 			t.Fatalf("POST kick-off: %d %s", resp.StatusCode, body)
 		}
@@ -202,6 +202,57 @@ func TestE2EIncludeAssociatedData(t *testing.T) {
 			t.Errorf("besides Provenance %d resources, want %d (diff %v)", len(rest), len(compartmentOfA), diffKeys(rest, compartmentOfA, 5))
 		}
 	})
+
+	// LatestProvenanceResources: "Other Provenance resources will not be
+	// returned", even where the default rule or _type would export them.
+	everything := map[string]int{}
+	for key := range input {
+		everything[key] = 1
+	}
+	allCompartments := inCompartments(t, input, nil)
+	latestCases := []struct {
+		name, url string
+		params    []map[string]any // a POST kick-off when set
+		want      []string
+		wantRest  map[string]int
+	}{
+		{"Patient level without _type: only the latest of each exported resource", base + "/Patient/$export",
+			[]map[string]any{patientA, {"name": "includeAssociatedData", "valueCode": "LatestProvenanceResources"}},
+			[]string{"pv-a-new", "pv-multi"}, compartmentOfA},
+		{"system level without _type", base + "/$export?includeAssociatedData=LatestProvenanceResources", nil,
+			[]string{"pv-a-new", "pv-multi", "pv-org"}, everything},
+		{"system level, _type naming Provenance", base + "/$export?_type=Patient,Provenance&includeAssociatedData=LatestProvenanceResources", nil,
+			[]string{"pv-a-new", "pv-multi"}, allPatients},
+		{"Group level without _type", base + "/Group/" + sampleGroup(t, input) + "/$export?includeAssociatedData=LatestProvenanceResources", nil,
+			[]string{"pv-a-new", "pv-multi"}, allCompartments},
+		{"_typeFilter narrows what Provenances are associated with", base + "/$export?_type=Patient,Provenance&_typeFilter=" +
+			url.QueryEscape("Patient?_id="+pB) + "&includeAssociatedData=LatestProvenanceResources", nil,
+			[]string{"pv-multi"}, map[string]int{"Patient/" + pB: 1}},
+		{"only Provenance asked for: nothing to associate with", base + "/$export?_type=Provenance&includeAssociatedData=LatestProvenanceResources", nil,
+			nil, map[string]int{}},
+	}
+	for _, c := range latestCases {
+		t.Run("latest, "+c.name, func(t *testing.T) {
+			status := ""
+			if c.params != nil {
+				resp, body := post(t, c.url, c.params...)
+				if resp.StatusCode != 202 {
+					t.Fatalf("POST kick-off: %d %s", resp.StatusCode, body)
+				}
+				status = resp.Header.Get("Content-Location")
+			} else {
+				status = kickoff(t, c.url)
+			}
+			m, _, _ := await(t, status)
+			ids, rest := provenanceIn(t, exported(t, m))
+			if !reflect.DeepEqual(ids, c.want) {
+				t.Errorf("Provenances %v, want %v", ids, c.want)
+			}
+			if !reflect.DeepEqual(rest, c.wantRest) {
+				t.Errorf("besides Provenance %d resources, want %d (diff %v)", len(rest), len(c.wantRest), diffKeys(rest, c.wantRest, 5))
+			}
+		})
+	}
 
 	t.Run("_since: Provenances changed since, of resources changed since", func(t *testing.T) {
 		m, _, _ := await(t, kickoff(t, base+"/$export?_type=Patient&_outputFormat=ndjson"))

@@ -17,16 +17,54 @@ func ExportTypes(job streams.Job) []string {
 	return job.Types
 }
 
-// needsAssociated reports whether includeAssociatedData adds Provenance
-// tasks. It does only when the export's own tasks leave Provenance out:
-// when they export Provenance, they hold every Provenance includeAssociatedData
-// could add (every Provenance at system level; at Patient and Group level
-// those targeting the compartments, a superset of those targeting exported
-// resources), under the same _typeFilter, so nothing is added and no
-// Provenance is listed twice.
-func needsAssociated(job streams.Job) bool {
+// latestOnly reports whether the export honours LatestProvenanceResources.
+// Its only Provenances are then the latest of each exported non-Provenance
+// resource ("Other Provenance resources will not be returned"), so its own
+// tasks never export Provenance, even when _type or the Patient compartment
+// names it: associated tasks add the winners.
+func latestOnly(job streams.Job) bool {
+	return job.IncludeAssociatedData == streams.AssociatedLatestProvenance
+}
+
+// ownsType reports whether the export's own tasks export typ.
+func ownsType(job streams.Job, typ string) bool {
+	if typ == "Provenance" && latestOnly(job) {
+		return false
+	}
 	types := ExportTypes(job)
-	return job.IncludeAssociatedData != "" && types != nil && !slices.Contains(types, "Provenance")
+	return types == nil || slices.Contains(types, typ)
+}
+
+// associatedTargets are the types whose resources associated Provenance
+// tasks look for Provenances of: the exported types other than Provenance
+// (nil: every type).
+func associatedTargets(job streams.Job) []string {
+	types := ExportTypes(job)
+	if types == nil {
+		return nil
+	}
+	return slices.DeleteFunc(slices.Clone(types), func(t string) bool { return t == "Provenance" })
+}
+
+// needsAssociated reports whether includeAssociatedData adds Provenance
+// tasks. With RelevantProvenanceResources it does only when the export's
+// own tasks leave Provenance out: when they export Provenance, they hold
+// every Provenance Relevant could add (every Provenance at system level; at
+// Patient and Group level those targeting the compartments, a superset of
+// those targeting exported resources), under the same _typeFilter, so
+// nothing is added and no Provenance is listed twice. With
+// LatestProvenanceResources it always does, unless the export has no
+// non-Provenance type to associate Provenances with.
+func needsAssociated(job streams.Job) bool {
+	switch {
+	case job.IncludeAssociatedData == "":
+		return false
+	case latestOnly(job):
+		targets := associatedTargets(job)
+		return targets == nil || len(targets) > 0
+	default:
+		return !ownsType(job, "Provenance")
+	}
 }
 
 // binaryAsDocuments reports whether an export listing its types wants
@@ -42,7 +80,7 @@ func binaryAsDocuments(types []string) bool {
 // when its patients' Binaries go out as DocumentReferences.
 func countTypes(job streams.Job) []string {
 	types := ExportTypes(job)
-	if needsAssociated(job) {
+	if needsAssociated(job) && types != nil && !slices.Contains(types, "Provenance") {
 		types = append(slices.Clone(types), "Provenance")
 	}
 	if binaryAsDocuments(ExportTypes(job)) {

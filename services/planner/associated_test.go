@@ -7,6 +7,7 @@ import (
 
 	"github.com/flatfhir/flatfhir/services/planner"
 	"github.com/flatfhir/flatfhir/shared/chstore"
+	"github.com/flatfhir/flatfhir/shared/compartment"
 	"github.com/flatfhir/flatfhir/streams"
 )
 
@@ -35,8 +36,14 @@ func TestPlannerSplitAssociatedProvenance(t *testing.T) {
 		{"system, _type without Provenance", streams.LevelSystem, []string{"Patient"}, relevant, counts, []string{"Patient"}, true, []string{"Patient"}},
 		{"system, latest", streams.LevelSystem, []string{"Patient"}, latest, counts, []string{"Patient"}, true, []string{"Patient"}},
 		{"system, every type exports every Provenance", streams.LevelSystem, nil, relevant, counts, []string{"Patient", "Provenance"}, false, nil},
-		{"system, _type with Provenance", streams.LevelSystem, []string{"Patient", "Provenance"}, latest, counts, []string{"Patient", "Provenance"}, false, nil},
+		{"system, _type with Provenance, relevant", streams.LevelSystem, []string{"Patient", "Provenance"}, relevant, counts, []string{"Patient", "Provenance"}, false, nil},
 		{"patient level, the compartment holds Provenance", streams.LevelPatient, nil, relevant, counts, []string{"Patient", "Provenance"}, false, nil},
+		// LatestProvenanceResources: no Provenance but the latest of each
+		// exported resource, so Provenance is never exported as a type.
+		{"system, every type, latest", streams.LevelSystem, nil, latest, counts, []string{"Patient"}, true, nil},
+		{"system, _type with Provenance, latest", streams.LevelSystem, []string{"Patient", "Provenance"}, latest, counts, []string{"Patient"}, true, []string{"Patient"}},
+		{"patient level, compartment, latest", streams.LevelPatient, nil, latest, counts, []string{"Patient"}, true, withoutProvenance(compartment.Types())},
+		{"system, only Provenance, latest: nothing to associate with", streams.LevelSystem, []string{"Provenance"}, latest, counts, nil, false, nil},
 		{"group level, _type without Provenance", streams.LevelGroup, []string{"Patient"}, latest, counts, []string{"Patient"}, true, []string{"Patient"}},
 		{"no Provenance stored", streams.LevelSystem, []string{"Patient"}, relevant, uniform("Patient", 1), []string{"Patient"}, false, nil},
 		{"no includeAssociatedData", streams.LevelSystem, []string{"Patient"}, "", counts, []string{"Patient"}, false, nil},
@@ -81,4 +88,8 @@ func TestPlannerSplitAssociatedProvenance(t *testing.T) {
 			}
 		})
 	}
+}
+
+func withoutProvenance(types []string) []string {
+	return slices.DeleteFunc(slices.Clone(types), func(t string) bool { return t == "Provenance" })
 }

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"slices"
 	"strings"
 	"time"
 
@@ -300,7 +299,7 @@ func Split(job streams.Job, t time.Time, counts []chstore.BucketCount, cfg Confi
 			BaseURL: job.BaseURL, AttachmentBase: streams.AttachmentBase(job.BaseURL, job.JobID),
 		}
 		if associated != "" {
-			task.Associated, task.ExportTypes = associated, ExportTypes(job)
+			task.Associated, task.ExportTypes = associated, associatedTargets(job)
 		}
 		if only != nil {
 			task.ExportTypes = only
@@ -331,7 +330,7 @@ func Split(job streams.Job, t time.Time, counts []chstore.BucketCount, cfg Confi
 		}
 		typ := counts[i].Type
 		switch {
-		case exported == nil || slices.Contains(exported, typ):
+		case ownsType(job, typ):
 			splitType(counts[i:j], "", nil)
 		case typ == "Binary" && binaryAsDocuments(exported):
 			// Only the DocumentReferences patients' Binaries become.
