@@ -15,7 +15,7 @@ import (
 // changed resources in output and the deletion in deleted.
 func TestE2EIncrementalExportAfterFHIRWrites(t *testing.T) {
 	base := startEngine(t)
-	input := ingestSynthea(t, base)
+	input := ingestSample(t, base)
 	m1, _, _ := await(t, kickoff(t, base+"/$export"))
 
 	var patientID, obsID string

@@ -35,7 +35,7 @@ func TestE2EExportFinishesAfterTheWholeEngineRestarts(t *testing.T) {
 	tune := flatfhir.Tuning{Planner: pc, Writer: wc, Streams: sc}
 
 	base, stop := runEngine(t, cfg, tune)
-	want := ingestSynthea(t, base)
+	want := ingestSample(t, base)
 	status := kickoff(t, base+"/$export")
 	// Stop as soon as the first task is done, with most still to run.
 	testenv.Eventually(t, time.Minute, "first task done", func() bool {

@@ -7,26 +7,12 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strings"
 	"testing"
-)
 
-// syntheaDir is the Synthea sample, found relative to this file:
-// <repo>/shared/compartment -> <repo>/../shared/data/synthea-100.
-func syntheaDir(tb testing.TB) string {
-	tb.Helper()
-	_, file, _, ok := runtime.Caller(0)
-	if !ok {
-		tb.Fatal("runtime.Caller failed")
-	}
-	dir := filepath.Join(filepath.Dir(file), "..", "..", "..", "shared", "data", "synthea-100")
-	if st, err := os.Stat(dir); err != nil || !st.IsDir() {
-		tb.Fatalf("Synthea data missing at %s: %v", dir, err)
-	}
-	return dir
-}
+	"github.com/flatfhir/flatfhir/shared/sampledata"
+)
 
 // readNDJSON returns the lines of one gzipped NDJSON file.
 func readNDJSON(tb testing.TB, path string) [][]byte {
@@ -54,11 +40,18 @@ func readNDJSON(tb testing.TB, path string) [][]byte {
 	return lines
 }
 
-// syntheaNoPatient are the Synthea types that link to no patient.
-var syntheaNoPatient = []string{"Group", "Organization", "Practitioner", "Device"}
+// noPatient are the sample types that link to no patient.
+var noPatient = []string{"Group", "Organization", "Practitioner", "Device"}
 
-func TestCompartmentSynthea(t *testing.T) {
-	dir := syntheaDir(t)
+// TestCompartmentSampleData checks every resource of the real Synthea set
+// (when it is found) and of the generator's data against the reference
+// implementation.
+func TestCompartmentSampleData(t *testing.T) {
+	t.Run("synthea", func(t *testing.T) { checkSampleCompartments(t, sampledata.Synthea(t).Dir) })
+	t.Run("generated", func(t *testing.T) { checkSampleCompartments(t, sampledata.Generated(t, 100).Dir) })
+}
+
+func checkSampleCompartments(t *testing.T, dir string) {
 	files, err := filepath.Glob(filepath.Join(dir, "*.ndjson.gz"))
 	if err != nil {
 		t.Fatal(err)
@@ -86,7 +79,7 @@ func TestCompartmentSynthea(t *testing.T) {
 		typ := strings.TrimSuffix(filepath.Base(file), ".ndjson.gz")
 		lines := readNDJSON(t, file)
 		seenTypes[typ] = len(lines)
-		wantNone := slices.Contains(syntheaNoPatient, typ)
+		wantNone := slices.Contains(noPatient, typ)
 		if wantNone == InCompartment(typ) {
 			t.Errorf("%s: InCompartment = %v", typ, InCompartment(typ))
 		}
@@ -137,7 +130,7 @@ func TestCompartmentSynthea(t *testing.T) {
 
 func loadObservations(b *testing.B) [][]byte {
 	b.Helper()
-	lines := readNDJSON(b, filepath.Join(syntheaDir(b), "Observation.ndjson.gz"))
+	lines := readNDJSON(b, sampledata.Any(b).File("Observation"))
 	if len(lines) == 0 {
 		b.Fatal("no Observation lines")
 	}

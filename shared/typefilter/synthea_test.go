@@ -10,11 +10,9 @@ import (
 	"sort"
 	"strings"
 	"testing"
-)
 
-// syntheaDir holds the Synthea 100-patient R4 bulk export, one
-// <Type>.ndjson.gz per resource type.
-const syntheaDir = "../../../shared/data/synthea-100"
+	"github.com/flatfhir/flatfhir/shared/sampledata"
+)
 
 // readNDJSON returns the lines of a gzipped NDJSON file; a missing file
 // fails the test.
@@ -22,7 +20,7 @@ func readNDJSON(tb testing.TB, path string) [][]byte {
 	tb.Helper()
 	fh, err := os.Open(path)
 	if err != nil {
-		tb.Fatalf("Synthea sample data is required: %v", err)
+		tb.Fatalf("sample data: %v", err)
 	}
 	defer fh.Close()
 	zr, err := gzip.NewReader(fh)
@@ -43,11 +41,22 @@ func readNDJSON(tb testing.TB, path string) [][]byte {
 	return lines
 }
 
-// TestTypeFilterSyntheaObservationCode checks Observation?code=loinc|8302-2
-// against the real Synthea Observation file, line by line, with the expected
+// sampleSets runs check on the real Synthea set (when it is found) and on
+// the generator's data.
+func sampleSets(t *testing.T, check func(t *testing.T, set sampledata.Set)) {
+	t.Run("synthea", func(t *testing.T) { check(t, sampledata.Synthea(t)) })
+	t.Run("generated", func(t *testing.T) { check(t, sampledata.Generated(t, 100)) })
+}
+
+// TestTypeFilterSampleObservationCode checks Observation?code=loinc|8302-2
+// against the sample Observation files, line by line, with the expected
 // result computed independently with encoding/json.
-func TestTypeFilterSyntheaObservationCode(t *testing.T) {
-	lines := readNDJSON(t, filepath.Join(syntheaDir, "Observation.ndjson.gz"))
+func TestTypeFilterSampleObservationCode(t *testing.T) {
+	sampleSets(t, checkObservationCode)
+}
+
+func checkObservationCode(t *testing.T, set sampledata.Set) {
+	lines := readNDJSON(t, set.File("Observation"))
 	f := mustParse(t, "Observation?code=http://loinc.org|8302-2")
 	want, got := 0, 0
 	for i, line := range lines {
@@ -85,14 +94,15 @@ func TestTypeFilterSyntheaObservationCode(t *testing.T) {
 	t.Logf("%d of %d Observations have http://loinc.org|8302-2", got, len(lines))
 }
 
-// TestTypeFilterSyntheaShapes evaluates every supported parameter of every
-// type in the sample with :missing=false, and with a value, on every
+// TestTypeFilterSampleShapes evaluates every supported parameter of every
+// type in the samples with :missing=false, and with a value, on every
 // resource: the real R4 shapes must never be reported as malformed.
-func TestTypeFilterSyntheaShapes(t *testing.T) {
-	files, err := filepath.Glob(filepath.Join(syntheaDir, "*.ndjson.gz"))
-	if err != nil || len(files) == 0 {
-		t.Fatalf("Synthea sample data is required in %s (%v)", syntheaDir, err)
-	}
+func TestTypeFilterSampleShapes(t *testing.T) {
+	sampleSets(t, checkShapes)
+}
+
+func checkShapes(t *testing.T, set sampledata.Set) {
+	files := set.Files(t)
 	values := map[string]string{
 		kindToken: "x", kindReference: "x", kindDate: "ge2000-01-01", kindString: "x",
 	}
@@ -140,10 +150,10 @@ func TestTypeFilterSyntheaShapes(t *testing.T) {
 	}
 }
 
-// BenchmarkTypeFilterMatch matches real Synthea Observations against a
+// BenchmarkTypeFilterMatch matches sample Observations against a
 // typical filter: two codes with a date range and a patient, or a category.
 func BenchmarkTypeFilterMatch(b *testing.B) {
-	lines := readNDJSON(b, filepath.Join(syntheaDir, "Observation.ndjson.gz"))
+	lines := readNDJSON(b, sampledata.Any(b).File("Observation"))
 	if len(lines) > 4096 {
 		lines = lines[:4096]
 	}
