@@ -124,8 +124,6 @@ func (p *Planner) assemble(ctx context.Context, job streams.Job, results []strea
 			switch {
 			case f.Type == "Bundle" && strings.HasPrefix(f.Name, "deleted-"):
 				m.Deleted = append(m.Deleted, mf)
-			case f.Type == "OperationOutcome" && strings.HasPrefix(f.Name, "error-"):
-				m.Error = append(m.Error, mf) // a task that failed: partial success
 			default:
 				m.Output = append(m.Output, mf)
 			}

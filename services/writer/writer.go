@@ -31,7 +31,8 @@ type Config struct {
 	// tells JetStream it is alive.
 	CheckEvery time.Duration
 	// MaxDeliver must match the consumer's: the last attempt of a failing
-	// task fails the job.
+	// task fails the job (status 500 with an OperationOutcome naming the
+	// type, the id-hash range and the last error), never a partial export.
 	MaxDeliver int
 }
 
@@ -151,12 +152,11 @@ func (w *Writer) handle(ctx context.Context, msg jetstream.Msg) {
 			return
 		}
 		if int(md.NumDelivered) >= w.cfg.MaxDeliver {
-			// Partial success: the rest of the export completes, and the
-			// manifest's error array says what is missing.
-			if ferr := w.recordFailure(ctx, task, md.NumDelivered, err); ferr != nil {
-				w.deps.Log.ErrorContext(ctx, "record task failure", slog.String("job", task.JobID), slog.Any("error", ferr))
-				w.failJob(ctx, task, err)
-			}
+			// The last attempt fails the export. A manifest without these
+			// resources would be a silent hole: a client that chains
+			// _since from its transactionTime would never receive them.
+			w.failJob(ctx, task, fmt.Errorf("the %s resources with id hash in [%d, %d) could not be read after %d attempts: %w",
+				task.Type, task.HashLo, task.HashHi, md.NumDelivered, err))
 			_ = msg.Term()
 			return
 		}
@@ -436,26 +436,12 @@ func (w *Writer) watch(ctx context.Context, cancel context.CancelCauseFunc, msg 
 	}
 }
 
-// recordFailure completes a task that exhausted its attempts with an error
-// file instead of output: one OperationOutcome naming what is missing.
-func (w *Writer) recordFailure(ctx context.Context, task streams.Task, attempt uint64, cause error) error {
-	name := fmt.Sprintf("error-%s-%s.ndjson", task.Type, task.TaskID)
-	msg := fmt.Sprintf("%s resources with id hash in [%d, %d) could not be exported after %d attempts and are missing from this export's output: %v",
-		task.Type, task.HashLo, task.HashHi, attempt, cause)
-	line := append(fhir.Outcome(fhir.SeverityError, fhir.CodeException, msg).JSON(), '\n')
-	if _, err := w.files.PutBytes(ctx, streams.ObjectName(task.JobID, name), line); err != nil {
-		return fmt.Errorf("store error file: %w", err)
-	}
-	result := streams.TaskResult{JobID: task.JobID, TaskID: task.TaskID, Attempt: attempt, Token: attemptToken(),
-		Files: []streams.File{{Name: name, Type: "OperationOutcome", Count: 1, Bytes: int64(len(line))}}}
-	if err := w.record(ctx, result); err != nil && !errors.Is(err, errOtherAttempt) {
-		return err
-	}
-	return w.announce(ctx, task)
-}
-
-// failJob marks the job failed: a task failed in a way no retry can mend.
+// failJob marks the job failed: a task failed in a way no retry can mend,
+// or ran out of attempts. It is recorded even when the writer is stopping,
+// since the task message is terminated either way.
 func (w *Writer) failJob(ctx context.Context, task streams.Task, cause error) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
 	_, err := w.jobs.Update(ctx, task.JobID, func(j *streams.Job) bool {
 		if j.Status != streams.JobRunning {
 			return false

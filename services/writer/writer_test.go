@@ -17,7 +17,6 @@ import (
 
 	"github.com/flatfhir/flatfhir/services/writer"
 	"github.com/flatfhir/flatfhir/shared/chstore"
-	"github.com/flatfhir/flatfhir/shared/fhir"
 	"github.com/flatfhir/flatfhir/shared/testenv"
 	"github.com/flatfhir/flatfhir/streams"
 	"github.com/flatfhir/flatfhir/streams/streamstest"
@@ -534,10 +533,11 @@ func TestWriterAnnouncesTaskRecordedByEarlierAttempt(t *testing.T) {
 	}
 }
 
-// TestWriterTaskThatKeepsFailingBecomesAnErrorFile: after its last attempt
-// a failing task completes with an OperationOutcome file naming what is
-// missing (partial success), and the job is not failed.
-func TestWriterTaskThatKeepsFailingBecomesAnErrorFile(t *testing.T) {
+// TestWriterTaskThatKeepsFailingFailsTheExport: after its last attempt a
+// failing task fails the job with a message naming the type, the id-hash
+// range and the cause; it records no result, so no manifest can complete
+// without its resources.
+func TestWriterTaskThatKeepsFailingFailsTheExport(t *testing.T) {
 	e := newEnv(t)
 	until := time.Now().UTC()
 	createJob(t, e, "job", streams.JobRunning, until)
@@ -548,30 +548,19 @@ func TestWriterTaskThatKeepsFailingBecomesAnErrorFile(t *testing.T) {
 	cfg.CheckEvery, cfg.MaxDeliver = 200*time.Millisecond, 2
 	runWritersWith(t, e, 1, cfg)
 
-	var r streams.TaskResult
-	testenv.Eventually(t, 30*time.Second, "task result", func() bool {
-		var ok bool
-		r, ok = result(t, e, "job", "00000")
-		return ok
+	var job streams.Job
+	testenv.Eventually(t, 30*time.Second, "the job to fail", func() bool {
+		var err error
+		job, _, err = e.Jobs.Get(t.Context(), "job")
+		return err == nil && job.Status == streams.JobFailed
 	})
-	if len(r.Files) != 1 || r.Files[0].Type != "OperationOutcome" || r.Files[0].Count != 1 || r.Attempt != 2 {
-		t.Fatalf("result %+v, want one OperationOutcome file from attempt 2", r)
+	for _, want := range []string{"Bad'Type", fmt.Sprintf("[0, %d)", chstore.HashSpace), "after 2 attempts"} {
+		if !strings.Contains(job.Error, want) {
+			t.Errorf("job error %q does not name %q", job.Error, want)
+		}
 	}
-	body, err := e.Files.GetBytes(t.Context(), streams.ObjectName("job", r.Files[0].Name))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var oo fhir.OperationOutcome
-	if err := json.Unmarshal(bytes.TrimSpace(body), &oo); err != nil || oo.ResourceType != "OperationOutcome" ||
-		len(oo.Issue) != 1 || oo.Issue[0].Severity != "error" || !strings.Contains(oo.Issue[0].Diagnostics, "Bad'Type") {
-		t.Errorf("error file %s: %v", body, err)
-	}
-	testenv.Eventually(t, 10*time.Second, "completion announced", func() bool {
-		return streamstest.SubjectCount(t, e.JobEvents, streams.SubjectJobDone("job")) == 1
-	})
-	job, _, err := e.Jobs.Get(t.Context(), "job")
-	if err != nil || job.Status != streams.JobRunning {
-		t.Errorf("job status %q (%v), want still running: a failed task is partial success", job.Status, err)
+	if r, ok := result(t, e, "job", "00000"); ok {
+		t.Errorf("a failed task recorded a result: %+v", r)
 	}
 }
 
