@@ -46,7 +46,26 @@ type Engine struct {
 	js      jetstream.JetStream
 	store   *chstore.Store
 	apiLn   net.Listener
-	runners []func(context.Context) error
+	// runners are the services, each in its shutdown stage.
+	runners []runner
+}
+
+// The shutdown stages, in order: the API stops accepting requests and
+// answers those in flight; then the planner and writers stop, handing
+// their messages back to other replicas; then the ingester, which applies
+// every change the API accepted meanwhile.
+const (
+	stageAPI = iota
+	stageWork
+	stageIngest
+	stages
+)
+
+// runner is one service: its name, run function and shutdown stage.
+type runner struct {
+	name  string
+	stage int
+	run   func(context.Context) error
 }
 
 // Start brings up the servers this role needs and builds its services;
@@ -122,7 +141,7 @@ func (e *Engine) build(ctx context.Context, tune Tuning, sc streams.Config) erro
 		if err != nil {
 			return err
 		}
-		e.runners = append(e.runners, in.Run)
+		e.runners = append(e.runners, runner{"ingester", stageIngest, in.Run})
 	}
 	if e.has(RolePlanner) {
 		cfg := tune.Planner
@@ -139,7 +158,7 @@ func (e *Engine) build(ctx context.Context, tune Tuning, sc streams.Config) erro
 		if err != nil {
 			return err
 		}
-		e.runners = append(e.runners, p.Run)
+		e.runners = append(e.runners, runner{"planner", stageWork, p.Run})
 	}
 	if e.has(RoleWriter) {
 		cfg := tune.Writer
@@ -152,7 +171,7 @@ func (e *Engine) build(ctx context.Context, tune Tuning, sc streams.Config) erro
 			if err != nil {
 				return err
 			}
-			e.runners = append(e.runners, w.Run)
+			e.runners = append(e.runners, runner{fmt.Sprintf("writer %d", i), stageWork, w.Run})
 		}
 	}
 	if e.has(RoleAPI) {
@@ -170,7 +189,7 @@ func (e *Engine) build(ctx context.Context, tune Tuning, sc streams.Config) erro
 			return fmt.Errorf("listen on %s: %w", cfg.Listen, err)
 		}
 		ln := e.apiLn
-		e.runners = append(e.runners, func(ctx context.Context) error { return srv.Serve(ctx, ln) })
+		e.runners = append(e.runners, runner{"api", stageAPI, func(ctx context.Context) error { return srv.Serve(ctx, ln) }})
 	}
 	return nil
 }
@@ -225,25 +244,41 @@ func (e *Engine) APIAddr() string {
 	return e.apiLn.Addr().String()
 }
 
-// Run runs every service until ctx is done or one fails, then shuts down:
-// the API first (no new work), then the workers, then NATS and ClickHouse.
+// Run runs every service until ctx is done or one fails, then shuts down
+// in stages, each after the one before has stopped: the API first (no new
+// work; requests in flight are answered), then the planner and writers
+// (their unfinished messages go back to other replicas), then the ingester
+// (every change accepted so far is applied), and last NATS and ClickHouse.
 func (e *Engine) Run(ctx context.Context) error {
 	defer e.close()
-	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	var wg sync.WaitGroup
-	for _, run := range e.runners {
-		wg.Add(1)
+	failed, fail := context.WithCancelCause(ctx)
+	defer fail(nil)
+	var stageCtx [stages]context.Context
+	var stop [stages]context.CancelFunc
+	var wg [stages]sync.WaitGroup
+	for i := range stages {
+		// A stage's context outlives the caller's: it ends only when Run
+		// stops that stage.
+		stageCtx[i], stop[i] = context.WithCancel(context.WithoutCancel(ctx))
+		defer stop[i]()
+	}
+	for _, r := range e.runners {
+		wg[r.stage].Add(1)
 		go func() {
-			defer wg.Done()
-			if err := run(ctx); err != nil {
-				cancel(err)
+			defer wg[r.stage].Done()
+			if err := r.run(stageCtx[r.stage]); err != nil {
+				fail(fmt.Errorf("%s: %w", r.name, err))
 			}
+			e.log.Debug("service stopped", slog.String("service", r.name))
 		}()
 	}
-	<-ctx.Done()
-	wg.Wait()
-	if err := context.Cause(ctx); err != nil && !errors.Is(err, context.Canceled) {
+	<-failed.Done()
+	for i := range stages {
+		stop[i]()
+		wg[i].Wait()
+	}
+	e.log.Info("engine stopped")
+	if err := context.Cause(failed); err != nil && !errors.Is(err, context.Canceled) {
 		return err
 	}
 	return nil
