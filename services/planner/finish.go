@@ -56,8 +56,13 @@ func (p *Planner) progress(ctx context.Context, id string) error {
 		return fmt.Errorf("store manifest of job %s: %w", id, err)
 	}
 	now := p.deps.Now().UTC()
-	job, err = p.jobs.Update(ctx, id, func(j *streams.Job) bool {
-		if j.Status != streams.JobRunning {
+	// Several "done" messages of one job may be handled at once, each seeing
+	// every result in; the compare-and-set lets one of them complete the
+	// job, and only that one reports it.
+	completed := false
+	_, err = p.jobs.Update(ctx, id, func(j *streams.Job) bool {
+		completed = j.Status == streams.JobRunning
+		if !completed {
 			return false
 		}
 		j.Status, j.TasksDone, j.Manifest = streams.JobComplete, len(results), name
@@ -67,7 +72,7 @@ func (p *Planner) progress(ctx context.Context, id string) error {
 	if err != nil {
 		return err
 	}
-	if job.Status == streams.JobComplete {
+	if completed {
 		p.deps.Log.InfoContext(ctx, "export complete", slog.String("job", id), slog.Int("files", len(manifest.Output)))
 	}
 	return nil

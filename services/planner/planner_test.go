@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 	"sort"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -549,5 +551,73 @@ func TestPlannerCompletesJobWhoseTasksFinishedBeforeThePlanWasRecorded(t *testin
 	}
 	if n := streamstest.SubjectCount(t, e.Tasks, streams.SubjectTasks(id)); n != uint64(len(tasks)) {
 		t.Errorf("%d tasks queued after the plan was published again, want %d (deduplicated)", n, len(tasks))
+	}
+}
+
+// completions counts the "export complete" records a planner logs.
+type completions struct {
+	mu *sync.Mutex
+	n  *int
+}
+
+func (h completions) Enabled(context.Context, slog.Level) bool { return true }
+func (h completions) WithAttrs([]slog.Attr) slog.Handler       { return h }
+func (h completions) WithGroup(string) slog.Handler            { return h }
+func (h completions) Handle(_ context.Context, r slog.Record) error {
+	if r.Message == "export complete" {
+		h.mu.Lock()
+		*h.n++
+		h.mu.Unlock()
+	}
+	return nil
+}
+
+// TestPlannerCompletesAnExportOnce: when the "done" messages of every task
+// are handled at once, the export completes once and is reported once.
+func TestPlannerCompletesAnExportOnce(t *testing.T) {
+	e := newEnv(t)
+	ctx := t.Context()
+	const id, tasks = "job1", 24
+	job := newJob(id, 0)
+	job.Status, job.TransactionTime, job.TasksTotal, job.TasksPublished = streams.JobRunning, time.Now().UTC(), tasks, true
+	if err := e.Jobs.Create(ctx, job); err != nil {
+		t.Fatal(err)
+	}
+	// Every result is in before any announcement is handled.
+	for i := range tasks {
+		task := fmt.Sprintf("%05d", i)
+		putResult(t, e, streams.TaskResult{JobID: id, TaskID: task, Attempt: 1,
+			Files: []streams.File{{Name: task + ".ndjson", Type: "Patient", Count: 1}}})
+		publish(t, e, streams.SubjectJobDone(id), []byte(task))
+	}
+	var mu sync.Mutex
+	var n int
+	p, err := planner.New(testConfig(), planner.Deps{
+		JS: e.JS, Store: e.store, Log: slog.New(completions{&mu, &n}),
+		Tracer: tracenoop.NewTracerProvider(), Meter: metricnoop.NewMeterProvider(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runCtx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- p.Run(runCtx) }()
+	cons, err := e.JS.Consumer(ctx, streams.StreamExportJobs, streams.ConsumerPlanner)
+	if err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 30*time.Second, "every announcement handled", func() bool {
+		info, err := cons.Info(ctx)
+		return err == nil && info.NumPending == 0 && info.NumAckPending == 0
+	})
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if j := getJob(t, e, id); j.Status != streams.JobComplete || j.TasksDone != tasks {
+		t.Fatalf("job %s with %d of %d tasks done, want complete", j.Status, j.TasksDone, tasks)
+	}
+	if n != 1 {
+		t.Errorf("the export was reported complete %d times, want once", n)
 	}
 }
