@@ -47,6 +47,7 @@ const (
 	subjectChangePut    = "changes.put.%s"
 	subjectChangeDelete = "changes.delete.%s"
 	subjectTransaction  = "changes.transaction"
+	subjectMark         = "changes.mark"
 
 	subjectJobsAll    = "export.jobs.>"
 	subjectJobSubmit  = "export.jobs.submit.%s"
@@ -58,7 +59,7 @@ const (
 
 // Message headers.
 const (
-	// HeaderOp is "put", "delete" or "transaction" on a change message.
+	// HeaderOp is "put", "delete", "transaction" or "mark" on a change message.
 	HeaderOp = "Flatfhir-Op"
 	// HeaderType and HeaderID name the resource a change is about.
 	HeaderType = "Flatfhir-Type"
@@ -72,6 +73,10 @@ const (
 	// OpTransaction is a message carrying several changes that are
 	// applied together or not at all (see TransactionMsg).
 	OpTransaction = "transaction"
+	// OpMark changes no resource: it is a point in the stream whose stamp
+	// the watermark passes once every change before it is queryable (see
+	// PublishMark).
+	OpMark = "mark"
 )
 
 var (
@@ -100,6 +105,9 @@ func SubjectChange(op, typ string) string {
 
 // SubjectTransaction is the subject of a transaction message.
 func SubjectTransaction() string { return subjectTransaction }
+
+// SubjectMark is the subject of mark messages (see PublishMark).
+func SubjectMark() string { return subjectMark }
 
 // SubjectJobSubmit is where the API announces an accepted kick-off.
 func SubjectJobSubmit(job string) string { return fmt.Sprintf(subjectJobSubmit, job) }

@@ -54,6 +54,21 @@ func PublishChange(ctx context.Context, js jetstream.JetStream, op, typ, id stri
 	return ack.Sequence, nil
 }
 
+// PublishMark puts a mark on CHANGES and returns its sequence. Once the
+// watermark reaches it, every change accepted before it is queryable and
+// the watermark's stamp is at or after the moment the mark was accepted:
+// a kick-off's transactionTime is then never older than the kick-off, and
+// an idle ingester needs no clock of its own to keep it fresh.
+func PublishMark(ctx context.Context, js jetstream.JetStream) (uint64, error) {
+	m := nats.NewMsg(subjectMark)
+	m.Header.Set(HeaderOp, OpMark)
+	ack, err := js.PublishMsg(ctx, m)
+	if err != nil {
+		return 0, fmt.Errorf("publish a mark on %s: %w", StreamChanges, err)
+	}
+	return ack.Sequence, nil
+}
+
 func (p *ChangePublisher) publish(ctx context.Context, m *nats.Msg) error {
 	if len(p.pending) >= p.MaxPending {
 		if err := p.Wait(ctx); err != nil {

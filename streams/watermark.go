@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -48,28 +47,58 @@ func LastChangeSeq(ctx context.Context, js jetstream.JetStream) (uint64, error) 
 }
 
 // AwaitWatermark waits until every change up to seq is queryable (and the
-// watermark has a stamp), polling; ctx bounds the wait. When ctx ends first
-// the error says how far ingest got.
+// watermark has a stamp); ctx bounds the wait. It reads the watermark once
+// and, when that is not far enough, watches it: no polling. When ctx ends
+// first the error says how far ingest got.
 func AwaitWatermark(ctx context.Context, js jetstream.JetStream, seq uint64) (Watermark, error) {
 	kv, err := js.KeyValue(ctx, BucketIngest)
 	if err != nil {
 		return Watermark{}, fmt.Errorf("open bucket %s: %w", BucketIngest, err)
 	}
-	var wm Watermark
-	for {
-		got, _, err := readWatermark(ctx, kv)
-		if err == nil {
-			wm = got
-			if wm.Seq >= seq && !wm.Stamp.IsZero() {
-				return wm, nil
-			}
-		} else if ctx.Err() == nil {
-			return Watermark{}, err
+	reached := func(wm Watermark) bool { return wm.Seq >= seq && !wm.Stamp.IsZero() }
+	wm, _, err := readWatermark(ctx, kv)
+	if err != nil && ctx.Err() == nil {
+		return Watermark{}, err
+	}
+	if err == nil && reached(wm) {
+		return wm, nil
+	}
+	late := func() error {
+		return fmt.Errorf("changes up to %d not ingested yet (ingested up to %d): %w", seq, wm.Seq, context.Cause(ctx))
+	}
+	if ctx.Err() != nil {
+		return wm, late()
+	}
+	// The watch delivers the current value first, then every update.
+	w, err := kv.Watch(ctx, KeyWatermark)
+	if err != nil {
+		if ctx.Err() != nil {
+			return wm, late()
 		}
+		return Watermark{}, fmt.Errorf("watch watermark: %w", err)
+	}
+	defer func() { _ = w.Stop() }()
+	for {
 		select {
 		case <-ctx.Done():
-			return wm, fmt.Errorf("changes up to %d not ingested yet (ingested up to %d): %w", seq, wm.Seq, ctx.Err())
-		case <-time.After(10 * time.Millisecond):
+			return wm, late()
+		case e, ok := <-w.Updates():
+			if !ok {
+				if ctx.Err() != nil {
+					return wm, late()
+				}
+				return wm, errors.New("watch watermark: the watch ended")
+			}
+			if e == nil || e.Operation() != jetstream.KeyValuePut {
+				continue
+			}
+			var got Watermark
+			if err := Decode(e.Value(), &got); err != nil {
+				return wm, err
+			}
+			if wm = got; reached(wm) {
+				return wm, nil
+			}
 		}
 	}
 }

@@ -215,8 +215,8 @@ func (h *harness) notReady(ctx context.Context) string {
 	if err != nil || resp.StatusCode != http.StatusOK {
 		return "the api does not answer GET /metadata"
 	}
-	// Planners and writers pull only when free and never wait at the
-	// server, so a connected process is the sign of life to look for.
+	// Planners and writers pull only when free, so a connected process is
+	// the sign of life to look for.
 	names, err := h.nats.ClientNames()
 	if err != nil {
 		return err.Error()
@@ -233,8 +233,16 @@ func (h *harness) notReady(ctx context.Context) string {
 			return "no consumer " + streams.ConsumerWriters + " yet"
 		}
 	}
-	if _, rev, err := streams.LoadWatermark(ctx, h.js); err != nil || rev == 0 {
-		return "the ingester has not recorded a watermark yet"
+	// An idle ingester writes nothing: put a mark on the stream and see
+	// the watermark pass it.
+	mark, err := streams.PublishMark(ctx, h.js)
+	if err != nil {
+		return err.Error()
+	}
+	wctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	if _, err := streams.AwaitWatermark(wctx, h.js, mark); err != nil {
+		return "the ingester has not passed a mark yet"
 	}
 	return ""
 }
@@ -267,6 +275,16 @@ func (h *harness) measure(ctx context.Context) error {
 	}
 	h.report.computeMedians()
 	h.report.Verified = true
+
+	// Before any change, so that each export holds what was ingested.
+	if o.ClientRuns > 0 {
+		cr, err := h.clientExports(ctx, o.ClientRuns)
+		h.report.Client = cr
+		if err != nil {
+			h.report.Verified = false
+			return err
+		}
+	}
 
 	if o.ChangeFraction > 0 {
 		last := h.report.Runs[len(h.report.Runs)-1].TransactionTime

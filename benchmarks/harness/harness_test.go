@@ -59,6 +59,7 @@ func TestRunTiny(t *testing.T) {
 	opts.Gzip = true
 	opts.ChangeFraction = 0.01 // about 15 changes, 3 of them deletes
 	opts.ChainRounds, opts.ChainChanges = 2, 20
+	opts.ClientRuns = 2
 	opts.Progress = &logWriter{t: t}
 	rep, err := Run(ctx, opts)
 	if err != nil {
@@ -109,6 +110,10 @@ func TestRunTiny(t *testing.T) {
 	}
 	if run.RatioManifest <= 0 || run.RatioDownloaded <= 0 || rep.Median.RatioManifest <= 0 || rep.Median.RatioDownloaded <= 0 {
 		t.Errorf("ratios not positive: run %+v, median %+v", run, rep.Median)
+	}
+
+	if c := rep.Client; c == nil || c.Runs != 2 || len(c.RunsToManifest) != 2 || c.ToManifest <= 0 || c.ToDownloaded < c.ToManifest || c.Polls < 1 || c.Throttled != 0 {
+		t.Errorf("client latency: %+v, want 2 unthrottled runs with a manifest before the downloads", c)
 	}
 
 	inc := rep.Incremental

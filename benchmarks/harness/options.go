@@ -31,6 +31,10 @@ type Options struct {
 	// ChainChanges concurrent writes during every export.
 	ChainRounds  int
 	ChainChanges int
+	// ClientRuns, when positive, times that many system exports through a
+	// client that honours Retry-After exactly (shared/bulkclient), after
+	// the other measurements: the latency a real client sees.
+	ClientRuns int
 	// Seed of the generator; 0 means 1.
 	Seed uint64
 	// ChunkResources is how many resources go into one POST /$ingest.

@@ -121,6 +121,8 @@ type Report struct {
 	Memory    []Memory     `json:"peakMemory"`
 	// Incremental is the _since measurement, when one was made.
 	Incremental *IncrementalResult `json:"incremental,omitempty"`
+	// Client is the real-client latency, when it was measured.
+	Client *ClientResult `json:"client,omitempty"`
 	// Chain is the chained-export check, when one was run.
 	Chain *chain.Report `json:"chain,omitempty"`
 	// Verified is true when every run's files matched their manifest
@@ -259,6 +261,12 @@ func (r *Report) WriteTable(w io.Writer) error {
 		if inc.Verified {
 			fmt.Fprintf(w, "  verified: each _since export held exactly the updated resources in output and the deleted ones in deleted.\n")
 		}
+	}
+
+	if c := r.Client; c != nil {
+		fmt.Fprintf(w, "\nA CLIENT HONOURING Retry-After (strict JSON; median of %d system exports)\n", c.Runs)
+		fmt.Fprintf(w, "  %-38s %9.2f s   (%d polls, %d throttled)\n", "kick-off -> manifest", c.ToManifest, c.Polls, c.Throttled)
+		fmt.Fprintf(w, "  %-38s %9.2f s\n", "kick-off -> last file downloaded", c.ToDownloaded)
 	}
 
 	if c := r.Chain; c != nil {

@@ -315,9 +315,12 @@ func (s *Server) accept(c *fiber.Ctx, lvl level, req kickoffRequest) error {
 	if !req.since.IsZero() && req.since.After(s.deps.Now()) {
 		return badRequest("_since %s is in the future", fhir.FormatInstant(req.since))
 	}
-	minSeq, err := streams.LastChangeSeq(ctx, s.deps.JS)
+	// A mark after every change accepted so far: the planner waits for the
+	// watermark to pass it, and its stamp, at or after this moment, becomes
+	// the transactionTime.
+	minSeq, err := streams.PublishMark(ctx, s.deps.JS)
 	if err != nil {
-		return err
+		return transient("the export could not be queued; retry: %v", err)
 	}
 	id := nuid.Next()
 	// The manifest's request is the kick-off URL; for POST without the

@@ -462,6 +462,19 @@ func TestAuthKickoffTypesFollowScopes(t *testing.T) {
 	if resp.StatusCode != http.StatusForbidden || !strings.Contains(string(body), "Provenance") {
 		t.Errorf("includeAssociatedData without Provenance in the scopes: %d %s", resp.StatusCode, body)
 	}
+	// FHIR reads and writes need their permission on the type (before any
+	// export starts: a kick-off puts a mark on the stream, which reads wait
+	// for, and this bus runs no ingester).
+	for _, r := range []struct {
+		method, path string
+		want         int
+	}{{"GET", "/Condition/c1", 404}, {"GET", "/Encounter/e1", 403}, {"PUT", "/Patient/p1", 403}, {"DELETE", "/Patient/p1", 403}, {"POST", "/Patient", 403}, {"POST", "/$ingest", 403}} {
+		resp, body := send(t, r.method, base+r.path, strings.NewReader(`{"resourceType":"Patient","id":"p1"}`),
+			"Authorization", "Bearer "+tok, "Content-Type", "application/fhir+json")
+		if resp.StatusCode != r.want {
+			t.Errorf("%s %s: %d %s, want %d", r.method, r.path, resp.StatusCode, body, r.want)
+		}
+	}
 	jobTypes := func(resp *http.Response) []string {
 		loc := resp.Header.Get("Content-Location")
 		job, _, err := streamsJobs(t, bus).Get(t.Context(), loc[strings.LastIndex(loc, "/")+1:])
@@ -483,17 +496,6 @@ func TestAuthKickoffTypesFollowScopes(t *testing.T) {
 	}
 	if got := strings.Join(jobTypes(resp), ","); got != "Condition,Observation,Patient" {
 		t.Errorf("patient export without _type holds %s, want the granted compartment types", got)
-	}
-	// FHIR reads and writes need their permission on the type.
-	for _, r := range []struct {
-		method, path string
-		want         int
-	}{{"GET", "/Condition/c1", 404}, {"GET", "/Encounter/e1", 403}, {"PUT", "/Patient/p1", 403}, {"DELETE", "/Patient/p1", 403}, {"POST", "/Patient", 403}, {"POST", "/$ingest", 403}} {
-		resp, body := send(t, r.method, base+r.path, strings.NewReader(`{"resourceType":"Patient","id":"p1"}`),
-			"Authorization", "Bearer "+tok, "Content-Type", "application/fhir+json")
-		if resp.StatusCode != r.want {
-			t.Errorf("%s %s: %d %s, want %d", r.method, r.path, resp.StatusCode, body, r.want)
-		}
 	}
 	// The operator credential loads data, but starts no export.
 	if resp, body := kickoffWith(t, base, testAdminToken, ""); resp.StatusCode != http.StatusForbidden {

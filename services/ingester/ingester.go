@@ -26,22 +26,19 @@ type Config struct {
 	BatchBytes int
 	// FlushInterval is the longest a change waits for its batch to fill.
 	FlushInterval time.Duration
-	// IdleAdvance is how often an idle ingester moves the watermark's stamp
-	// up to the current time, so that transactionTime tracks the clock.
-	IdleAdvance time.Duration
 }
 
 // Validate checks the configuration.
 func (c Config) Validate() error {
-	if c.BatchSize < 1 || c.BatchBytes < 1 || c.FlushInterval <= 0 || c.IdleAdvance <= 0 {
-		return fmt.Errorf("ingester batch size, batch bytes, flush interval and idle advance must be positive")
+	if c.BatchSize < 1 || c.BatchBytes < 1 || c.FlushInterval <= 0 {
+		return fmt.Errorf("ingester batch size, batch bytes and flush interval must be positive")
 	}
 	return nil
 }
 
 // DefaultConfig returns sane defaults.
 func DefaultConfig() Config {
-	return Config{BatchSize: 10000, BatchBytes: 16 << 20, FlushInterval: 50 * time.Millisecond, IdleAdvance: 200 * time.Millisecond}
+	return Config{BatchSize: 10000, BatchBytes: 16 << 20, FlushInterval: 50 * time.Millisecond}
 }
 
 // Deps are what the ingester works with.
@@ -64,8 +61,9 @@ type Ingester struct {
 	rejected metric.Int64Counter
 	rev      uint64 // of the watermark, owned by the committer
 	// committed is the stamp of the committed watermark in microseconds,
-	// for the lag gauge.
+	// and pending the changes after the last one read, for the lag gauge.
 	committed atomic.Int64
+	pending   atomic.Int64
 }
 
 // New builds an ingester.
@@ -89,9 +87,13 @@ func New(cfg Config, deps Deps) (*Ingester, error) {
 		return nil, err
 	}
 	if _, err = m.Float64ObservableGauge("flatfhir.ingest.lag", metric.WithUnit("s"),
-		metric.WithDescription("now minus the watermark stamp"),
+		metric.WithDescription("now minus the watermark stamp while changes wait to be ingested; 0 when caught up"),
 		metric.WithFloat64Callback(func(_ context.Context, o metric.Float64Observer) error {
-			o.Observe(deps.Now().Sub(time.UnixMicro(in.committed.Load())).Seconds())
+			lag := 0.0
+			if in.pending.Load() > 0 {
+				lag = deps.Now().Sub(time.UnixMicro(in.committed.Load())).Seconds()
+			}
+			o.Observe(lag)
 			return nil
 		})); err != nil {
 		return nil, err
@@ -175,10 +177,25 @@ func (in *Ingester) follow(ctx context.Context, kv jetstream.KeyValue) error {
 	}
 
 	assigned := wm // the position the stamps of the next messages follow
-	lastAdvance := in.deps.Now()
+	idle := false
 	for ctx.Err() == nil {
-		batch, err := cons.Fetch(in.cfg.BatchSize, jetstream.FetchMaxWait(in.cfg.FlushInterval))
+		// Busy, a fetch takes a batch of up to BatchSize changes, waiting
+		// up to FlushInterval for it to fill. Idle (the last fetch found
+		// nothing), it waits at the server for the next change and returns
+		// with it at once: an idle ingester makes one request per
+		// streams.PullWait and writes nothing. (Each fetch of an ordered
+		// consumer recreates it, so idle polling would be costly.)
+		var batch jetstream.MessageBatch
+		var cancelFetch context.CancelFunc = func() {}
+		if idle {
+			var fctx context.Context
+			fctx, cancelFetch = context.WithTimeout(ctx, streams.PullWait)
+			batch, err = cons.Fetch(1, jetstream.FetchContext(fctx))
+		} else {
+			batch, err = cons.Fetch(in.cfg.BatchSize, jetstream.FetchMaxWait(in.cfg.FlushInterval))
+		}
 		if err != nil {
+			cancelFetch()
 			return fmt.Errorf("fetch changes: %w", err)
 		}
 		rows := make([]chstore.Row, 0, 1024)
@@ -187,10 +204,12 @@ func (in *Ingester) follow(ctx context.Context, kv jetstream.KeyValue) error {
 		for msg := range batch.Messages() {
 			md, err := msg.Metadata()
 			if err != nil {
+				cancelFetch()
 				return fmt.Errorf("read change metadata: %w", err)
 			}
 			next.Seq = md.Sequence.Stream
 			next.Stamp = nextStamp(next.Stamp, md.Timestamp)
+			in.pending.Store(int64(md.NumPending))
 			if len(stored) > 0 && stored[next.Seq] {
 				delete(stored, next.Seq)
 				continue
@@ -215,22 +234,14 @@ func (in *Ingester) follow(ctx context.Context, kv jetstream.KeyValue) error {
 				rows, size = make([]chstore.Row, 0, 1024), 0
 			}
 		}
+		cancelFetch()
 		if err := batch.Error(); err != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, jetstream.ErrNoMessages) {
 			return fmt.Errorf("fetch changes: %w", err)
 		}
-		if next.Seq != assigned.Seq {
+		idle = next.Seq == assigned.Seq
+		if !idle {
 			send(rows, next)
 			assigned = next
-			lastAdvance = in.deps.Now()
-			continue
-		}
-		// Idle: let the watermark's stamp follow the clock.
-		if now := in.deps.Now(); now.Sub(lastAdvance) >= in.cfg.IdleAdvance {
-			lastAdvance = now
-			if t := now.UTC().Truncate(time.Microsecond); t.After(assigned.Stamp) {
-				assigned.Stamp = t
-				send(nil, assigned)
-			}
 		}
 	}
 	if cause := context.Cause(ctx); !errors.Is(cause, context.Canceled) {
@@ -286,7 +297,11 @@ func (in *Ingester) commit(ctx context.Context, kv jetstream.KeyValue, rows []ch
 // transaction. Any invalid change rejects the whole message.
 func toRows(msg jetstream.Msg, wm streams.Watermark) ([]chstore.Row, error) {
 	h := msg.Headers()
-	if h.Get(streams.HeaderOp) != streams.OpTransaction {
+	switch h.Get(streams.HeaderOp) {
+	case streams.OpMark:
+		return nil, nil // stores nothing; the watermark passes it
+	case streams.OpTransaction:
+	default:
 		row, err := toRow(streams.Change{Op: h.Get(streams.HeaderOp), Type: h.Get(streams.HeaderType), ID: h.Get(streams.HeaderID), Body: msg.Data()}, wm)
 		if err != nil {
 			return nil, err

@@ -308,12 +308,23 @@ func TestIngesterStampsAndStoresChanges(t *testing.T) {
 		t.Errorf("seq 5 stored as %+v, want the delete of p2", stored[4])
 	}
 
-	// Idle, the watermark's stamp follows the clock.
-	before := time.Now().UTC()
-	testenv.Eventually(t, 10*time.Second, "idle watermark advances", func() bool {
-		w, _, err := streams.LoadWatermark(ctx, e.js)
-		return err == nil && w.Seq == last && w.Stamp.After(before)
-	})
+	// A mark stores nothing, and the watermark passes it with a stamp at
+	// or after the moment it was published.
+	before := time.Now().UTC().Truncate(time.Microsecond)
+	mark, err := streams.PublishMark(ctx, e.js)
+	if err != nil {
+		t.Fatal(err)
+	}
+	marked, err := streams.AwaitWatermark(ctx, e.js, mark)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if marked.Seq != mark || marked.Stamp.Before(before) {
+		t.Errorf("watermark %d at %s after the mark %d published at %s", marked.Seq, marked.Stamp, mark, before)
+	}
+	if n := len(rows(t, e)); n != len(stored) {
+		t.Errorf("%d versions stored after the mark, want %d", n, len(stored))
+	}
 }
 
 func keys(m map[string]map[string]any) []string {
@@ -378,7 +389,7 @@ func TestIngesterReplayIsDeterministic(t *testing.T) {
 	first := flush(t, e)
 	stop := start(t, e, ingester.DefaultConfig())
 	caughtUp(t, e, first, 30*time.Second)
-	stop() // stopped: no idle advance between the saved watermark and the next changes
+	stop() // stopped: the saved watermark is the one the next changes follow
 	saved, _, err := streams.LoadWatermark(ctx, e.js)
 	if err != nil || saved.Seq != first {
 		t.Fatalf("saved watermark %+v, %v", saved, err)

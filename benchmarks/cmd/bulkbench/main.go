@@ -22,6 +22,7 @@ func main() {
 	flag.Float64Var(&opts.ChangeFraction, "change", opts.ChangeFraction, "fraction of the store changed, then exported with _since (0 skips it)")
 	flag.IntVar(&opts.ChainRounds, "chain-rounds", 0, "rounds of the chained-export check (DESIGN.md invariant 1) on the loaded store; 0 skips it")
 	flag.IntVar(&opts.ChainChanges, "chain-changes", opts.ChainChanges, "changes per chained-export round")
+	flag.IntVar(&opts.ClientRuns, "client-runs", 0, "system exports timed through a client that honours Retry-After exactly; 0 skips it")
 	flag.BoolVar(&opts.Gzip, "gzip", false, "send ingest bodies gzip-compressed")
 	flag.BoolVar(&opts.Keep, "keep", false, "keep the temporary directory (data, logs, binary)")
 	jsonPath := flag.String("json", "", "also write the figures as JSON to this file")
