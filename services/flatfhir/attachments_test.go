@@ -10,12 +10,6 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-
-	"github.com/flatfhir/flatfhir/services/flatfhir"
-	"github.com/flatfhir/flatfhir/services/ingester"
-	"github.com/flatfhir/flatfhir/services/planner"
-	"github.com/flatfhir/flatfhir/services/writer"
-	"github.com/flatfhir/flatfhir/shared/testenv"
 )
 
 // attachmentContent is what each Binary of the attachment tests holds.
@@ -188,15 +182,7 @@ func jobOf(u string) string {
 }
 
 func TestE2EAttachmentURLsUnderAuthorization(t *testing.T) {
-	ch := testenv.ClickHouse(t)
-	cfg := flatfhir.Config{
-		Role: flatfhir.RoleAll, DataDir: t.TempDir(), Listen: "127.0.0.1:0", NATSPort: -1,
-		ClickHouseAddr: ch.Addr[0], ClickHouseDatabase: ch.Database, Writers: 1, Replicas: 1,
-		Auth: true, AdminToken: e2eAdminToken,
-	}
-	tune := flatfhir.Tuning{Planner: planner.DefaultConfig(), Writer: writer.DefaultConfig(), Ingester: ingester.DefaultConfig()}
-	base, stop := runEngine(t, cfg, tune)
-	t.Cleanup(stop)
+	base, _ := startAuthorizedEngine(t)
 	if resp, body := do(t, "POST", base+"/$ingest", bytes.NewReader(attachmentNDJSON(base)), "Content-Type", "application/fhir+ndjson",
 		"Authorization", "Bearer "+e2eAdminToken); resp.StatusCode != http.StatusOK {
 		t.Fatalf("ingest: %d %s", resp.StatusCode, body)

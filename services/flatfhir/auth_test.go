@@ -30,6 +30,23 @@ func cli(t *testing.T, args ...string) string {
 	return out.String()
 }
 
+// startAuthorizedEngine runs the whole engine with authorization on and
+// the operator credential e2eAdminToken, with default tuning, and returns
+// its base URL and configuration.
+func startAuthorizedEngine(t *testing.T) (string, flatfhir.Config) {
+	t.Helper()
+	ch := testenv.ClickHouse(t)
+	cfg := flatfhir.Config{
+		Role: flatfhir.RoleAll, DataDir: t.TempDir(), Listen: "127.0.0.1:0", NATSPort: -1,
+		ClickHouseAddr: ch.Addr[0], ClickHouseDatabase: ch.Database, Writers: 1, Replicas: 1,
+		Auth: true, AdminToken: e2eAdminToken,
+	}
+	tune := flatfhir.Tuning{Planner: planner.DefaultConfig(), Writer: writer.DefaultConfig(), Ingester: ingester.DefaultConfig()}
+	base, stop := runEngine(t, cfg, tune)
+	t.Cleanup(stop)
+	return base, cfg
+}
+
 // awaitAuthorized polls like await, with a bearer token.
 func awaitAuthorized(t *testing.T, status, token string) manifest {
 	t.Helper()
@@ -55,15 +72,7 @@ func awaitAuthorized(t *testing.T, status, token string) manifest {
 }
 
 func TestE2EAuthorizedExport(t *testing.T) {
-	ch := testenv.ClickHouse(t)
-	cfg := flatfhir.Config{
-		Role: flatfhir.RoleAll, DataDir: t.TempDir(), Listen: "127.0.0.1:0", NATSPort: -1,
-		ClickHouseAddr: ch.Addr[0], ClickHouseDatabase: ch.Database, Writers: 1, Replicas: 1,
-		Auth: true, AdminToken: e2eAdminToken,
-	}
-	tune := flatfhir.Tuning{Planner: planner.DefaultConfig(), Writer: writer.DefaultConfig(), Ingester: ingester.DefaultConfig()}
-	base, stop := runEngine(t, cfg, tune)
-	t.Cleanup(stop)
+	base, _ := startAuthorizedEngine(t)
 
 	// The operator loads data with the operator credential.
 	var ndjson bytes.Buffer

@@ -75,6 +75,13 @@ func runEngine(t *testing.T, cfg flatfhir.Config, tune flatfhir.Tuning) (base st
 
 func do(t testing.TB, method, url string, body io.Reader, headers ...string) (*http.Response, []byte) {
 	t.Helper()
+	return doWith(t, &http.Client{Timeout: 60 * time.Second}, method, url, body, headers...)
+}
+
+// doWith sends a request with client and reads the whole answer; headers
+// are name, value pairs (added, so a name may repeat).
+func doWith(t testing.TB, client *http.Client, method, url string, body io.Reader, headers ...string) (*http.Response, []byte) {
+	t.Helper()
 	req, err := http.NewRequest(method, url, body)
 	if err != nil {
 		t.Fatal(err)
@@ -82,7 +89,6 @@ func do(t testing.TB, method, url string, body io.Reader, headers ...string) (*h
 	for i := 0; i+1 < len(headers); i += 2 {
 		req.Header.Add(headers[i], headers[i+1])
 	}
-	client := &http.Client{Timeout: 60 * time.Second}
 	resp, err := client.Do(req)
 	if err != nil {
 		t.Fatalf("%s %s: %v", method, url, err)

@@ -18,9 +18,6 @@ import (
 	"time"
 
 	"github.com/flatfhir/flatfhir/services/flatfhir"
-	"github.com/flatfhir/flatfhir/services/ingester"
-	"github.com/flatfhir/flatfhir/services/planner"
-	"github.com/flatfhir/flatfhir/services/writer"
 	"github.com/flatfhir/flatfhir/shared/testenv"
 )
 
@@ -124,7 +121,7 @@ func checkWire(t *testing.T, name string, resp *http.Response, body []byte, stat
 }
 
 // rawClient does not add Accept-Encoding, so gzip bodies stay as sent.
-var rawClient = &http.Client{Transport: &http.Transport{DisableCompression: true}}
+var rawClient = &http.Client{Transport: &http.Transport{DisableCompression: true}, Timeout: time.Minute}
 
 func sendRaw(t *testing.T, method, u string, body string, headers ...string) (*http.Response, []byte) {
 	t.Helper()
@@ -132,23 +129,7 @@ func sendRaw(t *testing.T, method, u string, body string, headers ...string) (*h
 	if body != "" {
 		r = strings.NewReader(body)
 	}
-	req, err := http.NewRequestWithContext(t.Context(), method, u, r)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i := 0; i+1 < len(headers); i += 2 {
-		req.Header.Add(headers[i], headers[i+1])
-	}
-	resp, err := rawClient.Do(req)
-	if err != nil {
-		t.Fatalf("%s %s: %v", method, u, err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return resp, b
+	return doWith(t, rawClient, method, u, r, headers...)
 }
 
 // TestE2EEveryResponseIsEmptyOrTypedJSON walks every route the API serves,
@@ -156,20 +137,12 @@ func sendRaw(t *testing.T, method, u string, body string, headers ...string) (*h
 // strict client parses it (the SMART bulk-data-client parses any 202 body
 // as JSON; Inferno checks media types).
 func TestE2EEveryResponseIsEmptyOrTypedJSON(t *testing.T) {
-	ch := testenv.ClickHouse(t)
-	cfg := flatfhir.Config{
-		Role: flatfhir.RoleAll, DataDir: t.TempDir(), Listen: "127.0.0.1:0", NATSPort: -1,
-		ClickHouseAddr: ch.Addr[0], ClickHouseDatabase: ch.Database, Writers: 1, Replicas: 1,
-		Auth: true, AdminToken: e2eAdminToken,
-	}
-	tune := flatfhir.Tuning{Planner: planner.DefaultConfig(), Writer: writer.DefaultConfig(), Ingester: ingester.DefaultConfig()}
-	base, stop := runEngine(t, cfg, tune)
-	t.Cleanup(stop)
+	base, cfg := startAuthorizedEngine(t)
 	// A second API on its own bus, with no planner: its exports stay in
 	// progress, so the in-progress answers can be walked without racing.
 	idle := cfg
 	idle.Role, idle.NATSURL, idle.Auth, idle.DataDir, idle.PollRate = flatfhir.RoleAPI, testenv.NATS(t), false, t.TempDir(), 1
-	idleBase, stopIdle := runEngine(t, idle, tune)
+	idleBase, stopIdle := runEngine(t, idle, flatfhir.Tuning{})
 	t.Cleanup(stopIdle)
 
 	admin := []string{"Authorization", "Bearer " + e2eAdminToken}
