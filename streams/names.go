@@ -137,6 +137,16 @@ func KeyTasksOfJob(job string) string { return "task." + job + ".*" }
 // ObjectName is the object-store name of a file of job.
 func ObjectName(job, file string) string { return job + "/" + file }
 
+// ManifestObject and IgnoredObject name, within a job, the manifest and the
+// error file of ignored parameters that one assembly wrote. token tells
+// concurrent assemblies of the same job apart: the one whose manifest the
+// job record names wins, and the others delete theirs. Rewriting one name
+// would purge the chunks of the object a status request is reading.
+func ManifestObject(token string) string { return "manifest-" + token + ".json" }
+
+// IgnoredObject: see ManifestObject.
+func IgnoredObject(token string) string { return "error-ignored-" + token + ".ndjson" }
+
 // AttachmentBase is the URL prefix under which the API serves the Binaries
 // an export's attachments name: AttachmentBase(base, job)+"Binary/<id>" is
 // GET [base]/files/<job>/attachments/Binary/<id>, authorized as the

@@ -2,6 +2,8 @@ package planner
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -47,11 +49,12 @@ func (p *Planner) progress(ctx context.Context, id string) error {
 	if err != nil {
 		return err
 	}
-	manifest, err := p.assemble(ctx, job, results)
+	token := assemblyToken()
+	manifest, err := p.assemble(ctx, job, results, token)
 	if err != nil {
 		return err
 	}
-	name := streams.ObjectName(id, "manifest.json")
+	name := streams.ObjectName(id, streams.ManifestObject(token))
 	if _, err := p.files.PutBytes(ctx, name, streams.Encode(manifest)); err != nil {
 		return fmt.Errorf("store manifest of job %s: %w", id, err)
 	}
@@ -72,10 +75,24 @@ func (p *Planner) progress(ctx context.Context, id string) error {
 	if err != nil {
 		return err
 	}
-	if completed {
-		p.deps.Log.InfoContext(ctx, "export complete", slog.String("job", id), slog.Int("files", len(manifest.Output)))
+	if !completed {
+		// Another assembly completed the job first: drop this one's files.
+		for _, f := range []string{name, streams.ObjectName(id, streams.IgnoredObject(token))} {
+			if err := p.files.Delete(ctx, f); err != nil && !errors.Is(err, jetstream.ErrObjectNotFound) {
+				p.deps.Log.WarnContext(ctx, "losing manifest not deleted", slog.String("job", id), slog.String("file", f), slog.Any("error", err))
+			}
+		}
+		return nil
 	}
+	p.deps.Log.InfoContext(ctx, "export complete", slog.String("job", id), slog.Int("files", len(manifest.Output)))
 	return nil
+}
+
+// assemblyToken tells concurrent assemblies of one job apart.
+func assemblyToken() string {
+	var b [6]byte
+	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails
+	return hex.EncodeToString(b[:])
 }
 
 // resultKeys lists the keys of the task results of job, sorted.
@@ -111,7 +128,7 @@ func (p *Planner) results(ctx context.Context, keys []string) ([]streams.TaskRes
 
 // assemble builds the manifest from the winning attempt of every task, in
 // task order, and writes the error file for what a lenient kick-off ignored.
-func (p *Planner) assemble(ctx context.Context, job streams.Job, results []streams.TaskResult) (streams.Manifest, error) {
+func (p *Planner) assemble(ctx context.Context, job streams.Job, results []streams.TaskResult, token string) (streams.Manifest, error) {
 	m := streams.Manifest{
 		TransactionTime: job.TransactionTime,
 		Request:         job.RequestURL,
@@ -140,7 +157,7 @@ func (p *Planner) assemble(ctx context.Context, job streams.Job, results []strea
 			b.Write(fhir.Outcome(fhir.SeverityWarning, fhir.CodeNotSupported, what).JSON())
 			b.WriteByte('\n')
 		}
-		name := "error-ignored.ndjson"
+		name := streams.IgnoredObject(token)
 		if _, err := p.files.PutString(ctx, streams.ObjectName(job.JobID, name), b.String()); err != nil {
 			return m, fmt.Errorf("store error file of job %s: %w", job.JobID, err)
 		}

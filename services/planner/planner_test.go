@@ -275,7 +275,7 @@ func TestPlannerPlansAndCompletesExport(t *testing.T) {
 	if job.CompletedAt.IsZero() || !job.ExpiresAt.Equal(job.CompletedAt.Add(cfg.Retention)) {
 		t.Errorf("completedAt %s expiresAt %s, want expiry %s after completion", job.CompletedAt, job.ExpiresAt, cfg.Retention)
 	}
-	if job.Manifest != streams.ObjectName(id, "manifest.json") {
+	if !strings.HasPrefix(job.Manifest, streams.ObjectName(id, "manifest-")) || !strings.HasSuffix(job.Manifest, ".json") {
 		t.Errorf("manifest object %q", job.Manifest)
 	}
 	raw, err := e.Files.GetBytes(ctx, job.Manifest)
@@ -619,5 +619,21 @@ func TestPlannerCompletesAnExportOnce(t *testing.T) {
 	}
 	if n != 1 {
 		t.Errorf("the export was reported complete %d times, want once", n)
+	}
+	// Concurrent assemblies never rewrite one object (a status request
+	// may be reading it): the losers delete their own manifests.
+	objects, err := e.Files.List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, o := range objects {
+		names = append(names, o.Name)
+	}
+	if j := getJob(t, e, id); len(names) != 1 || names[0] != j.Manifest {
+		t.Errorf("objects %v, want only the manifest the job names, %s", names, j.Manifest)
+	}
+	if _, err := e.Files.GetBytes(ctx, names[0]); err != nil {
+		t.Errorf("read the manifest: %v", err)
 	}
 }
