@@ -144,13 +144,28 @@ func (in *Ingester) follow(ctx context.Context, kv jetstream.KeyValue) error {
 	if len(stored) > 0 {
 		in.deps.Log.WarnContext(ctx, "ingester skips versions already stored after the watermark", slog.Int("versions", len(stored)))
 	}
-	cons, err := in.deps.JS.OrderedConsumer(ctx, streams.StreamChanges, jetstream.OrderedConsumerConfig{
-		DeliverPolicy: jetstream.DeliverByStartSequencePolicy,
-		OptStartSeq:   wm.Seq + 1,
+	// One ephemeral consumer per follow, in stream order, without acks. An
+	// ordered consumer would do, but it recreates itself on every fetch;
+	// this one is created once, and a message lost between the server and
+	// here (a gap in its delivery sequence) ends the follow, which resumes
+	// from the watermark.
+	stream, err := in.deps.JS.Stream(ctx, streams.StreamChanges)
+	if err != nil {
+		return fmt.Errorf("open stream %s: %w", streams.StreamChanges, err)
+	}
+	cons, err := stream.CreateConsumer(ctx, jetstream.ConsumerConfig{
+		DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: wm.Seq + 1,
+		AckPolicy: jetstream.AckNonePolicy, MemoryStorage: true, InactiveThreshold: time.Minute,
 	})
 	if err != nil {
-		return fmt.Errorf("create ordered consumer on %s: %w", streams.StreamChanges, err)
+		return fmt.Errorf("create a consumer on %s: %w", streams.StreamChanges, err)
 	}
+	defer func() {
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		_ = stream.DeleteConsumer(dctx, cons.CachedInfo().Name)
+	}()
+	var delivered uint64 // the consumer's delivery sequence of the last message
 	in.deps.Log.InfoContext(ctx, "ingester following changes", slog.Uint64("from_seq", wm.Seq+1))
 
 	ctx, cancel := context.WithCancelCause(ctx)
@@ -183,8 +198,7 @@ func (in *Ingester) follow(ctx context.Context, kv jetstream.KeyValue) error {
 		// up to FlushInterval for it to fill. Idle (the last fetch found
 		// nothing), it waits at the server for the next change and returns
 		// with it at once: an idle ingester makes one request per
-		// streams.PullWait and writes nothing. (Each fetch of an ordered
-		// consumer recreates it, so idle polling would be costly.)
+		// streams.PullWait and writes nothing.
 		var batch jetstream.MessageBatch
 		var cancelFetch context.CancelFunc = func() {}
 		if idle {
@@ -207,6 +221,11 @@ func (in *Ingester) follow(ctx context.Context, kv jetstream.KeyValue) error {
 				cancelFetch()
 				return fmt.Errorf("read change metadata: %w", err)
 			}
+			if md.Sequence.Consumer != delivered+1 {
+				cancelFetch()
+				return fmt.Errorf("fetch changes: delivery %d follows %d: a change was lost on the way", md.Sequence.Consumer, delivered)
+			}
+			delivered = md.Sequence.Consumer
 			next.Seq = md.Sequence.Stream
 			next.Stamp = nextStamp(next.Stamp, md.Timestamp)
 			in.pending.Store(int64(md.NumPending))
