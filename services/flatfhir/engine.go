@@ -100,15 +100,27 @@ func Start(ctx context.Context, cfg Config, tune Tuning, log *slog.Logger) (_ *E
 		}
 		chAddr = e.chSrv.Addr()
 	}
-	if e.nc, err = nats.Connect(natsURL, nats.Name("flatfhir-"+cfg.Role), nats.MaxReconnects(-1)); err != nil {
+	if e.nc, err = nats.Connect(natsURL, nats.Name("flatfhir-"+cfg.Role), nats.MaxReconnects(-1),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err != nil { // nil when the engine closes it
+				log.Warn("nats disconnected", slog.Any("error", err))
+			}
+		}),
+		nats.ReconnectHandler(func(c *nats.Conn) { log.Warn("nats reconnected", slog.String("url", c.ConnectedUrl())) }),
+		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
+			subject := ""
+			if sub != nil {
+				subject = sub.Subject
+			}
+			log.Warn("nats error", slog.String("subject", subject), slog.Any("error", err))
+		})); err != nil {
 		return nil, fmt.Errorf("connect to nats %s: %w", natsURL, err)
 	}
 	if e.js, err = jetstream.New(e.nc); err != nil {
 		return nil, fmt.Errorf("jetstream: %w", err)
 	}
-	sc := tune.Streams
-	if sc.Replicas == 0 {
-		sc = streams.DefaultConfig()
+	sc := withDefaults(tune.Streams, streams.DefaultConfig())
+	if tune.Streams.Replicas == 0 {
 		sc.Replicas = cfg.Replicas
 	}
 	if err := streams.Ensure(ctx, e.js, sc); err != nil {
@@ -133,10 +145,7 @@ func (e *Engine) has(role string) bool { return e.cfg.Role == RoleAll || e.cfg.R
 func (e *Engine) build(ctx context.Context, tune Tuning, sc streams.Config) error {
 	tp, mp := e.tel.Tracer, e.tel.Meter
 	if e.has(RoleIngester) {
-		cfg := tune.Ingester
-		if cfg.BatchSize == 0 {
-			cfg = ingester.DefaultConfig()
-		}
+		cfg := withDefaults(tune.Ingester, ingester.DefaultConfig())
 		in, err := ingester.New(cfg, ingester.Deps{JS: e.js, Store: e.store, Log: e.log.With("service", "ingester"), Tracer: tp, Meter: mp})
 		if err != nil {
 			return err
@@ -144,10 +153,7 @@ func (e *Engine) build(ctx context.Context, tune Tuning, sc streams.Config) erro
 		e.runners = append(e.runners, runner{"ingester", stageIngest, in.Run})
 	}
 	if e.has(RolePlanner) {
-		cfg := tune.Planner
-		if cfg.TaskRows == 0 {
-			cfg = planner.DefaultConfig()
-		}
+		cfg := withDefaults(tune.Planner, planner.DefaultConfig())
 		if e.cfg.Retention > 0 {
 			cfg.Retention = e.cfg.Retention
 		}
@@ -161,10 +167,9 @@ func (e *Engine) build(ctx context.Context, tune Tuning, sc streams.Config) erro
 		e.runners = append(e.runners, runner{"planner", stageWork, p.Run})
 	}
 	if e.has(RoleWriter) {
-		cfg := tune.Writer
-		if cfg.Concurrency == 0 {
-			cfg = writer.DefaultConfig()
-			cfg.MaxDeliver = sc.TaskMaxDeliver
+		cfg := withDefaults(tune.Writer, writer.DefaultConfig())
+		if tune.Writer.MaxDeliver == 0 {
+			cfg.MaxDeliver = sc.TaskMaxDeliver // the consumer's
 		}
 		for i := range e.cfg.Writers {
 			w, err := writer.New(cfg, writer.Deps{JS: e.js, Store: e.store, Log: e.log.With("service", "writer", "writer", i), Tracer: tp, Meter: mp})
