@@ -77,7 +77,7 @@ func TestE2EAStrictClientCompletesEveryLevel(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
+			ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 			defer cancel()
 			start := time.Now()
 			var status string
@@ -90,9 +90,12 @@ func TestE2EAStrictClientCompletesEveryLevel(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			var last bulkclient.Progress
+			c := *c
+			c.OnProgress = func(p bulkclient.Progress) { last = p }
 			m, st, err := c.Await(ctx, status)
 			if err != nil {
-				t.Fatalf("await %s: %v", status, err)
+				t.Fatalf("await %s: %v (last X-Progress %q)", status, err, last.XProgress)
 			}
 			t.Logf("manifest after %s, %d polls, %s waited as told", time.Since(start).Round(time.Millisecond), st.Polls, st.Waited)
 			if st.Throttled > 0 {

@@ -98,10 +98,16 @@ func Store(t testing.TB) *chstore.Store {
 	return s
 }
 
-// Logger discards logs unless FLATFHIR_TEST_LOG is set.
+// Logger discards logs unless FLATFHIR_TEST_LOG is set: to a level name
+// (debug, info, warn, error) it logs from that level on, to anything else
+// from debug on.
 func Logger(t testing.TB) *slog.Logger {
-	if os.Getenv("FLATFHIR_TEST_LOG") != "" {
-		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	if v := os.Getenv("FLATFHIR_TEST_LOG"); v != "" {
+		var level slog.Level
+		if level.UnmarshalText([]byte(v)) != nil {
+			level = slog.LevelDebug
+		}
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	}
 	return slog.New(slog.NewTextHandler(io.Discard, nil))
 }
