@@ -121,8 +121,18 @@ func (p *Planner) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("open consumer %s: %w", streams.ConsumerPlanner, err)
 	}
-	go p.janitor(ctx, p.cfg.SweepEvery)
-	if err := streams.Work(ctx, cons, p.cfg.Concurrency, p.handle); err != nil {
+	// The janitor stops with the consumers: Run returns only once both have.
+	ctx, stop := context.WithCancel(ctx)
+	defer stop()
+	janitorDone := make(chan struct{})
+	go func() {
+		defer close(janitorDone)
+		p.janitor(ctx, p.cfg.SweepEvery)
+	}()
+	err = streams.Work(ctx, cons, p.cfg.Concurrency, p.handle)
+	stop()
+	<-janitorDone
+	if err != nil {
 		return fmt.Errorf("consume %s: %w", streams.StreamExportJobs, err)
 	}
 	return nil
