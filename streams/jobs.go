@@ -2,14 +2,18 @@ package streams
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"slices"
+	"strings"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 )
 
 // Jobs reads and updates job records with compare-and-set.
 type Jobs struct {
-	KV jetstream.KeyValue
+	kv jetstream.KeyValue
 }
 
 // OpenJobs opens the jobs bucket.
@@ -18,13 +22,13 @@ func OpenJobs(ctx context.Context, js jetstream.JetStream) (Jobs, error) {
 	if err != nil {
 		return Jobs{}, fmt.Errorf("open bucket %s: %w", BucketJobs, err)
 	}
-	return Jobs{KV: kv}, nil
+	return Jobs{kv: kv}, nil
 }
 
 // Get returns the job and its revision; jetstream.ErrKeyNotFound when there
 // is none.
 func (j Jobs) Get(ctx context.Context, id string) (Job, uint64, error) {
-	e, err := j.KV.Get(ctx, KeyJob(id))
+	e, err := j.kv.Get(ctx, KeyJob(id))
 	if err != nil {
 		return Job{}, 0, err
 	}
@@ -37,7 +41,7 @@ func (j Jobs) Get(ctx context.Context, id string) (Job, uint64, error) {
 
 // Create stores a new job; it fails if the id exists.
 func (j Jobs) Create(ctx context.Context, job Job) error {
-	if _, err := j.KV.Create(ctx, KeyJob(job.JobID), Encode(job)); err != nil {
+	if _, err := j.kv.Create(ctx, KeyJob(job.JobID), Encode(job)); err != nil {
 		return fmt.Errorf("create job %s: %w", job.JobID, err)
 	}
 	return nil
@@ -55,7 +59,7 @@ func (j Jobs) Update(ctx context.Context, id string, change func(*Job) bool) (Jo
 		if !change(&job) {
 			return job, nil
 		}
-		if _, err := j.KV.Update(ctx, KeyJob(id), Encode(job), rev); err == nil {
+		if _, err := j.kv.Update(ctx, KeyJob(id), Encode(job), rev); err == nil {
 			return job, nil
 		} else if attempt >= 50 {
 			return Job{}, fmt.Errorf("update job %s: %w", id, err)
@@ -67,9 +71,154 @@ func (j Jobs) Update(ctx context.Context, id string, change func(*Job) bool) (Jo
 // updates only), until ctx is done or the watcher is stopped. Status
 // requests wait on it for an export to complete instead of polling.
 func (j Jobs) Watch(ctx context.Context, id string) (jetstream.KeyWatcher, error) {
-	w, err := j.KV.Watch(ctx, KeyJob(id), jetstream.UpdatesOnly())
+	w, err := j.kv.Watch(ctx, KeyJob(id), jetstream.UpdatesOnly())
 	if err != nil {
 		return nil, fmt.Errorf("watch job %s: %w", id, err)
 	}
 	return w, nil
+}
+
+// ErrOtherAttempt means another attempt's result is recorded for the task.
+var ErrOtherAttempt = errors.New("another attempt recorded the task's result")
+
+// RecordTaskResult stores an attempt's result unless one is there already:
+// the first attempt to record wins. A create that fails may still have been
+// applied (its acknowledgement lost), so on failure the stored result is
+// read back: nil means the stored result is r (same attempt token),
+// ErrOtherAttempt that it is another attempt's, any other error that the
+// outcome is unknown.
+func (j Jobs) RecordTaskResult(ctx context.Context, r TaskResult) error {
+	key := KeyTask(r.JobID, r.TaskID)
+	_, err := j.kv.Create(ctx, key, Encode(r))
+	if err == nil {
+		return nil
+	}
+	stored, ok, gerr := j.TaskResult(ctx, r.JobID, r.TaskID)
+	switch {
+	case gerr != nil:
+		return fmt.Errorf("read back result of task %s: %w", r.TaskID, gerr)
+	case !ok:
+		return fmt.Errorf("record result of task %s: %w", r.TaskID, err)
+	case stored.Token != "" && stored.Token == r.Token:
+		return nil
+	}
+	return ErrOtherAttempt
+}
+
+// TaskResult returns the recorded result of one task; ok is false when the
+// task has none yet.
+func (j Jobs) TaskResult(ctx context.Context, job, task string) (TaskResult, bool, error) {
+	e, err := j.kv.Get(ctx, KeyTask(job, task))
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return TaskResult{}, false, nil
+	}
+	if err != nil {
+		return TaskResult{}, false, fmt.Errorf("read result of task %s of job %s: %w", task, job, err)
+	}
+	var r TaskResult
+	if err := Decode(e.Value(), &r); err != nil {
+		return TaskResult{}, false, err
+	}
+	return r, true, nil
+}
+
+// TaskIDs lists the tasks of job that have a recorded result, sorted.
+// Counting them costs one key listing, not a read per result.
+func (j Jobs) TaskIDs(ctx context.Context, job string) ([]string, error) {
+	keys, err := j.keys(ctx, KeyTasksOfJob(job))
+	if err != nil {
+		return nil, fmt.Errorf("list task results of job %s: %w", job, err)
+	}
+	prefix := KeyTask(job, "")
+	ids := make([]string, 0, len(keys))
+	for _, k := range keys {
+		ids = append(ids, strings.TrimPrefix(k, prefix))
+	}
+	slices.Sort(ids)
+	return ids, nil
+}
+
+// TaskResults reads the recorded results of the given tasks of job, in
+// that order; a task without one is an error.
+func (j Jobs) TaskResults(ctx context.Context, job string, tasks []string) ([]TaskResult, error) {
+	out := make([]TaskResult, 0, len(tasks))
+	for _, t := range tasks {
+		r, ok, err := j.TaskResult(ctx, job, t)
+		if err != nil {
+			return nil, err
+		}
+		if !ok {
+			return nil, fmt.Errorf("task %s of job %s has no result", t, job)
+		}
+		out = append(out, r)
+	}
+	return out, nil
+}
+
+// IDs lists the ids of every job record.
+func (j Jobs) IDs(ctx context.Context) ([]string, error) {
+	keys, err := j.keys(ctx, KeyJob("*"))
+	if err != nil {
+		return nil, fmt.Errorf("list jobs: %w", err)
+	}
+	ids := make([]string, 0, len(keys))
+	for _, k := range keys {
+		ids = append(ids, strings.TrimPrefix(k, KeyJob("")))
+	}
+	return ids, nil
+}
+
+// Remove deletes every record of job: its task results, download lease and
+// finally the job itself (files and tasks are the caller's).
+func (j Jobs) Remove(ctx context.Context, job string) error {
+	tasks, err := j.TaskIDs(ctx, job)
+	if err != nil {
+		return err
+	}
+	keys := make([]string, 0, len(tasks)+2)
+	for _, t := range tasks {
+		keys = append(keys, KeyTask(job, t))
+	}
+	for _, k := range append(keys, KeyDownload(job), KeyJob(job)) {
+		if err := j.kv.Purge(ctx, k); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+			return fmt.Errorf("delete %s: %w", k, err)
+		}
+	}
+	return nil
+}
+
+// RenewDownload records that a file of job is being downloaded at t; the
+// janitor leaves a job alone while that is recent.
+func (j Jobs) RenewDownload(ctx context.Context, job string, t time.Time) error {
+	if _, err := j.kv.Put(ctx, KeyDownload(job), []byte(t.UTC().Format(time.RFC3339Nano))); err != nil {
+		return fmt.Errorf("renew the download lease of job %s: %w", job, err)
+	}
+	return nil
+}
+
+// LastDownload is when a file of job was last being downloaded; ok is
+// false when never (or unreadable).
+func (j Jobs) LastDownload(ctx context.Context, job string) (time.Time, bool) {
+	e, err := j.kv.Get(ctx, KeyDownload(job))
+	if err != nil {
+		return time.Time{}, false
+	}
+	t, err := time.Parse(time.RFC3339Nano, string(e.Value()))
+	return t, err == nil
+}
+
+// keys lists the keys matching filter; none is an empty list.
+func (j Jobs) keys(ctx context.Context, filter string) ([]string, error) {
+	lister, err := j.kv.ListKeysFiltered(ctx, filter)
+	if errors.Is(err, jetstream.ErrNoKeysFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var keys []string
+	for k := range lister.Keys() {
+		keys = append(keys, k)
+	}
+	return keys, nil
 }

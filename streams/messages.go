@@ -143,7 +143,10 @@ const (
 
 // File is one NDJSON file a task wrote.
 type File struct {
-	Name  string `json:"name"` // object name within the job, see ObjectName
+	Name string `json:"name"` // object name within the job, see ObjectName
+	// Kind is the manifest array the file goes in (KindOutput, KindDeleted,
+	// KindError); see FileKind for results recorded without one.
+	Kind  string `json:"kind,omitempty"`
 	Type  string `json:"type"`
 	Count int    `json:"count"`
 	Bytes int64  `json:"bytes"`

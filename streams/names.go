@@ -115,6 +115,30 @@ func SubjectJobSubmit(job string) string { return fmt.Sprintf(subjectJobSubmit, 
 // SubjectJobDone is where a writer announces that a task of job finished.
 func SubjectJobDone(job string) string { return fmt.Sprintf(subjectJobDone, job) }
 
+// What a message on EXPORT_JOBS asks of planners (see ParseJobSubject).
+const (
+	JobSubmit = "submit"
+	JobDone   = "done"
+	JobCancel = "cancel"
+)
+
+// ParseJobSubject reads the kind (JobSubmit, JobDone, JobCancel) and the
+// job id of an EXPORT_JOBS subject; ok is false for any other subject.
+func ParseJobSubject(subject string) (kind, job string, ok bool) {
+	rest, found := strings.CutPrefix(subject, "export.jobs.")
+	if !found {
+		return "", "", false
+	}
+	kind, job, found = strings.Cut(rest, ".")
+	switch {
+	case !found || !ValidJobID(job):
+		return "", "", false
+	case kind == JobSubmit, kind == JobDone, kind == JobCancel:
+		return kind, job, true
+	}
+	return "", "", false
+}
+
 // SubjectJobCancel is where the API asks planners to cancel or release job.
 func SubjectJobCancel(job string) string { return fmt.Sprintf(subjectJobCancel, job) }
 

@@ -477,3 +477,48 @@ func TestStreamsTraceContextCrossesHeaders(t *testing.T) {
 		t.Errorf("extracted %v, want trace %s span %s (remote)", got, tid, sid)
 	}
 }
+
+func TestStreamsParseJobSubject(t *testing.T) {
+	for _, c := range []struct {
+		subject, kind, job string
+		ok                 bool
+	}{
+		{streams.SubjectJobSubmit("abc123"), streams.JobSubmit, "abc123", true},
+		{streams.SubjectJobDone("abc123"), streams.JobDone, "abc123", true},
+		{streams.SubjectJobCancel("abc123"), streams.JobCancel, "abc123", true},
+		{"export.jobs.explode.abc123", "", "", false},
+		{"export.jobs.done", "", "", false},
+		{"export.jobs.done.a.b", "", "", false},
+		{streams.SubjectTasks("abc123"), "", "", false},
+	} {
+		kind, job, ok := streams.ParseJobSubject(c.subject)
+		if kind != c.kind || job != c.job || ok != c.ok {
+			t.Errorf("%s: %q %q %v, want %q %q %v", c.subject, kind, job, ok, c.kind, c.job, c.ok)
+		}
+	}
+}
+
+func TestStreamsFileKindsAndNames(t *testing.T) {
+	out := streams.PartName(streams.KindOutput, "Patient", "00003", 2, "tok", 1)
+	del := streams.PartName(streams.KindDeleted, "Patient", "00003", 2, "tok", 1)
+	if out != "Patient-00003-a2-tok-001.ndjson" || del != "deleted-Patient-00003-a2-tok-001.ndjson" {
+		t.Errorf("part names %q and %q", out, del)
+	}
+	// Results recorded before files carried a kind are told apart by name.
+	for _, c := range []struct {
+		f    streams.File
+		want string
+	}{
+		{streams.File{Name: out, Type: "Patient"}, streams.KindOutput},
+		{streams.File{Name: del, Type: "Bundle"}, streams.KindDeleted},
+		{streams.File{Name: "x.ndjson", Type: "OperationOutcome", Kind: streams.KindError}, streams.KindError},
+	} {
+		if got := c.f.FileKind(); got != c.want {
+			t.Errorf("%+v: kind %q, want %q", c.f, got, c.want)
+		}
+	}
+	idx := streams.AttachmentIndexName("00003", 2, "tok")
+	if !streams.IsAttachmentIndex(idx) || streams.IsAttachmentIndex("../"+idx) || streams.IsAttachmentIndex(out) {
+		t.Errorf("attachment index name %q not recognised as the only index", idx)
+	}
+}

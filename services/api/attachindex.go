@@ -5,7 +5,6 @@ import (
 	"container/list"
 	"context"
 	"errors"
-	"regexp"
 	"slices"
 	"sync"
 
@@ -24,10 +23,6 @@ const (
 	maxIndexedJobs = 16
 	maxIndexedIDs  = 512 << 10
 )
-
-// indexName is the shape of an attachment index name the writers record
-// (streams.TaskResult.AttachmentIndex); anything else is ignored.
-var indexName = regexp.MustCompile(`^attachments-[A-Za-z0-9.\-]{1,200}\.ids$`)
 
 // errIndexGone means an index a task result names is missing: the export
 // is being removed.
@@ -111,27 +106,19 @@ func (s *Server) attachmentNamed(ctx context.Context, job streams.Job, id string
 // merges them. complete is false when fewer results than tasks were found
 // (the export is being removed): the ids are then not worth caching.
 func (s *Server) loadIndexes(ctx context.Context, job streams.Job) (ids []string, complete bool, err error) {
-	lister, err := s.jobs.KV.ListKeysFiltered(ctx, streams.KeyTasksOfJob(job.JobID))
+	tasks, err := s.jobs.TaskIDs(ctx, job.JobID)
 	if err != nil {
 		return nil, false, transient("the attachments of export %s could not be listed; retry: %v", job.JobID, err)
 	}
-	var keys []string
-	for k := range lister.Keys() {
-		keys = append(keys, k)
-	}
-	for _, k := range keys {
-		entry, err := s.jobs.KV.Get(ctx, k)
-		if errors.Is(err, jetstream.ErrKeyNotFound) {
-			return nil, false, errIndexGone
-		}
+	for _, task := range tasks {
+		r, ok, err := s.jobs.TaskResult(ctx, job.JobID, task)
 		if err != nil {
 			return nil, false, transient("the attachments of export %s could not be read; retry: %v", job.JobID, err)
 		}
-		var r streams.TaskResult
-		if err := streams.Decode(entry.Value(), &r); err != nil {
-			return nil, false, broken("a task result of export %s is malformed: %v", job.JobID, err)
+		if !ok {
+			return nil, false, errIndexGone
 		}
-		if r.AttachmentIndex == "" || !indexName.MatchString(r.AttachmentIndex) {
+		if !streams.IsAttachmentIndex(r.AttachmentIndex) {
 			continue
 		}
 		raw, err := s.files.GetBytes(ctx, streams.ObjectName(job.JobID, r.AttachmentIndex))
@@ -148,5 +135,5 @@ func (s *Server) loadIndexes(ctx context.Context, job streams.Job) (ids []string
 		}
 	}
 	slices.Sort(ids)
-	return slices.Clip(slices.Compact(ids)), len(keys) >= job.TasksTotal, nil
+	return slices.Clip(slices.Compact(ids)), len(tasks) >= job.TasksTotal, nil
 }

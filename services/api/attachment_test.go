@@ -81,7 +81,7 @@ func (w *attachmentWorld) jobNaming(t *testing.T, id, client, status, level, gro
 				t.Fatal(err)
 			}
 		}
-		if _, err := jobs.KV.Put(t.Context(), streams.KeyTask(id, task), streams.Encode(r)); err != nil {
+		if err := jobs.RecordTaskResult(t.Context(), r); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -202,7 +202,7 @@ func TestAPIAttachmentDownloadsWithoutAuth(t *testing.T) {
 			t.Fatal(err)
 		}
 		r := streams.TaskResult{JobID: "named3", TaskID: "00000", AttachmentIndex: "00000-a1.ndjson"}
-		if _, err := jobs.KV.Put(t.Context(), streams.KeyTask("named3", "00000"), streams.Encode(r)); err != nil {
+		if err := jobs.RecordTaskResult(t.Context(), r); err != nil {
 			t.Fatal(err)
 		}
 		for _, c := range []struct {

@@ -145,8 +145,7 @@ func parseRange(h string, size int64) (start, end int64, ok, satisfiable bool) {
 func (s *Server) renewLease(job string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	stamp := s.deps.Now().UTC().Format(time.RFC3339Nano)
-	if _, err := s.jobs.KV.Put(ctx, streams.KeyDownload(job), []byte(stamp)); err != nil {
+	if err := s.jobs.RenewDownload(ctx, job, s.deps.Now()); err != nil {
 		s.deps.Log.Warn("download lease not renewed", "job", job, "error", err)
 	}
 }

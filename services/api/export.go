@@ -333,7 +333,7 @@ func (s *Server) accept(c *fiber.Ctx, lvl level, req kickoffRequest) error {
 	if c.Method() == fiber.MethodPost {
 		key += "\n" + string(c.Body())
 	}
-	if running, ok, err := s.claimRequest(ctx, clientOf(c), key, id); err != nil {
+	if running, ok, err := s.jobs.ClaimSlot(ctx, clientOf(c), key, id); err != nil {
 		return err
 	} else if !ok {
 		return throttled(c, s.cfg.RetryAfter, "the same export is already running as "+running+
@@ -353,7 +353,8 @@ func (s *Server) accept(c *fiber.Ctx, lvl level, req kickoffRequest) error {
 		return err
 	}
 	m := nats.NewMsg(streams.SubjectJobSubmit(id))
-	m.Data = streams.Encode(job.ExportRequest)
+	// The job record in KV is the one definition of the export: the
+	// message carries only its id, in the subject.
 	streams.InjectTrace(ctx, m.Header)
 	if _, err := s.deps.JS.PublishMsg(ctx, m); err != nil {
 		return fmt.Errorf("announce job %s: %w", id, err)

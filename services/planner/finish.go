@@ -31,21 +31,21 @@ func (p *Planner) progress(ctx context.Context, id string) error {
 	}
 	// Count the results by their keys; read them only once all are in, so
 	// that a job of n tasks costs n key listings, not n² reads.
-	keys, err := p.resultKeys(ctx, id)
+	tasks, err := p.jobs.TaskIDs(ctx, id)
 	if err != nil {
 		return err
 	}
-	if len(keys) < job.TasksTotal {
+	if len(tasks) < job.TasksTotal {
 		_, err := p.jobs.Update(ctx, id, func(j *streams.Job) bool {
-			if j.Status != streams.JobRunning || j.TasksDone >= len(keys) {
+			if j.Status != streams.JobRunning || j.TasksDone >= len(tasks) {
 				return false
 			}
-			j.TasksDone = len(keys)
+			j.TasksDone = len(tasks)
 			return true
 		})
 		return err
 	}
-	results, err := p.results(ctx, keys)
+	results, err := p.jobs.TaskResults(ctx, id, tasks)
 	if err != nil {
 		return err
 	}
@@ -95,37 +95,6 @@ func assemblyToken() string {
 	return hex.EncodeToString(b[:])
 }
 
-// resultKeys lists the keys of the task results of job, sorted.
-func (p *Planner) resultKeys(ctx context.Context, id string) ([]string, error) {
-	lister, err := p.jobs.KV.ListKeysFiltered(ctx, streams.KeyTasksOfJob(id))
-	if err != nil {
-		return nil, fmt.Errorf("list task results of job %s: %w", id, err)
-	}
-	var keys []string
-	for k := range lister.Keys() {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys, nil
-}
-
-// results reads the task results under keys.
-func (p *Planner) results(ctx context.Context, keys []string) ([]streams.TaskResult, error) {
-	out := make([]streams.TaskResult, 0, len(keys))
-	for _, k := range keys {
-		e, err := p.jobs.KV.Get(ctx, k)
-		if err != nil {
-			return nil, fmt.Errorf("read task result %s: %w", k, err)
-		}
-		var r streams.TaskResult
-		if err := streams.Decode(e.Value(), &r); err != nil {
-			return nil, err
-		}
-		out = append(out, r)
-	}
-	return out, nil
-}
-
 // assemble builds the manifest from the winning attempt of every task, in
 // task order, and writes the error file for what a lenient kick-off ignored.
 func (p *Planner) assemble(ctx context.Context, job streams.Job, results []streams.TaskResult, token string) (streams.Manifest, error) {
@@ -143,9 +112,11 @@ func (p *Planner) assemble(ctx context.Context, job streams.Job, results []strea
 				continue
 			}
 			mf := streams.ManifestFile{Type: f.Type, Name: f.Name, Count: f.Count}
-			switch {
-			case f.Type == "Bundle" && strings.HasPrefix(f.Name, "deleted-"):
+			switch f.FileKind() {
+			case streams.KindDeleted:
 				m.Deleted = append(m.Deleted, mf)
+			case streams.KindError:
+				m.Error = append(m.Error, mf)
 			default:
 				m.Output = append(m.Output, mf)
 			}
@@ -175,20 +146,8 @@ func (p *Planner) cleanup(ctx context.Context, id string) error {
 	if err := DeleteJobFiles(ctx, p.files, id); err != nil {
 		return err
 	}
-	lister, err := p.jobs.KV.ListKeysFiltered(ctx, streams.KeyTasksOfJob(id))
-	if err != nil {
-		return fmt.Errorf("list task results of job %s: %w", id, err)
-	}
-	for k := range lister.Keys() {
-		if err := p.jobs.KV.Purge(ctx, k); err != nil {
-			return fmt.Errorf("delete task result %s: %w", k, err)
-		}
-	}
-	if err := p.jobs.KV.Purge(ctx, streams.KeyDownload(id)); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
-		return fmt.Errorf("delete download lease of job %s: %w", id, err)
-	}
-	if err := p.jobs.KV.Purge(ctx, streams.KeyJob(id)); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
-		return fmt.Errorf("delete job %s: %w", id, err)
+	if err := p.jobs.Remove(ctx, id); err != nil {
+		return fmt.Errorf("remove job %s: %w", id, err)
 	}
 	p.deps.Log.InfoContext(ctx, "export removed", slog.String("job", id))
 	return nil

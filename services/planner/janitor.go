@@ -2,9 +2,7 @@ package planner
 
 import (
 	"context"
-	"errors"
 	"log/slog"
-	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -57,13 +55,12 @@ func (p *Planner) sweep(ctx context.Context) error {
 	if err := p.sweepSlots(ctx); err != nil {
 		return err
 	}
-	lister, err := p.jobs.KV.ListKeysFiltered(ctx, "job.*")
+	ids, err := p.jobs.IDs(ctx)
 	if err != nil {
 		return err
 	}
 	now := p.deps.Now()
-	for key := range lister.Keys() {
-		id := strings.TrimPrefix(key, "job.")
+	for _, id := range ids {
 		job, _, err := p.jobs.Get(ctx, id)
 		if err != nil {
 			continue // removed meanwhile
@@ -98,30 +95,12 @@ const downloadGrace = 2 * time.Minute
 
 // downloading reports whether a file of job is being downloaded.
 func (p *Planner) downloading(ctx context.Context, id string, now time.Time) bool {
-	e, err := p.jobs.KV.Get(ctx, streams.KeyDownload(id))
-	if err != nil {
-		return false
-	}
-	at, err := time.Parse(time.RFC3339Nano, string(e.Value()))
-	return err == nil && now.Sub(at) < downloadGrace
+	at, ok := p.jobs.LastDownload(ctx, id)
+	return ok && now.Sub(at) < downloadGrace
 }
 
 // sweepSlots purges the API's "a client runs this request" slots whose
 // export no longer exists, so they do not pile up.
 func (p *Planner) sweepSlots(ctx context.Context) error {
-	lister, err := p.jobs.KV.ListKeysFiltered(ctx, "active.>")
-	if err != nil {
-		return err
-	}
-	for key := range lister.Keys() {
-		e, err := p.jobs.KV.Get(ctx, key)
-		if err != nil {
-			continue
-		}
-		if _, _, err := p.jobs.Get(ctx, string(e.Value())); errors.Is(err, jetstream.ErrKeyNotFound) {
-			// Only if nobody re-claimed the slot meanwhile.
-			_ = p.jobs.KV.Purge(ctx, key, jetstream.LastRevision(e.Revision()))
-		}
-	}
-	return nil
+	return p.jobs.SweepSlots(ctx)
 }

@@ -31,14 +31,14 @@ func TestPlannerJanitorRemovesExpiredExportsButNotOneBeingDownloaded(t *testing.
 			t.Fatal(err)
 		}
 	}
-	if _, err := e.Jobs.KV.Put(ctx, streams.KeyDownload("downloading"), []byte(now.Format(time.RFC3339Nano))); err != nil {
+	if err := e.Jobs.RenewDownload(ctx, "downloading", now); err != nil {
 		t.Fatal(err)
 	}
 	// The API's duplicate-export slots: one for a job that is gone, one for
 	// a job that stays.
-	for key, job := range map[string]string{"active.anonymous.gone": "never-existed", "active.anonymous.kept": "fresh"} {
-		if _, err := e.Jobs.KV.Put(ctx, key, []byte(job)); err != nil {
-			t.Fatal(err)
+	for request, job := range map[string]string{"gone": "never-existed", "kept": "fresh"} {
+		if _, ok, err := e.Jobs.ClaimSlot(ctx, "", request, job); err != nil || !ok {
+			t.Fatalf("claim slot %s: %v", request, err)
 		}
 	}
 	cfg := testConfig()
@@ -54,11 +54,11 @@ func TestPlannerJanitorRemovesExpiredExportsButNotOneBeingDownloaded(t *testing.
 		t.Errorf("file of the expired export still there: %v", err)
 	}
 	testenv.Eventually(t, 10*time.Second, "slot of a gone job purged", func() bool {
-		_, err := e.Jobs.KV.Get(ctx, "active.anonymous.gone")
-		return errors.Is(err, jetstream.ErrKeyNotFound)
+		_, held, err := e.Jobs.SlotHolder(ctx, "", "gone")
+		return err == nil && !held
 	})
-	if _, err := e.Jobs.KV.Get(ctx, "active.anonymous.kept"); err != nil {
-		t.Errorf("slot of a live job: %v", err)
+	if job, held, err := e.Jobs.SlotHolder(ctx, "", "kept"); err != nil || !held || job != "fresh" {
+		t.Errorf("slot of a live job: %q %v %v", job, held, err)
 	}
 	// Several sweeps later the others are still there.
 	time.Sleep(300 * time.Millisecond)

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -139,12 +138,11 @@ func (p *Planner) Run(ctx context.Context) error {
 }
 
 func (p *Planner) handle(ctx context.Context, msg jetstream.Msg) {
-	parts := strings.Split(msg.Subject(), ".")
-	if len(parts) != 4 {
+	kind, job, ok := streams.ParseJobSubject(msg.Subject())
+	if !ok {
 		_ = msg.Term()
 		return
 	}
-	kind, job := parts[2], parts[3]
 	ctx = streams.ExtractTrace(ctx, msg.Headers())
 	ctx, span := p.tracer.Start(ctx, "planner."+kind, trace.WithAttributes(attribute.String("job", job)))
 	defer span.End()
@@ -152,15 +150,12 @@ func (p *Planner) handle(ctx context.Context, msg jetstream.Msg) {
 	defer stop()
 	var err error
 	switch kind {
-	case "submit":
+	case streams.JobSubmit:
 		err = p.plan(ctx, job)
-	case "done":
+	case streams.JobDone:
 		err = p.progress(ctx, job)
-	case "cancel":
+	case streams.JobCancel:
 		err = p.cleanup(ctx, job)
-	default:
-		_ = msg.Term()
-		return
 	}
 	if err != nil {
 		if ctx.Err() != nil {

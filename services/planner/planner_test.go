@@ -146,23 +146,16 @@ func queuedTasks(t testing.TB, e env, job string) []streams.Task {
 
 func taskResultKeys(t testing.TB, e env, job string) []string {
 	t.Helper()
-	lister, err := e.Jobs.KV.ListKeysFiltered(t.Context(), streams.KeyTasksOfJob(job))
-	if errors.Is(err, jetstream.ErrNoKeysFound) {
-		return nil
-	}
+	tasks, err := e.Jobs.TaskIDs(t.Context(), job)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var keys []string
-	for k := range lister.Keys() {
-		keys = append(keys, k)
-	}
-	return keys
+	return tasks
 }
 
 func putResult(t testing.TB, e env, r streams.TaskResult) {
 	t.Helper()
-	if _, err := e.Jobs.KV.Create(t.Context(), streams.KeyTask(r.JobID, r.TaskID), streams.Encode(r)); err != nil {
+	if err := e.Jobs.RecordTaskResult(t.Context(), r); err != nil {
 		t.Fatalf("record result of task %s: %v", r.TaskID, err)
 	}
 }

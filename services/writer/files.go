@@ -32,6 +32,7 @@ type fileSet struct {
 
 type file struct {
 	name  string
+	kind  string // streams.KindOutput or KindDeleted
 	typ   string
 	pw    *io.PipeWriter
 	buf   *bufio.Writer
@@ -54,19 +55,19 @@ func attemptToken() string {
 	return hex.EncodeToString(b[:])
 }
 
-// write appends one resource line to the current file of prefix, rolling
-// over first when the file is full.
-func (s *fileSet) write(ctx context.Context, typ, prefix string, line []byte) error {
-	key := prefix + typ
+// write appends one resource line to the current file of kind and type,
+// rolling over first when the file is full.
+func (s *fileSet) write(ctx context.Context, typ, kind string, line []byte) error {
+	key := kind + "/" + typ
 	f := s.open[key]
 	if f == nil {
 		s.parts[key]++
-		name := fmt.Sprintf("%s%s-%s-a%d-%s-%03d.ndjson", prefix, typ, s.task.TaskID, s.attempt, s.token, s.parts[key])
+		name := streams.PartName(kind, typ, s.task.TaskID, s.attempt, s.token, s.parts[key])
 		fileType := typ
-		if prefix != "" {
+		if kind == streams.KindDeleted {
 			fileType = "Bundle"
 		}
-		f = s.start(ctx, name, fileType)
+		f = s.start(ctx, name, kind, fileType)
 		s.open[key] = f
 	}
 	if _, err := f.buf.Write(line); err != nil {
@@ -90,12 +91,12 @@ func (s *fileSet) writeDeleted(ctx context.Context, typ, id string) error {
 	line = append(line, `{"resourceType":"Bundle","type":"transaction","entry":[{"request":{"method":"DELETE","url":`...)
 	line = strconv.AppendQuote(line, typ+"/"+id)
 	line = append(line, `}}]}`...)
-	return s.write(ctx, typ, "deleted-", line)
+	return s.write(ctx, typ, streams.KindDeleted, line)
 }
 
-func (s *fileSet) start(ctx context.Context, name, typ string) *file {
+func (s *fileSet) start(ctx context.Context, name, kind, typ string) *file {
 	pr, pw := io.Pipe()
-	f := &file{name: name, typ: typ, pw: pw, buf: bufio.NewWriterSize(pw, 256<<10), done: make(chan error, 1)}
+	f := &file{name: name, kind: kind, typ: typ, pw: pw, buf: bufio.NewWriterSize(pw, 256<<10), done: make(chan error, 1)}
 	obj := streams.ObjectName(s.task.JobID, name)
 	s.written = append(s.written, obj)
 	go func() {
@@ -119,7 +120,7 @@ func (s *fileSet) finish(f *file) error {
 	if err != nil {
 		return fmt.Errorf("write %s: %w", f.name, err)
 	}
-	s.files = append(s.files, streams.File{Name: f.name, Type: f.typ, Count: f.count, Bytes: f.bytes})
+	s.files = append(s.files, streams.File{Name: f.name, Kind: f.kind, Type: f.typ, Count: f.count, Bytes: f.bytes})
 	return nil
 }
 
@@ -132,7 +133,7 @@ func (s *fileSet) writeIndex(ctx context.Context, ids []string) error {
 	if len(ids) == 0 {
 		return nil
 	}
-	name := fmt.Sprintf("attachments-%s-a%d-%s.ids", s.task.TaskID, s.attempt, s.token)
+	name := streams.AttachmentIndexName(s.task.TaskID, s.attempt, s.token)
 	obj := streams.ObjectName(s.task.JobID, name)
 	s.written = append(s.written, obj)
 	var b bytes.Buffer

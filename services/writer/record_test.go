@@ -28,13 +28,12 @@ func TestRecordSurvivesShutdownAndReadsBackAmbiguousCreates(t *testing.T) {
 	if err := w.record(cancelled, ours); err != nil {
 		t.Fatalf("record with a cancelled context: %v", err)
 	}
-	entry, err := bus.Jobs.KV.Get(context.Background(), streams.KeyTask("j", "00001"))
-	if err != nil {
+	stored, ok, err := bus.Jobs.TaskResult(context.Background(), "j", "00001")
+	if err != nil || !ok {
 		t.Fatalf("result not stored: %v", err)
 	}
-	var stored streams.TaskResult
-	if err := streams.Decode(entry.Value(), &stored); err != nil || stored.Token != ours.Token {
-		t.Fatalf("stored %+v (%v), want attempt %s", stored, err, ours.Token)
+	if stored.Token != ours.Token {
+		t.Fatalf("stored %+v, want attempt %s", stored, ours.Token)
 	}
 
 	// The same attempt recording again (its first create's reply lost):

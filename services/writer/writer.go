@@ -172,7 +172,7 @@ func (w *Writer) run(ctx context.Context, msg jetstream.Msg, task streams.Task, 
 	if err := w.checkJob(ctx, task); err != nil {
 		return err
 	}
-	if _, err := w.jobs.KV.Get(ctx, streams.KeyTask(task.JobID, task.TaskID)); err == nil {
+	if _, done, err := w.jobs.TaskResult(ctx, task.JobID, task.TaskID); err == nil && done {
 		// An earlier attempt recorded its result but may have died before
 		// announcing it: announce again (the message id drops duplicates).
 		return w.announce(ctx, task)
@@ -238,7 +238,7 @@ func (w *Writer) run(ctx context.Context, msg jetstream.Msg, task streams.Task, 
 		if converted && carriesURL(body, att.urlOf(id)) {
 			att.name(id)
 		}
-		return out.write(ctx, typ, "", body)
+		return out.write(ctx, typ, streams.KindOutput, body)
 	}
 	switch {
 	case empty:
@@ -307,37 +307,18 @@ func carriesURL(line []byte, u string) bool {
 }
 
 // errOtherAttempt means another attempt's result is recorded for the task.
-var errOtherAttempt = errors.New("another attempt recorded the task's result")
+var errOtherAttempt = streams.ErrOtherAttempt
 
 // recordTimeout bounds recording a result, which runs even while the
 // writer shuts down: files written in full are worth keeping.
 const recordTimeout = 10 * time.Second
 
-// record stores an attempt's result unless one is there already. A create
-// that fails may still have been applied (its acknowledgement lost, or the
-// wait for it cut short), so on failure the stored result is read back:
-// nil means the stored result is this attempt's, errOtherAttempt that it
-// is another's, and any other error that the outcome is unknown.
+// record stores an attempt's result unless one is there already (see
+// streams.Jobs.RecordTaskResult).
 func (w *Writer) record(ctx context.Context, result streams.TaskResult) error {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), recordTimeout)
 	defer cancel()
-	key := streams.KeyTask(result.JobID, result.TaskID)
-	_, err := w.jobs.KV.Create(ctx, key, streams.Encode(result))
-	if err == nil {
-		return nil
-	}
-	entry, gerr := w.jobs.KV.Get(ctx, key)
-	if gerr != nil {
-		return fmt.Errorf("record result of task %s: %w", result.TaskID, err)
-	}
-	var stored streams.TaskResult
-	if derr := streams.Decode(entry.Value(), &stored); derr != nil {
-		return fmt.Errorf("read back result of task %s: %w", result.TaskID, derr)
-	}
-	if stored.Token != "" && stored.Token == result.Token {
-		return nil
-	}
-	return errOtherAttempt
+	return w.jobs.RecordTaskResult(ctx, result)
 }
 
 // announce tells planners that a task has its result.

@@ -4,14 +4,12 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"sort"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
 	metricnoop "go.opentelemetry.io/otel/metric/noop"
 	tracenoop "go.opentelemetry.io/otel/trace/noop"
 
@@ -199,18 +197,11 @@ func publishTasks(t testing.TB, e env, tasks []streams.Task) {
 
 func result(t testing.TB, e env, job, task string) (streams.TaskResult, bool) {
 	t.Helper()
-	entry, err := e.Jobs.KV.Get(t.Context(), streams.KeyTask(job, task))
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return streams.TaskResult{}, false
-	}
+	r, ok, err := e.Jobs.TaskResult(t.Context(), job, task)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var r streams.TaskResult
-	if err := streams.Decode(entry.Value(), &r); err != nil {
-		t.Fatal(err)
-	}
-	return r, true
+	return r, ok
 }
 
 // exportedFile is one file a task's result lists, with its lines.
@@ -456,7 +447,7 @@ func TestWriterSkipsMootTasks(t *testing.T) {
 	// A task whose result is already recorded is not written again.
 	createJob(t, e, "done", streams.JobRunning, until)
 	pre := streams.TaskResult{JobID: "done", TaskID: "00000", Attempt: 99, Files: []streams.File{{Name: "earlier.ndjson", Type: "Observation", Count: 7, Bytes: 70}}}
-	if _, err := e.Jobs.KV.Create(ctx, streams.KeyTask("done", "00000"), streams.Encode(pre)); err != nil {
+	if err := e.Jobs.RecordTaskResult(ctx, pre); err != nil {
 		t.Fatal(err)
 	}
 	// A running job, to show the writers do work.
@@ -513,7 +504,7 @@ func TestWriterAnnouncesTaskRecordedByEarlierAttempt(t *testing.T) {
 	if _, err := e.Files.PutString(ctx, streams.ObjectName("job1", earlier.Files[0].Name), `{"resourceType":"Observation","id":"o1"}`+"\n"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.Jobs.KV.Create(ctx, streams.KeyTask("job1", "00000"), streams.Encode(earlier)); err != nil {
+	if err := e.Jobs.RecordTaskResult(ctx, earlier); err != nil {
 		t.Fatal(err)
 	}
 	publishTasks(t, e, []streams.Task{{JobID: "job1", TaskID: "00000", Type: "Observation", HashHi: chstore.HashSpace, Until: until, MaxFileResources: 400, MaxFileBytes: 1 << 30}})
