@@ -3,13 +3,11 @@ package harness
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"sort"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -17,23 +15,16 @@ import (
 	"github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/flatfhir/flatfhir/shared/bulkclient"
 	"github.com/flatfhir/flatfhir/streams"
 )
 
-// manifest is the complete-status body of an export.
-type manifest struct {
-	TransactionTime string         `json:"transactionTime"`
-	Request         string         `json:"request"`
-	Output          []manifestItem `json:"output"`
-	Deleted         []manifestItem `json:"deleted"`
-	Error           []manifestItem `json:"error"`
-}
-
-type manifestItem struct {
-	Type  string `json:"type"`
-	URL   string `json:"url"`
-	Count *int64 `json:"count"`
-}
+// manifest is the complete-status body of an export, as the strict client
+// reads it, and manifestItem one of its files.
+type (
+	manifest     = bulkclient.Manifest
+	manifestItem = bulkclient.File
+)
 
 // export runs one system-level export, downloads and verifies every file.
 func (h *harness) export(ctx context.Context, run int) (RunResult, error) {
@@ -84,55 +75,38 @@ func (h *harness) export(ctx context.Context, run int) (RunResult, error) {
 	return res, nil
 }
 
-// await polls the status URL until the manifest arrives: at the server's
-// Retry-After when that is shorter than the poll interval, otherwise at the
-// poll interval, so that completion is seen within one interval.
+// await polls the status URL with the strict client until the manifest
+// arrives: at the server's Retry-After when that is shorter than the poll
+// interval, otherwise at the poll interval, so that completion is seen
+// within one interval. It gives up when a child process dies.
 func (h *harness) await(ctx context.Context, status string) (manifest, int, error) {
-	deadline := time.Now().Add(h.opts.ExportTimeout)
-	polls := 0
+	ctx, cancel := context.WithTimeout(ctx, h.opts.ExportTimeout)
+	defer cancel()
 	lastProgress := ""
-	for {
-		if err := h.childrenAlive(); err != nil {
-			return manifest{}, polls, err
-		}
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, status, nil)
-		if err != nil {
-			return manifest{}, polls, err
-		}
-		req.Header.Set("Accept", "application/json")
-		resp, body, err := h.do(req)
-		polls++
-		if err != nil {
-			return manifest{}, polls, fmt.Errorf("poll %s: %w", status, err)
-		}
-		switch resp.StatusCode {
-		case http.StatusOK:
-			var m manifest
-			if err := json.Unmarshal(body, &m); err != nil {
-				return m, polls, fmt.Errorf("manifest of %s is not JSON: %v\n%s", status, err, body)
+	c := &bulkclient.Client{HTTP: h.client, MaxRetryAfter: h.opts.PollInterval,
+		OnProgress: func(p bulkclient.Progress) {
+			if p.XProgress != lastProgress {
+				lastProgress = p.XProgress
+				fmt.Fprintf(h.opts.Progress, "bulkbench: export %s\n", p.XProgress)
 			}
-			return m, polls, nil
-		case http.StatusAccepted, http.StatusTooManyRequests:
-		default:
-			return manifest{}, polls, fmt.Errorf("poll %s: %s: %s", status, resp.Status, body)
-		}
-		if p := resp.Header.Get("X-Progress"); p != lastProgress {
-			lastProgress = p
-			fmt.Fprintf(h.opts.Progress, "bulkbench: export %s\n", p)
-		}
-		if time.Now().After(deadline) {
-			return manifest{}, polls, fmt.Errorf("export %s not complete after %s (%s)", status, h.opts.ExportTimeout, lastProgress)
-		}
-		wait := h.opts.PollInterval
-		if s, err := strconv.Atoi(strings.TrimSpace(resp.Header.Get("Retry-After"))); err == nil && s >= 0 && time.Duration(s)*time.Second < wait {
-			wait = time.Duration(s) * time.Second
-		}
-		select {
-		case <-ctx.Done():
-			return manifest{}, polls, ctx.Err()
-		case <-time.After(wait):
-		}
+		},
+		Sleep: func(ctx context.Context, d time.Duration) error {
+			if err := h.childrenAlive(); err != nil {
+				return err
+			}
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(d):
+				return nil
+			}
+		},
 	}
+	m, st, err := c.Await(ctx, status)
+	if err != nil {
+		return m, st.Polls, fmt.Errorf("export %s (%s): %w", status, lastProgress, err)
+	}
+	return m, st.Polls, nil
 }
 
 // downloadAll fetches every output file, DownloadParallel at a time, and
@@ -246,7 +220,7 @@ func (h *harness) download(ctx context.Context, it manifestItem) (lines, n int64
 		}
 		lines++ // a last line without a newline
 	}
-	if lines != *it.Count {
+	if lines != int64(*it.Count) {
 		return lines, n, fmt.Errorf("%s: manifest count %d, file has %d lines", it.URL, *it.Count, lines)
 	}
 	return lines, n, nil

@@ -209,11 +209,10 @@ func TestDownloadVerifies(t *testing.T) {
 	}))
 	defer srv.Close()
 	h := &harness{downloadClient: srv.Client()}
-	two := int64(2)
-	three := int64(3)
+	two, three := 2, 3
 	for _, c := range []struct {
 		path  string
-		count *int64
+		count *int
 		ok    bool
 	}{
 		{"/ok", &two, true}, {"/nonewline", &two, true}, {"/ok", &three, false},

@@ -259,7 +259,7 @@ func (h *harness) keysOf(ctx context.Context, items []manifestItem, deletions bo
 		if err := sc.Err(); err != nil {
 			return nil, fmt.Errorf("GET %s: %w", it.URL, err)
 		}
-		if it.Count == nil || int64(lines) != *it.Count {
+		if it.Count == nil || lines != *it.Count {
 			return nil, fmt.Errorf("%s: %d lines, manifest count %v", it.URL, lines, it.Count)
 		}
 	}

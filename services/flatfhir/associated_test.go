@@ -155,8 +155,7 @@ func TestE2EIncludeAssociatedData(t *testing.T) {
 		if len(m.Error) != 1 {
 			t.Fatalf("error = %d entries, want 1 file", len(m.Error))
 		}
-		var item struct{ Type, URL string }
-		_ = json.Unmarshal(m.Error[0], &item)
+		item := m.Error[0]
 		r, b := do(t, "GET", item.URL, nil)
 		if r.StatusCode != 200 || item.Type != "OperationOutcome" || !strings.Contains(string(b), "_myPreset") {
 			t.Errorf("error file %s: %d %s", item.URL, r.StatusCode, b)

@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/flatfhir/flatfhir/services/flatfhir"
 	"github.com/flatfhir/flatfhir/services/ingester"
@@ -50,25 +49,8 @@ func startAuthorizedEngine(t *testing.T) (string, flatfhir.Config) {
 // awaitAuthorized polls like await, with a bearer token.
 func awaitAuthorized(t *testing.T, status, token string) manifest {
 	t.Helper()
-	deadline := time.Now().Add(3 * time.Minute)
-	for {
-		resp, body := do(t, "GET", status, nil, "Accept", "application/json", "Authorization", "Bearer "+token)
-		switch resp.StatusCode {
-		case http.StatusAccepted, http.StatusTooManyRequests:
-			if time.Now().After(deadline) {
-				t.Fatalf("export not complete after 3 minutes (%s)", resp.Header.Get("X-Progress"))
-			}
-			time.Sleep(200 * time.Millisecond)
-		case http.StatusOK:
-			var m manifest
-			if err := json.Unmarshal(body, &m); err != nil {
-				t.Fatalf("manifest: %v\n%s", err, body)
-			}
-			return m
-		default:
-			t.Fatalf("status: %d %s", resp.StatusCode, body)
-		}
-	}
+	m, _, _ := await(t, status, "Authorization", "Bearer "+token)
+	return m
 }
 
 func TestE2EAuthorizedExport(t *testing.T) {
@@ -123,7 +105,7 @@ func TestE2EAuthorizedExport(t *testing.T) {
 	status := resp.Header.Get("Content-Location")
 	// A later token of the same client polls and downloads.
 	m := awaitAuthorized(t, status, token("demo", "system/*.read"))
-	if m.RequiresAccessToken == nil || !*m.RequiresAccessToken {
+	if !m.RequiresAccessToken {
 		t.Errorf("requiresAccessToken %v, want true", m.RequiresAccessToken)
 	}
 	got := map[string]int{}

@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"os"
 	"reflect"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -19,6 +18,7 @@ import (
 	"github.com/flatfhir/flatfhir/services/ingester"
 	"github.com/flatfhir/flatfhir/services/planner"
 	"github.com/flatfhir/flatfhir/services/writer"
+	"github.com/flatfhir/flatfhir/shared/bulkclient"
 	"github.com/flatfhir/flatfhir/shared/fhir"
 	"github.com/flatfhir/flatfhir/shared/sampledata"
 	"github.com/flatfhir/flatfhir/shared/testenv"
@@ -143,17 +143,8 @@ func ingestSet(t *testing.T, base string, set sampledata.Set) map[string]map[str
 	return want
 }
 
-type manifest struct {
-	TransactionTime     string `json:"transactionTime"`
-	Request             string `json:"request"`
-	RequiresAccessToken *bool  `json:"requiresAccessToken"`
-	Output              []struct {
-		Type  string `json:"type"`
-		URL   string `json:"url"`
-		Count *int   `json:"count"`
-	} `json:"output"`
-	Error []json.RawMessage `json:"error"`
-}
+// manifest is a complete export's manifest as the strict client reads it.
+type manifest = bulkclient.Manifest
 
 // kickoff starts an export and returns its status URL.
 func kickoff(t *testing.T, url string) string {
@@ -169,40 +160,28 @@ func kickoff(t *testing.T, url string) string {
 	return loc
 }
 
-// await polls the status URL as a client would, until the manifest arrives.
-func await(t *testing.T, status string) (manifest, *http.Response, []byte) {
+// await polls the status URL as a strict client does (every body parsed,
+// Retry-After honoured), until the manifest arrives; it returns the
+// manifest and the complete-status answer as read once more.
+func await(t *testing.T, status string, headers ...string) (manifest, *http.Response, []byte) {
 	t.Helper()
-	deadline := time.Now().Add(3 * time.Minute)
-	for {
-		resp, body := do(t, "GET", status, nil, "Accept", "application/json")
-		switch resp.StatusCode {
-		case http.StatusTooManyRequests:
-			// Polled faster than the server allows: wait as told.
-			secs, err := strconv.Atoi(resp.Header.Get("Retry-After"))
-			if err != nil || secs < 1 || secs > 5 {
-				t.Fatalf("429 with Retry-After %q, want 1-5 seconds", resp.Header.Get("Retry-After"))
-			}
-			time.Sleep(time.Duration(secs) * time.Second)
-			continue
-		case http.StatusAccepted:
-			if resp.Header.Get("Retry-After") == "" || !strings.Contains(resp.Header.Get("X-Progress"), "%") {
-				t.Fatalf("in-progress status lacks Retry-After or X-Progress: %v", resp.Header)
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("export not complete after 3 minutes (%s)", resp.Header.Get("X-Progress"))
-			}
-			time.Sleep(100 * time.Millisecond)
-			continue
-		case http.StatusOK:
-			var m manifest
-			if err := json.Unmarshal(body, &m); err != nil {
-				t.Fatalf("manifest is not JSON: %v\n%s", err, body)
-			}
-			return m, resp, body
-		default:
-			t.Fatalf("status: %d %s", resp.StatusCode, body)
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
+	defer cancel()
+	c := &bulkclient.Client{}
+	for i := 0; i+1 < len(headers); i += 2 {
+		if headers[i] == "Authorization" {
+			tok := strings.TrimPrefix(headers[i+1], "Bearer ")
+			c.Token = func(context.Context) (string, error) { return tok, nil }
 		}
 	}
+	var last string
+	c.OnProgress = func(p bulkclient.Progress) { last = p.XProgress }
+	m, _, err := c.Await(ctx, status)
+	if err != nil {
+		t.Fatalf("await %s: %v (last X-Progress %q)", status, err, last)
+	}
+	resp, body := do(t, "GET", status, nil, append([]string{"Accept", "application/json"}, headers...)...)
+	return m, resp, body
 }
 
 // typeCounts counts the input resources of each of types.
@@ -285,9 +264,6 @@ func roundTrip(t *testing.T, set sampledata.Set) {
 	}
 	if m.Request != base+"/$export" {
 		t.Errorf("request = %q, want %q", m.Request, base+"/$export")
-	}
-	if m.RequiresAccessToken == nil {
-		t.Error("requiresAccessToken missing")
 	}
 	if len(m.Error) != 0 {
 		t.Errorf("error = %s, want []", keys["error"])
@@ -405,8 +381,7 @@ func TestE2EKickoffParameters(t *testing.T) {
 		if len(m.Error) != 1 {
 			t.Fatalf("error = %d entries, want 1 file listing the ignored parameter", len(m.Error))
 		}
-		var item struct{ Type, URL string }
-		_ = json.Unmarshal(m.Error[0], &item)
+		item := m.Error[0]
 		r, b := do(t, "GET", item.URL, nil)
 		if r.StatusCode != 200 || item.Type != "OperationOutcome" || !strings.Contains(string(b), "_foo") {
 			t.Errorf("error file %s: %d %s", item.URL, r.StatusCode, b)

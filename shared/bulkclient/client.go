@@ -200,6 +200,15 @@ func parseManifest(resp *http.Response, b []byte) (Manifest, error) {
 // and that every line is a JSON object; it returns the lines written. When
 // the manifest gives a count, a different number of lines is an error.
 func (c *Client) Download(ctx context.Context, f File, w io.Writer) (int, error) {
+	return c.DownloadLines(ctx, f, func(line []byte) error {
+		_, err := w.Write(append(line, '\n'))
+		return err
+	})
+}
+
+// DownloadLines streams one file of a manifest, handing each line (a JSON
+// object; the slice is reused) to fn, checked as Download checks it.
+func (c *Client) DownloadLines(ctx context.Context, f File, fn func(line []byte) error) (int, error) {
 	req, err := c.request(ctx, http.MethodGet, f.URL, nil, http.Header{"Accept": {"application/fhir+ndjson"}})
 	if err != nil {
 		return 0, err
@@ -224,12 +233,12 @@ func (c *Client) Download(ctx context.Context, f File, w io.Writer) (int, error)
 		if len(bytes.TrimSpace(line)) == 0 {
 			continue
 		}
-		if len(line) == 0 || line[0] != '{' || !json.Valid(line) {
+		if line[0] != '{' || !json.Valid(line) {
 			return n, fmt.Errorf("download %s: line %d is not a JSON object", f.URL, n+1)
 		}
 		n++
-		if _, err := w.Write(append(line, '\n')); err != nil {
-			return n, err
+		if err := fn(line); err != nil {
+			return n, fmt.Errorf("download %s: line %d: %w", f.URL, n, err)
 		}
 	}
 	if err := sc.Err(); err != nil {

@@ -12,7 +12,6 @@
 package chain
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -23,11 +22,11 @@ import (
 	"net/http"
 	"net/url"
 	"sort"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/flatfhir/flatfhir/shared/bulkclient"
 	"github.com/flatfhir/flatfhir/shared/fhir"
 )
 
@@ -86,6 +85,7 @@ type version struct {
 type run struct {
 	cfg     Config
 	client  *http.Client
+	bulk    *bulkclient.Client // exports, as a strict client runs them
 	rng     *rand.Rand
 	mu      sync.Mutex
 	history map[string][]version // "Type/id" -> versions in order
@@ -112,6 +112,7 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 	if r.client == nil {
 		r.client = &http.Client{Timeout: time.Minute}
 	}
+	r.bulk = &bulkclient.Client{HTTP: r.client}
 	start := time.Now()
 	since := ""
 	for round := 0; round < cfg.Rounds; round++ {
@@ -382,62 +383,27 @@ func (r *run) exportDuringWrites(ctx context.Context, since string) (time.Time, 
 	return tt, r.apply(ctx, m)
 }
 
-type manifest struct {
-	TransactionTime string
-	Output, Deleted []struct {
-		Type, URL string
-		Count     int
-	}
-}
-
 // export kicks off, polls as a client does, and returns the manifest.
-func (r *run) export(ctx context.Context, u string) (manifest, error) {
-	var m manifest
-	resp, out, err := r.do(ctx, http.MethodGet, u, nil, "")
+func (r *run) export(ctx context.Context, u string) (bulkclient.Manifest, error) {
+	ctx, cancel := context.WithTimeout(ctx, r.cfg.Timeout)
+	defer cancel()
+	status, err := r.bulk.Kickoff(ctx, u)
 	if err != nil {
-		return m, err
+		return bulkclient.Manifest{}, err
 	}
-	if resp.StatusCode != http.StatusAccepted {
-		return m, fmt.Errorf("kick-off %s: %s: %s", u, resp.Status, out)
+	m, _, err := r.bulk.Await(ctx, status)
+	if err != nil {
+		return m, fmt.Errorf("export %s: %w", status, err)
 	}
-	status := resp.Header.Get("Content-Location")
-	deadline := time.Now().Add(r.cfg.Timeout)
-	for {
-		resp, out, err := r.do(ctx, http.MethodGet, status, nil, "")
-		if err != nil {
-			return m, err
-		}
-		switch resp.StatusCode {
-		case http.StatusOK:
-			if err := json.Unmarshal(out, &m); err != nil {
-				return m, fmt.Errorf("manifest: %w", err)
-			}
-			return m, nil
-		case http.StatusAccepted, http.StatusTooManyRequests:
-		default:
-			return m, fmt.Errorf("status %s: %s: %s", status, resp.Status, out)
-		}
-		if time.Now().After(deadline) {
-			return m, fmt.Errorf("export %s not complete after %s", status, r.cfg.Timeout)
-		}
-		wait := 100 * time.Millisecond
-		if s, err := strconv.Atoi(resp.Header.Get("Retry-After")); err == nil && resp.StatusCode == http.StatusTooManyRequests {
-			wait = time.Duration(s) * time.Second
-		}
-		select {
-		case <-ctx.Done():
-			return m, ctx.Err()
-		case <-time.After(wait):
-		}
-	}
+	return m, nil
 }
 
 // apply downloads an export into the replica: deletions, then upserts. A
 // resource in both lists is an error.
-func (r *run) apply(ctx context.Context, m manifest) error {
+func (r *run) apply(ctx context.Context, m bulkclient.Manifest) error {
 	seen := map[string]bool{}
 	for _, f := range m.Deleted {
-		err := r.lines(ctx, f.URL, f.Count, func(line []byte) error {
+		_, err := r.bulk.DownloadLines(ctx, f, func(line []byte) error {
 			var b struct {
 				Entry []struct{ Request struct{ Method, URL string } }
 			}
@@ -459,7 +425,7 @@ func (r *run) apply(ctx context.Context, m manifest) error {
 		}
 	}
 	for _, f := range m.Output {
-		err := r.lines(ctx, f.URL, f.Count, func(line []byte) error {
+		_, err := r.bulk.DownloadLines(ctx, f, func(line []byte) error {
 			var res struct {
 				ResourceType, ID string
 				Meta             struct{ VersionID string }
@@ -484,39 +450,6 @@ func (r *run) apply(ctx context.Context, m manifest) error {
 		if err != nil {
 			return err
 		}
-	}
-	return nil
-}
-
-// lines streams one file and checks its line count.
-func (r *run) lines(ctx context.Context, u string, count int, fn func([]byte) error) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
-	if err != nil {
-		return err
-	}
-	resp, err := r.client.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		b, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-		return fmt.Errorf("GET %s: %s: %s", u, resp.Status, b)
-	}
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 1<<20), 64<<20)
-	n := 0
-	for sc.Scan() {
-		n++
-		if err := fn(sc.Bytes()); err != nil {
-			return fmt.Errorf("%s line %d: %w", u, n, err)
-		}
-	}
-	if err := sc.Err(); err != nil {
-		return fmt.Errorf("GET %s: %w", u, err)
-	}
-	if n != count {
-		return fmt.Errorf("%s: %d lines, manifest count %d", u, n, count)
 	}
 	return nil
 }
