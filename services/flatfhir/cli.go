@@ -16,19 +16,16 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net/http"
-	"net/url"
 	"os"
 	"strings"
 	"time"
 
 	"github.com/MicahParks/jwkset"
-	"github.com/golang-jwt/jwt/v5"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/nats-io/nuid"
 
 	"github.com/flatfhir/flatfhir/services/api/auth"
+	"github.com/flatfhir/flatfhir/shared/bulkclient"
 )
 
 // cliUsage lists the subcommands; without one, flatfhir runs the engine.
@@ -304,41 +301,6 @@ func thumbprint(pub crypto.PublicKey) (string, error) {
 	return base64.RawURLEncoding.EncodeToString(sum[:]), nil
 }
 
-// readPrivateKey reads a PEM private key (PKCS#8, SEC 1 or PKCS#1) and the
-// assertion algorithm it signs with.
-func readPrivateKey(path string) (crypto.Signer, string, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, "", fmt.Errorf("read key: %w", err)
-	}
-	block, _ := pem.Decode(b)
-	if block == nil {
-		return nil, "", fmt.Errorf("%s holds no PEM block", path)
-	}
-	var key any
-	switch block.Type {
-	case "EC PRIVATE KEY":
-		key, err = x509.ParseECPrivateKey(block.Bytes)
-	case "RSA PRIVATE KEY":
-		key, err = x509.ParsePKCS1PrivateKey(block.Bytes)
-	default:
-		key, err = x509.ParsePKCS8PrivateKey(block.Bytes)
-	}
-	if err != nil {
-		return nil, "", fmt.Errorf("parse key %s: %w", path, err)
-	}
-	switch k := key.(type) {
-	case *ecdsa.PrivateKey:
-		if k.Curve != elliptic.P384() {
-			return nil, "", errors.New("an EC key must be on P-384 (ES384)")
-		}
-		return k, "ES384", nil
-	case *rsa.PrivateKey:
-		return k, "RS384", nil
-	}
-	return nil, "", fmt.Errorf("key %s is not EC P-384 or RSA", path)
-}
-
 // tokenCommand signs a client assertion with a local key and exchanges it
 // for an access token, as a Backend Services client does.
 func tokenCommand(ctx context.Context, args []string, out io.Writer) error {
@@ -355,7 +317,7 @@ func tokenCommand(ctx context.Context, args []string, out io.Writer) error {
 	if *client == "" || *keyFile == "" || fs.NArg() > 0 {
 		return errUsage
 	}
-	key, alg, err := readPrivateKey(*keyFile)
+	key, alg, err := bulkclient.ReadPrivateKey(*keyFile)
 	if err != nil {
 		return err
 	}
@@ -364,66 +326,15 @@ func tokenCommand(ctx context.Context, args []string, out io.Writer) error {
 			return err
 		}
 	}
-	hc := &http.Client{Timeout: 30 * time.Second}
-	endpoint, err := discoverTokenEndpoint(ctx, hc, strings.TrimRight(*base, "/"))
+	bs := &bulkclient.BackendServices{BaseURL: *base, ClientID: *client, Key: key, KeyID: *kid, Alg: alg, Scope: *scope}
+	tr, body, err := bs.Request(ctx)
 	if err != nil {
 		return err
-	}
-	now := time.Now()
-	tok := jwt.NewWithClaims(jwt.GetSigningMethod(alg), jwt.RegisteredClaims{
-		Issuer: *client, Subject: *client, Audience: jwt.ClaimStrings{endpoint}, ID: nuid.Next(),
-		IssuedAt: jwt.NewNumericDate(now), ExpiresAt: jwt.NewNumericDate(now.Add(4 * time.Minute)),
-	})
-	tok.Header["kid"] = *kid
-	assertion, err := tok.SignedString(key)
-	if err != nil {
-		return fmt.Errorf("sign assertion: %w", err)
-	}
-	form := url.Values{
-		"grant_type": {"client_credentials"}, "scope": {*scope},
-		"client_assertion_type": {auth.AssertionTypeJWTBearer}, "client_assertion": {assertion},
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, endpoint, strings.NewReader(form.Encode()))
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-	resp, err := hc.Do(req)
-	if err != nil {
-		return fmt.Errorf("token request: %w", err)
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("token request refused (%d): %s", resp.StatusCode, body)
 	}
 	if *raw {
-		var tr auth.TokenResponse
-		if err := json.Unmarshal(body, &tr); err != nil {
-			return fmt.Errorf("token response: %w", err)
-		}
 		fmt.Fprintln(out, tr.AccessToken)
 		return nil
 	}
 	fmt.Fprintf(out, "%s\n", body)
 	return nil
-}
-
-func discoverTokenEndpoint(ctx context.Context, hc *http.Client, base string) (string, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/.well-known/smart-configuration", nil)
-	if err != nil {
-		return "", err
-	}
-	resp, err := hc.Do(req)
-	if err != nil {
-		return "", fmt.Errorf("discovery: %w", err)
-	}
-	defer resp.Body.Close()
-	var sc struct {
-		TokenEndpoint string `json:"token_endpoint"`
-	}
-	if resp.StatusCode != http.StatusOK || json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&sc) != nil || sc.TokenEndpoint == "" {
-		return "", fmt.Errorf("discovery at %s/.well-known/smart-configuration failed (HTTP %d); is auth on?", base, resp.StatusCode)
-	}
-	return sc.TokenEndpoint, nil
 }
