@@ -2,6 +2,7 @@ package planner_test
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -60,8 +61,19 @@ func TestPlannerJanitorRemovesExpiredExportsButNotOneBeingDownloaded(t *testing.
 	if job, held, err := e.Jobs.SlotHolder(ctx, "", "kept"); err != nil || !held || job != "fresh" {
 		t.Errorf("slot of a live job: %q %v %v", job, held, err)
 	}
-	// Several sweeps later the others are still there.
-	time.Sleep(300 * time.Millisecond)
+	// Several sweeps later the others are still there. A sweep purges the
+	// slot of a job that does not exist: each such slot gone is one more
+	// sweep, and the sweep after it went over every job.
+	for i := range 3 {
+		request := fmt.Sprintf("probe-%d", i)
+		if _, ok, err := e.Jobs.ClaimSlot(ctx, "", request, "never-existed"); err != nil || !ok {
+			t.Fatalf("claim probe slot: %v", err)
+		}
+		testenv.Eventually(t, 10*time.Second, "a sweep", func() bool {
+			_, held, err := e.Jobs.SlotHolder(ctx, "", request)
+			return err == nil && !held
+		})
+	}
 	for _, id := range []string{"downloading", "fresh"} {
 		if gone(id) {
 			t.Errorf("export %s was removed", id)

@@ -194,7 +194,7 @@ func (w *Writer) run(ctx context.Context, msg jetstream.Msg, task streams.Task, 
 	if err != nil {
 		return &permanentError{fmt.Errorf("_elements: %v", err)}
 	}
-	filter, err := typefilter.Parse(task.TypeFilter)
+	filter, err := typefilter.ParseAt(task.TypeFilter, task.Until) // ap means the same in every task
 	if err != nil {
 		return &permanentError{fmt.Errorf("_typeFilter: %v", err)}
 	}

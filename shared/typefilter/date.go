@@ -16,9 +16,6 @@ const (
 // span is the implicit range of a date, dateTime, instant or Period.
 type span struct{ lo, hi int64 }
 
-// now is the clock of the ap prefix; tests replace it.
-var now = time.Now
-
 // prefixes are the R4 search prefixes valid on a date parameter.
 var prefixes = map[string]bool{
 	"eq": true, "ne": true, "gt": true, "lt": true, "ge": true,
@@ -33,7 +30,7 @@ type dateCond struct {
 }
 
 // parseDateValue parses a search value "[prefix]date".
-func parseDateValue(v string) (dateCond, error) {
+func parseDateValue(v string, now time.Time) (dateCond, error) {
 	prefix := "eq"
 	if len(v) >= 2 && isLower(v[0]) && isLower(v[1]) {
 		prefix = v[:2]
@@ -54,15 +51,15 @@ func parseDateValue(v string) (dateCond, error) {
 		return dateCond{}, err
 	}
 	if prefix == "ap" {
-		s = approx(s)
+		s = approx(s, now)
 	}
 	return dateCond{prefix: prefix, s: s}, nil
 }
 
 // approx widens a search range for ap: by 10% of the gap between now and the
 // value, and by at least one day, on each side.
-func approx(s span) span {
-	gap := now().UnixMicro() - s.lo
+func approx(s span, now time.Time) span {
+	gap := now.UnixMicro() - s.lo
 	if gap < 0 {
 		gap = -gap
 	}

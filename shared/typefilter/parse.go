@@ -5,6 +5,7 @@ import (
 	"net/url"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/flatfhir/flatfhir/shared/fhir"
 )
@@ -84,11 +85,16 @@ type refAlt struct {
 // Each value is one _typeFilter parameter as the HTTP layer decoded it once;
 // it may hold several subqueries joined by commas. Parse(nil) is the zero
 // Filter.
-func Parse(values []string) (Filter, error) {
+func Parse(values []string) (Filter, error) { return ParseAt(values, time.Now()) }
+
+// ParseAt is Parse with the clock of the ap prefix fixed at now: every task
+// of one export parses its _typeFilter at the export's transactionTime, so
+// that ap means the same in all of them.
+func ParseAt(values []string, now time.Time) (Filter, error) {
 	var f Filter
 	for _, v := range values {
 		for _, q := range splitSubqueries(v) {
-			typ, sq, err := parseSubquery(q)
+			typ, sq, err := parseSubquery(q, now)
 			if err != nil {
 				return Filter{}, err
 			}
@@ -170,7 +176,7 @@ func startsWithType(s string) bool {
 }
 
 // parseSubquery parses "Type?query".
-func parseSubquery(q string) (string, subquery, error) {
+func parseSubquery(q string, now time.Time) (string, subquery, error) {
 	i := strings.IndexByte(q, '?')
 	if i <= 0 {
 		return "", subquery{}, fmt.Errorf(`_typeFilter %q: want "ResourceType?search-parameters"`, q)
@@ -191,7 +197,7 @@ func parseSubquery(q string) (string, subquery, error) {
 	sq := subquery{text: q}
 	for _, name := range names {
 		for _, v := range vals[name] {
-			c, err := parseCond(typ, name, v)
+			c, err := parseCond(typ, name, v, now)
 			if err != nil {
 				return "", subquery{}, fmt.Errorf("_typeFilter %q: parameter %q: %v", q, name, err)
 			}
@@ -202,7 +208,7 @@ func parseSubquery(q string) (string, subquery, error) {
 }
 
 // parseCond parses one parameter occurrence of a subquery on typ.
-func parseCond(typ, name, value string) (cond, error) {
+func parseCond(typ, name, value string, now time.Time) (cond, error) {
 	base, mod, _ := strings.Cut(name, ":")
 	if resultParams[base] {
 		return cond{}, fmt.Errorf("%s is not allowed in _typeFilter", base)
@@ -248,7 +254,7 @@ func parseCond(typ, name, value string) (cond, error) {
 			c.refs = append(c.refs, r)
 		case kindDate:
 			var d dateCond
-			d, err = parseDateValue(unescape(alt))
+			d, err = parseDateValue(unescape(alt), now)
 			c.dates = append(c.dates, d)
 		case kindString:
 			v := unescape(alt)

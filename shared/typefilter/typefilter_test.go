@@ -26,17 +26,12 @@ const (
 	patBare  = `{"resourceType":"Patient","id":"p3","active":false}`
 )
 
-// fixedNow pins the clock of the ap prefix for the duration of a test.
-func fixedNow(t *testing.T) {
-	t.Helper()
-	old := now
-	now = func() time.Time { return time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC) }
-	t.Cleanup(func() { now = old })
-}
+// testNow is the clock of the ap prefix in these tests.
+var testNow = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 
 func mustParse(t *testing.T, values ...string) Filter {
 	t.Helper()
-	f, err := Parse(values)
+	f, err := ParseAt(values, testNow)
 	if err != nil {
 		t.Fatalf("Parse(%q): %v", values, err)
 	}
@@ -119,7 +114,6 @@ func TestTypeFilterSplit(t *testing.T) {
 }
 
 func TestTypeFilterURLEncoded(t *testing.T) {
-	fixedNow(t)
 	runMatch(t, []matchCase{
 		{"%7C pipe", []string{"Observation?code=http%3A%2F%2Floinc.org%7C8302-2"}, obsHeight, true},
 		{"%7C pipe neg", []string{"Observation?code=http%3A%2F%2Floinc.org%7C8302-2"}, obsWeight, false},
@@ -370,7 +364,7 @@ func TestTypeFilterReference(t *testing.T) {
 }
 
 func TestTypeFilterDate(t *testing.T) {
-	fixedNow(t) // 2026-01-01: ap widens 2013-02-06 by ~1.3 years
+	// testNow, 2026-01-01: ap widens 2013-02-06 by ~1.3 years.
 	patient := func(birth string) string {
 		return `{"resourceType":"Patient","id":"p","birthDate":"` + birth + `"}`
 	}
