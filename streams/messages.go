@@ -91,13 +91,15 @@ type Task struct {
 	JobID  string `json:"jobId"`
 	TaskID string `json:"taskId"`
 	Type   string `json:"type"`
-	// Level, GroupID and Patients select whose resources the task exports:
-	// everything (system), resources in some patient's compartment
-	// (patient), or in the compartments of the group's members as of Until
-	// (group); Patients narrows the latter two.
-	Level    string   `json:"level"`
-	GroupID  string   `json:"groupId,omitempty"`
-	Patients []string `json:"patients,omitempty"`
+	// Level selects whose resources the task exports: everything
+	// (system), or resources in patients' compartments (patient, group).
+	// With PatientList, only the compartments of the patients the planner
+	// resolved as of Until, listed in the job's PatientsObject; without,
+	// any patient's. GroupID is for logs only: the planner has read the
+	// Group.
+	Level       string `json:"level"`
+	GroupID     string `json:"groupId,omitempty"`
+	PatientList bool   `json:"patientList,omitempty"`
 	// Elements trims each resource to these elements (and the mandatory
 	// ones), tagging it SUBSETTED.
 	Elements []string `json:"elements,omitempty"`
@@ -117,9 +119,14 @@ type Task struct {
 	Associated string `json:"associated,omitempty"`
 	// ExportTypes are the types the export's output holds, for deciding
 	// whether a Provenance's target is exported; empty means every type.
-	// Set on associated tasks only, which the planner plans only when the
-	// export's own tasks leave Provenance out.
+	// Set on associated tasks only.
 	ExportTypes []string `json:"exportTypes,omitempty"`
+	// EmitAs, when set, is the one type the task's output holds. A Binary
+	// task with EmitAs DocumentReference exports only patients' Binaries,
+	// as the DocumentReferences the Bulk Data IG makes of them, and names
+	// its deletions so; without it, a Binary task exports patients'
+	// Binaries that way and every other Binary as it is.
+	EmitAs string `json:"emitAs,omitempty"`
 	// BaseURL is the job's BaseURL: an Attachment.url on it naming a
 	// Binary is rewritten like a relative Binary/<id>.
 	BaseURL string `json:"baseUrl,omitempty"`

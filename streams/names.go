@@ -168,7 +168,8 @@ func ObjectName(job, file string) string { return job + "/" + file }
 // would purge the chunks of the object a status request is reading.
 func ManifestObject(token string) string { return "manifest-" + token + ".json" }
 
-// IgnoredObject: see ManifestObject.
+// IgnoredObject names, like ManifestObject, an assembly's error file of
+// the parameters a lenient kick-off ignored.
 func IgnoredObject(token string) string { return "error-ignored-" + token + ".ndjson" }
 
 // AttachmentBase is the URL prefix under which the API serves the Binaries
@@ -185,3 +186,16 @@ func AttachmentBase(base, job string) string {
 // KeyAssertion is the BucketAuthJTI key recording that client used an
 // assertion whose jti hashes to jtiHash (hex, so any jti is key-safe).
 func KeyAssertion(client, jtiHash string) string { return "jti." + client + "." + jtiHash }
+
+// MsgIDTask is the message id (JetStream's duplicate window drops a
+// repeat) of a task of job: a planner that re-publishes a plan after a
+// crash publishes each task once.
+func MsgIDTask(job, task string) string { return job + "." + task }
+
+// MsgIDTaskDone is the message id of a writer's announcement that a task
+// of job has its result: a retried attempt announces it once.
+func MsgIDTaskDone(job, task string) string { return "done." + job + "." + task }
+
+// MsgIDExpire is the message id of the janitor's expiry of job: planner
+// replicas sweeping at once expire it once.
+func MsgIDExpire(job string) string { return "expire." + job }

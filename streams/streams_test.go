@@ -439,7 +439,7 @@ func TestStreamsJobsUpdateRetriesConflicts(t *testing.T) {
 
 func TestStreamsEncodeDecodeRoundTrip(t *testing.T) {
 	stamp := time.Date(2024, 1, 2, 3, 4, 5, 6000, time.UTC)
-	in := streams.Task{JobID: "j", TaskID: "00003", Type: "Patient", Level: streams.LevelGroup, GroupID: "g", Patients: []string{"a", "b"},
+	in := streams.Task{JobID: "j", TaskID: "00003", Type: "Patient", Level: streams.LevelGroup, GroupID: "g", PatientList: true, EmitAs: "DocumentReference",
 		HashLo: 1 << 20, HashHi: 1 << 32, Until: stamp, MaxFileResources: 10, MaxFileBytes: 1 << 20}
 	var out streams.Task
 	if err := streams.Decode(streams.Encode(in), &out); err != nil {

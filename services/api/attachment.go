@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"mime"
 	"slices"
 	"strings"
@@ -78,7 +79,7 @@ func (s *Server) attachment(c *fiber.Ctx) error {
 	if b.SecurityContext != nil {
 		security = b.SecurityContext.Reference
 	}
-	covered, err := s.binaryCovered(ctx, job, security, until)
+	covered, err := s.binaryCovered(ctx, job, security)
 	if err != nil {
 		return err
 	}
@@ -119,8 +120,9 @@ func (s *Server) attachment(c *fiber.Ctx) error {
 
 // binaryCovered reports whether an export could hold a Binary whose
 // securityContext reference is security: every Binary at system level; at
-// Patient and Group level one of the export's patients' Binaries.
-func (s *Server) binaryCovered(ctx context.Context, job streams.Job, security string, until uint64) (bool, error) {
+// Patient and Group level one of the export's patients' Binaries, as the
+// planner listed them (streams.PatientsObject).
+func (s *Server) binaryCovered(ctx context.Context, job streams.Job, security string) (bool, error) {
 	if job.Level == streams.LevelSystem {
 		return true, nil
 	}
@@ -128,24 +130,18 @@ func (s *Server) binaryCovered(ctx context.Context, job streams.Job, security st
 	if !ok {
 		return false, nil
 	}
-	if len(job.Patients) > 0 && !slices.Contains(job.Patients, patient) {
+	if job.Level != streams.LevelGroup && len(job.Patients) == 0 {
+		return true, nil // any patient's
+	}
+	patients, err := streams.LoadPatients(ctx, s.files, job.JobID)
+	if errors.Is(err, streams.ErrNoPatientList) {
 		return false, nil
 	}
-	if job.Level != streams.LevelGroup {
-		return true, nil
-	}
-	group, ok, err := s.deps.Store.ReadOne(ctx, "Group", job.GroupID, until)
 	if err != nil {
-		return false, transient("Group/%s could not be read; retry: %v", job.GroupID, err)
+		return false, transient("the patients of export %s could not be read; retry: %v", job.JobID, err)
 	}
-	if !ok {
-		return false, nil
-	}
-	members, err := compartment.GroupPatients(group)
-	if err != nil {
-		return false, nil
-	}
-	return slices.Contains(members, patient), nil
+	_, found := slices.BinarySearch(patients, patient)
+	return found, nil
 }
 
 // attachmentType is the Content-Type for a Binary's contentType: as

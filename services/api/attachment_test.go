@@ -71,6 +71,11 @@ func (w *attachmentWorld) jobNaming(t *testing.T, id, client, status, level, gro
 	if err != nil {
 		t.Fatal(err)
 	}
+	if list, ok := plannedPatients(level, group, patients); ok {
+		if err := streams.PutPatients(t.Context(), files, id, list); err != nil {
+			t.Fatal(err)
+		}
+	}
 	for i, ids := range names {
 		task := fmt.Sprintf("%05d", i)
 		r := streams.TaskResult{JobID: id, TaskID: task, Attempt: 1, Token: "t0k3n"}
@@ -86,6 +91,23 @@ func (w *attachmentWorld) jobNaming(t *testing.T, id, client, status, level, gro
 		}
 	}
 	return streams.AttachmentBase(w.base, id)
+}
+
+// plannedPatients is the patient list the planner stores for an export:
+// Group g's members at transactionTime (p1, p2) narrowed to patients, or
+// the patient parameter. A Group that did not exist then gets none.
+func plannedPatients(level, group string, patients []string) ([]string, bool) {
+	switch {
+	case level == streams.LevelGroup && group == "g":
+		members := []string{"p1", "p2"}
+		if len(patients) > 0 {
+			members = slices.DeleteFunc(members, func(p string) bool { return !slices.Contains(patients, p) })
+		}
+		return members, true
+	case level == streams.LevelPatient && len(patients) > 0:
+		return patients, true
+	}
+	return nil, false
 }
 
 func newAttachmentWorld(t *testing.T, authOn bool) *attachmentWorld {

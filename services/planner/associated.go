@@ -75,6 +75,24 @@ func binaryAsDocuments(types []string) bool {
 	return types != nil && slices.Contains(types, "DocumentReference") && !slices.Contains(types, "Binary")
 }
 
+// binaryTasks reports whether the export has Binary tasks, and what they
+// emit (streams.Task.EmitAs): only patients' Binaries, as DocumentReferences,
+// when the export wants those but not Binary, or at Patient and Group level
+// (every Binary in a compartment is a patient's); at system level a Binary
+// task exports every Binary, patients' ones as DocumentReferences.
+func binaryTasks(job streams.Job) (planned bool, emitAs string) {
+	switch {
+	case binaryAsDocuments(ExportTypes(job)):
+		return true, "DocumentReference"
+	case !ownsType(job, "Binary"):
+		return false, ""
+	case job.Level != streams.LevelSystem:
+		return true, "DocumentReference"
+	default:
+		return true, ""
+	}
+}
+
 // countTypes are the types a plan counts rows of: the exported types, plus
 // Provenance when includeAssociatedData adds Provenance tasks, plus Binary
 // when its patients' Binaries go out as DocumentReferences.

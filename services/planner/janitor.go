@@ -68,7 +68,7 @@ func (p *Planner) sweep(ctx context.Context) error {
 		if !expired(job, now, p.cfg.Retention) || p.downloading(ctx, id, now) {
 			continue
 		}
-		if _, err := p.deps.JS.Publish(ctx, streams.SubjectJobCancel(id), nil, jetstream.WithMsgID("expire."+id)); err != nil {
+		if _, err := p.deps.JS.Publish(ctx, streams.SubjectJobCancel(id), nil, jetstream.WithMsgID(streams.MsgIDExpire(id))); err != nil {
 			return err
 		}
 		p.deps.Log.InfoContext(ctx, "export expired", slog.String("job", id), slog.String("status", job.Status))

@@ -140,6 +140,7 @@ func (p *Planner) Run(ctx context.Context) error {
 func (p *Planner) handle(ctx context.Context, msg jetstream.Msg) {
 	kind, job, ok := streams.ParseJobSubject(msg.Subject())
 	if !ok {
+		p.deps.Log.WarnContext(ctx, "message on an unknown subject dropped", slog.String("subject", msg.Subject()))
 		_ = msg.Term()
 		return
 	}
@@ -214,7 +215,7 @@ func (p *Planner) plan(ctx context.Context, id string) error {
 		}
 		tasks, err = p.split(ctx, job, t)
 		if err != nil {
-			return err
+			return p.failPlan(ctx, id, err)
 		}
 		job, err = p.jobs.Update(ctx, id, func(j *streams.Job) bool {
 			if j.Status != streams.JobAccepted {
@@ -233,7 +234,7 @@ func (p *Planner) plan(ctx context.Context, id string) error {
 		// A planner died between recording the plan and publishing it:
 		// rebuild the same tasks (same time, same counts) and publish again.
 		if tasks, err = p.split(ctx, job, job.TransactionTime); err != nil {
-			return err
+			return p.failPlan(ctx, id, err)
 		}
 		if len(tasks) != job.TasksTotal {
 			return fmt.Errorf("replanned job %s into %d tasks, recorded %d", id, len(tasks), job.TasksTotal)
@@ -242,7 +243,7 @@ func (p *Planner) plan(ctx context.Context, id string) error {
 	for _, task := range tasks {
 		m := nats.NewMsg(streams.SubjectTasks(id))
 		m.Data = streams.Encode(task)
-		m.Header.Set(jetstream.MsgIDHeader, id+"."+task.TaskID)
+		m.Header.Set(jetstream.MsgIDHeader, streams.MsgIDTask(id, task.TaskID))
 		streams.InjectTrace(ctx, m.Header)
 		if _, err := p.deps.JS.PublishMsg(ctx, m); err != nil {
 			return fmt.Errorf("publish task %s of job %s: %w", task.TaskID, id, err)
@@ -264,6 +265,23 @@ func (p *Planner) plan(ctx context.Context, id string) error {
 	return p.progress(ctx, id)
 }
 
+// failPlan fails the job when err is a planError, which no retry mends;
+// any other error is returned for a retry.
+func (p *Planner) failPlan(ctx context.Context, id string, err error) error {
+	var perr *planError
+	if !errors.As(err, &perr) {
+		return err
+	}
+	_, uerr := p.jobs.Update(ctx, id, func(j *streams.Job) bool {
+		if j.Status != streams.JobAccepted && j.Status != streams.JobRunning {
+			return false
+		}
+		j.Status, j.Error = streams.JobFailed, "the export could not be planned: "+perr.msg
+		return true
+	})
+	return uerr
+}
+
 // waitWatermark waits until every change up to minSeq is queryable and
 // returns the watermark's stamp: the transactionTime.
 func (p *Planner) waitWatermark(ctx context.Context, minSeq uint64) (time.Time, error) {
@@ -280,6 +298,13 @@ func (p *Planner) waitWatermark(ctx context.Context, minSeq uint64) (time.Time, 
 // are merged until a task holds about TaskRows versions. Buckets without
 // rows join their neighbours, so each type's tasks cover the whole hash space.
 func (p *Planner) split(ctx context.Context, job streams.Job, t time.Time) ([]streams.Task, error) {
+	patients, listed, err := p.listPatients(ctx, job, chstore.Micros(t))
+	if err != nil {
+		return nil, err
+	}
+	if listed && len(patients) == 0 {
+		return nil, nil // a Group without patient members: nothing can match
+	}
 	types := countTypes(job)
 	counts, err := p.deps.Store.BucketCounts(ctx, types, chstore.Micros(job.Since), chstore.Micros(t))
 	if err != nil {
@@ -295,10 +320,10 @@ func (p *Planner) split(ctx context.Context, job streams.Job, t time.Time) ([]st
 func Split(job streams.Job, t time.Time, counts []chstore.BucketCount, cfg Config) []streams.Task {
 	width := chstore.HashSpace / chstore.HashBuckets
 	var tasks []streams.Task
-	emit := func(typ, associated string, only []string, lo, hi uint64) {
+	emit := func(typ, associated, emitAs string, lo, hi uint64) {
 		task := streams.Task{
 			JobID: job.JobID, TaskID: fmt.Sprintf("%05d", len(tasks)), Type: typ,
-			Level: job.Level, GroupID: job.GroupID, Patients: job.Patients, Elements: job.Elements, TypeFilter: job.TypeFilter,
+			Level: job.Level, GroupID: job.GroupID, PatientList: listsPatients(job), Elements: job.Elements, TypeFilter: job.TypeFilter,
 			HashLo: lo, HashHi: hi, Since: job.Since, Until: t,
 			MaxFileResources: cfg.MaxFileResources, MaxFileBytes: cfg.MaxFileBytes,
 			BaseURL: job.BaseURL, AttachmentBase: streams.AttachmentBase(job.BaseURL, job.JobID),
@@ -306,27 +331,25 @@ func Split(job streams.Job, t time.Time, counts []chstore.BucketCount, cfg Confi
 		if associated != "" {
 			task.Associated, task.ExportTypes = associated, associatedTargets(job)
 		}
-		if only != nil {
-			task.ExportTypes = only
-		}
+		task.EmitAs = emitAs
 		tasks = append(tasks, task)
 	}
 	// splitType merges the buckets of one type into tasks of about TaskRows.
-	splitType := func(counts []chstore.BucketCount, associated string, only []string) {
+	splitType := func(counts []chstore.BucketCount, associated, emitAs string) {
 		typ := counts[0].Type
 		lo, acc := uint64(0), uint64(0)
 		for i, c := range counts {
 			acc += c.Rows
 			if acc >= uint64(cfg.TaskRows) && i+1 < len(counts) {
 				hi := (c.Bucket + 1) * width
-				emit(typ, associated, only, lo, hi)
+				emit(typ, associated, emitAs, lo, hi)
 				lo, acc = hi, 0
 			}
 		}
 		// The type's last task runs to the end of the hash space.
-		emit(typ, associated, only, lo, chstore.HashSpace)
+		emit(typ, associated, emitAs, lo, chstore.HashSpace)
 	}
-	exported := ExportTypes(job)
+	binary, binaryEmitAs := binaryTasks(job)
 	var provenance []chstore.BucketCount
 	for i := 0; i < len(counts); {
 		j := i + 1
@@ -335,11 +358,12 @@ func Split(job streams.Job, t time.Time, counts []chstore.BucketCount, cfg Confi
 		}
 		typ := counts[i].Type
 		switch {
+		case typ == "Binary":
+			if binary {
+				splitType(counts[i:j], "", binaryEmitAs)
+			}
 		case ownsType(job, typ):
-			splitType(counts[i:j], "", nil)
-		case typ == "Binary" && binaryAsDocuments(exported):
-			// Only the DocumentReferences patients' Binaries become.
-			splitType(counts[i:j], "", []string{"DocumentReference"})
+			splitType(counts[i:j], "", "")
 		}
 		if typ == "Provenance" {
 			provenance = counts[i:j]
@@ -347,7 +371,7 @@ func Split(job streams.Job, t time.Time, counts []chstore.BucketCount, cfg Confi
 		i = j
 	}
 	if needsAssociated(job) && len(provenance) > 0 {
-		splitType(provenance, job.IncludeAssociatedData, nil)
+		splitType(provenance, job.IncludeAssociatedData, "")
 	}
 	return tasks
 }

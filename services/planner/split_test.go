@@ -243,3 +243,47 @@ func TestPlannerSplitTasksCarryTheAttachmentBase(t *testing.T) {
 		t.Errorf("attachment base %q without a job base", tasks[0].AttachmentBase)
 	}
 }
+
+// TestPlannerBinaryTasksSayWhatTheyEmit: Binary tasks export only
+// patients' Binaries, as DocumentReferences, when the export wants
+// DocumentReferences but not Binary, or at Patient and Group level; at
+// system level with Binary among the types they export every Binary.
+func TestPlannerBinaryTasksSayWhatTheyEmit(t *testing.T) {
+	counts := concat(uniform("Binary", 1), uniform("DocumentReference", 1))
+	cases := []struct {
+		name    string
+		job     streams.Job
+		planned bool
+		emitAs  string
+	}{
+		{"system, every type", streams.Job{ExportRequest: streams.ExportRequest{Level: streams.LevelSystem}}, true, ""},
+		{"system, _type=Binary", streams.Job{ExportRequest: streams.ExportRequest{Level: streams.LevelSystem, Types: []string{"Binary"}}}, true, ""},
+		{"system, _type=Binary,DocumentReference", streams.Job{ExportRequest: streams.ExportRequest{Level: streams.LevelSystem, Types: []string{"Binary", "DocumentReference"}}}, true, ""},
+		{"system, _type=DocumentReference", streams.Job{ExportRequest: streams.ExportRequest{Level: streams.LevelSystem, Types: []string{"DocumentReference"}}}, true, "DocumentReference"},
+		{"system, _type=Observation", streams.Job{ExportRequest: streams.ExportRequest{Level: streams.LevelSystem, Types: []string{"Observation"}}}, false, ""},
+		{"patient, every type", streams.Job{ExportRequest: streams.ExportRequest{Level: streams.LevelPatient}}, true, "DocumentReference"},
+		{"patient, _type=Binary", streams.Job{ExportRequest: streams.ExportRequest{Level: streams.LevelPatient, Types: []string{"Binary"}}}, true, "DocumentReference"},
+		{"group, _type=DocumentReference", streams.Job{ExportRequest: streams.ExportRequest{Level: streams.LevelGroup, GroupID: "g", Types: []string{"DocumentReference"}}}, true, "DocumentReference"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			c.job.JobID = "j"
+			var binary []streams.Task
+			for _, task := range planner.Split(c.job, time.Unix(10, 0), counts, planner.DefaultConfig()) {
+				if task.Type == "Binary" {
+					binary = append(binary, task)
+				} else if task.EmitAs != "" {
+					t.Errorf("%s task with EmitAs %q", task.Type, task.EmitAs)
+				}
+			}
+			if (len(binary) > 0) != c.planned {
+				t.Fatalf("%d Binary tasks, want planned %v", len(binary), c.planned)
+			}
+			for _, task := range binary {
+				if task.EmitAs != c.emitAs {
+					t.Errorf("Binary task emits %q, want %q", task.EmitAs, c.emitAs)
+				}
+			}
+		})
+	}
+}

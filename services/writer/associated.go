@@ -221,14 +221,14 @@ func newExportScope(task streams.Task, r chstore.Range, filter typefilter.Filter
 
 // needsBody reports whether deciding on a resource of typ reads its body.
 func (sc exportScope) needsBody(typ string) bool {
-	return sc.filtered[typ] || typ == "Binary" && (sc.filtered["DocumentReference"] || sc.filtered["Binary"])
+	return slices.ContainsFunc(exportedTypes(typ), func(t string) bool { return sc.filtered[t] })
 }
 
 // exported mirrors what the task exporting ref's type does with it: the
 // type is one of the export's (never Provenance itself: the IG associates
 // Provenance with non-Provenance resources), it changed after _since, it is
-// in the exported compartments, and it passes _typeFilter (a patient's
-// Binary as the DocumentReference it is exported as).
+// in the exported compartments, and it passes _typeFilter as it is
+// exported (see asExported).
 func (sc exportScope) exported(ref chstore.Ref, st chstore.RefState) (bool, error) {
 	switch {
 	case ref.Type == "Provenance":
@@ -242,16 +242,9 @@ func (sc exportScope) exported(ref chstore.Ref, st chstore.RefState) (bool, erro
 	case !sc.needsBody(ref.Type):
 		return true, nil
 	}
-	typ, body := ref.Type, st.Body
-	if typ == "Binary" {
-		// The attachment url does not matter to _typeFilter.
-		doc, ok, err := binaryAsDocumentReference(body, &attachments{})
-		if err != nil {
-			return false, err
-		}
-		if ok {
-			typ, body = "DocumentReference", doc
-		}
+	typ, body, err := asExported(ref.Type, st.Body)
+	if err != nil {
+		return false, err
 	}
 	return sc.filter.Match(typ, body)
 }

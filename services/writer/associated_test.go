@@ -99,7 +99,7 @@ func TestWriterAssociatedProvenance(t *testing.T) {
 			createJob(t, e, job, streams.JobRunning, until)
 			tasks := thirds(job, "Provenance", c.since, until, 100, 1<<20)
 			for i := range tasks {
-				tasks[i].Level, tasks[i].Patients, tasks[i].Associated = c.level, c.patients, c.mode
+				tasks[i].Level, tasks[i].PatientList, tasks[i].Associated = c.level, listPatients(t, e, job, c.patients), c.mode
 				tasks[i].ExportTypes, tasks[i].TypeFilter, tasks[i].Elements = c.types, c.typeFilter, c.elements
 			}
 			publishTasks(t, e, tasks)

@@ -16,7 +16,8 @@ import (
 // Rewritten: "Binary/<id>", "Binary/<id>/_history/<vid>", and the same
 // absolute on the job's base URL; each becomes base+"Binary/<id>" (the
 // Binary as of the export's transactionTime: a version in the url is
-// dropped). Anything else (other servers, urn:, contained "#x", malformed
+// dropped). base+"Binary/<id>" itself, as a converted Binary's
+// DocumentReference carries it, stays as it is. Anything else (other servers, urn:, contained "#x", malformed
 // ids) is left as it is.
 //
 // It also collects the ids of the Binaries it points attachment URLs at:
@@ -75,7 +76,11 @@ func (a *attachments) target(u string) (string, bool) {
 		return "", false
 	}
 	rest := u
-	if a.own != "" && strings.HasPrefix(u, a.own) {
+	switch {
+	case strings.HasPrefix(u, a.base):
+		// Already the export's attachment URL: a converted Binary's.
+		rest = u[len(a.base):]
+	case a.own != "" && strings.HasPrefix(u, a.own):
 		rest = u[len(a.own):]
 	}
 	rest, ok := strings.CutPrefix(rest, "Binary/")

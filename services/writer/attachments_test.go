@@ -19,7 +19,8 @@ func TestWriterAttachmentURLTargets(t *testing.T) {
 		{"https://other.example/r4/Binary/b-1.x", false},                     // another server
 		{"https://fhir.example/r4x/Binary/b-1.x", false},                     // not the base, a prefix of it
 		{"http://fhir.example/r4/Binary/b-1.x", false},                       // another scheme is another base
-		{"https://fhir.example/r4/files/j1/attachments/Binary/b-1.x", false}, // already one
+		{"https://fhir.example/r4/files/j1/attachments/Binary/b-1.x", true},  // already one (a converted Binary's): kept, and named
+		{"https://fhir.example/r4/files/j2/attachments/Binary/b-1.x", false}, // another export's
 		{"Binary/", false},
 		{"Binary/b_1", false},
 		{"Binary/b1/_history/", false},

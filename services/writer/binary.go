@@ -4,9 +4,75 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 
 	"github.com/flatfhir/flatfhir/shared/compartment"
+	"github.com/flatfhir/flatfhir/streams"
 )
+
+// The Bulk Data IG exports a Binary that belongs to one patient (its
+// securityContext names a Patient) as a DocumentReference. This file is
+// the writer's whole knowledge of that rule; the planner says, with a
+// task's EmitAs, whether a Binary task exports only those.
+
+// docType is the type a patient's Binary is exported as.
+const docType = "DocumentReference"
+
+// onlyPatientsBinaries reports whether task reads only Binaries in some
+// patient's compartment, all of which it exports as DocumentReferences.
+func onlyPatientsBinaries(task streams.Task) bool {
+	return task.Type == "Binary" && task.EmitAs == docType
+}
+
+// binaryStage converts a patient's Binary to its DocumentReference and,
+// in a task that exports only those, drops every other Binary. The
+// DocumentReference's attachment url is the export's attachment URL of
+// the Binary, which the attachment stage then records in the index.
+func binaryStage(task streams.Task, att *attachments) stage {
+	only := onlyPatientsBinaries(task)
+	return func(r *resource) (bool, error) {
+		doc, ok, err := binaryAsDocumentReference(r.body, att)
+		if err != nil {
+			return false, fmt.Errorf("convert Binary/%s: %w", r.id, err)
+		}
+		if ok {
+			r.typ, r.body = docType, doc
+		}
+		return ok || !only, nil
+	}
+}
+
+// deletedAs names a deletion in task's deleted files: a deleted Binary of
+// a task that exports only patients' Binaries went out as a
+// DocumentReference, and its deletion names that.
+func deletedAs(task streams.Task) func(id string) (string, string) {
+	if onlyPatientsBinaries(task) {
+		return func(id string) (string, string) { return docType, binaryDocID(id) }
+	}
+	return func(id string) (string, string) { return task.Type, id }
+}
+
+// asExported is a resource as its type's task exports it, attachment url
+// aside: a patient's Binary as its DocumentReference.
+func asExported(typ string, body []byte) (string, []byte, error) {
+	if typ != "Binary" {
+		return typ, body, nil
+	}
+	doc, ok, err := binaryAsDocumentReference(body, &attachments{})
+	if err != nil || !ok {
+		return typ, body, err
+	}
+	return docType, doc, nil
+}
+
+// exportedTypes are the types a resource of typ may be exported as, whose
+// _typeFilter queries decide whether it is.
+func exportedTypes(typ string) []string {
+	if typ == "Binary" {
+		return []string{"Binary", docType}
+	}
+	return []string{typ}
+}
 
 // maxInlineData is the longest Binary.data (base64 characters, 64 KiB:
 // about 48 KiB of content) a converted Binary carries inline as
@@ -43,7 +109,7 @@ func binaryAsDocumentReference(body []byte, a *attachments) (doc []byte, ok bool
 		return nil, false, nil
 	}
 	out := documentReference{
-		ResourceType: "DocumentReference",
+		ResourceType: docType,
 		ID:           binaryDocID(b.ID),
 		Meta:         b.Meta,
 		Status:       "current",

@@ -1,25 +1,18 @@
 package writer
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
-	"slices"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/flatfhir/flatfhir/shared/chstore"
-	"github.com/flatfhir/flatfhir/shared/compartment"
-	"github.com/flatfhir/flatfhir/shared/fhir"
-	"github.com/flatfhir/flatfhir/shared/typefilter"
 	"github.com/flatfhir/flatfhir/streams"
 )
 
@@ -164,9 +157,6 @@ func (w *Writer) handle(ctx context.Context, msg jetstream.Msg) {
 	}
 }
 
-// errJobGone means the job was cancelled or removed: the task is moot.
-var errJobGone = errors.New("job cancelled or removed")
-
 // run writes the files of one attempt and records its result.
 func (w *Writer) run(ctx context.Context, msg jetstream.Msg, task streams.Task, attempt uint64) error {
 	if err := w.checkJob(ctx, task); err != nil {
@@ -181,95 +171,12 @@ func (w *Writer) run(ctx context.Context, msg jetstream.Msg, task streams.Task, 
 	defer cancel(nil)
 	go w.watch(ctx, cancel, msg, task)
 
-	out := newFileSet(w.files, task, attempt)
-	r, empty, err := w.scope(ctx, task)
+	p, err := w.pipeline(ctx, task)
 	if err != nil {
 		return err
 	}
-	if task.Type == "Binary" && len(task.ExportTypes) > 0 {
-		// Only patients' Binaries, which go out as DocumentReferences.
-		r.InCompartment = true
-	}
-	elements, err := fhir.ParseElements(task.Elements)
-	if err != nil {
-		return &permanentError{fmt.Errorf("_elements: %v", err)}
-	}
-	filter, err := typefilter.ParseAt(task.TypeFilter, task.Until) // ap means the same in every task
-	if err != nil {
-		return &permanentError{fmt.Errorf("_typeFilter: %v", err)}
-	}
-	var trimmed []byte
-	att := newAttachments(task.BaseURL, task.AttachmentBase)
-	emit := func(id string, body []byte) error {
-		typ, converted := task.Type, false
-		if typ == "Binary" {
-			// A patient's Binary goes out as a DocumentReference.
-			doc, ok, err := binaryAsDocumentReference(body, att)
-			if err != nil {
-				return fmt.Errorf("convert Binary/%s: %w", id, err)
-			}
-			if ok {
-				typ, body, converted = "DocumentReference", doc, true
-			}
-			if len(task.ExportTypes) > 0 && !slices.Contains(task.ExportTypes, typ) {
-				// The export wants the DocumentReferences of patients'
-				// Binaries, not Binaries (planner: binaryAsDocuments).
-				return nil
-			}
-		}
-		if match, err := filter.Match(typ, body); err != nil {
-			return fmt.Errorf("apply _typeFilter to %s/%s: %w", typ, id, err)
-		} else if !match {
-			return nil
-		}
-		if !elements.IsZero() {
-			var err error
-			if trimmed, _, err = elements.Apply(trimmed[:0], typ, body); err != nil {
-				return fmt.Errorf("apply _elements to a %s: %w", typ, err)
-			}
-			body = trimmed
-		}
-		// Attachment urls naming a Binary of this server become absolute
-		// URLs served under the export's authorization.
-		body, err := att.rewrite(typ, body)
-		if err != nil {
-			return fmt.Errorf("rewrite attachment urls of %s/%s: %w", typ, id, err)
-		}
-		if converted && carriesURL(body, att.urlOf(id)) {
-			att.name(id)
-		}
-		return out.write(ctx, typ, streams.KindOutput, body)
-	}
-	switch {
-	case empty:
-	case task.Associated != "":
-		err = w.associatedProvenance(ctx, task, r, filter, emit)
-	case task.Type == "Provenance" && task.Level != streams.LevelSystem:
-		err = w.provenance(ctx, r, emit)
-	default:
-		err = w.deps.Store.ReadLatest(ctx, r, emit)
-	}
-	// An associated task lists no deletions: a deleted Provenance's targets
-	// are gone with its body.
-	if err == nil && !empty && !task.Since.IsZero() && task.Associated == "" {
-		// A Binary known to have been a patient's (in a compartment, or in
-		// a task that exports only those) went out as a DocumentReference:
-		// its deletion names that.
-		asDoc := task.Type == "Binary" && r.InCompartment
-		err = w.deps.Store.ReadDeleted(ctx, r, func(id string, _ []byte) error {
-			if asDoc {
-				return out.writeDeleted(ctx, "DocumentReference", binaryDocID(id))
-			}
-			return out.writeDeleted(ctx, task.Type, id)
-		})
-	}
-	if err == nil {
-		err = out.close(ctx)
-	}
-	if err == nil {
-		err = out.writeIndex(ctx, att.index())
-	}
-	if err != nil {
+	out := newFileSet(w.files, task, attempt)
+	if err := p.writeTo(ctx, out); err != nil {
 		out.abort(context.WithoutCancel(ctx))
 		if cause := context.Cause(ctx); errors.Is(cause, errJobGone) {
 			return errJobGone
@@ -293,145 +200,4 @@ func (w *Writer) run(ctx context.Context, msg jetstream.Msg, task streams.Task, 
 		w.bytes.Add(ctx, f.Bytes)
 	}
 	return w.announce(ctx, task)
-}
-
-// carriesURL reports whether a converted Binary's DocumentReference line
-// still holds its attachment url u after _elements: the line was encoded
-// by encoding/json, so the url is there as json.Marshal spells it.
-func carriesURL(line []byte, u string) bool {
-	if u == "" {
-		return false
-	}
-	quoted, err := json.Marshal(u)
-	return err == nil && bytes.Contains(line, quoted)
-}
-
-// errOtherAttempt means another attempt's result is recorded for the task.
-var errOtherAttempt = streams.ErrOtherAttempt
-
-// recordTimeout bounds recording a result, which runs even while the
-// writer shuts down: files written in full are worth keeping.
-const recordTimeout = 10 * time.Second
-
-// record stores an attempt's result unless one is there already (see
-// streams.Jobs.RecordTaskResult).
-func (w *Writer) record(ctx context.Context, result streams.TaskResult) error {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), recordTimeout)
-	defer cancel()
-	return w.jobs.RecordTaskResult(ctx, result)
-}
-
-// announce tells planners that a task has its result.
-func (w *Writer) announce(ctx context.Context, task streams.Task) error {
-	m := nats.NewMsg(streams.SubjectJobDone(task.JobID))
-	m.Data = []byte(task.TaskID)
-	m.Header.Set(jetstream.MsgIDHeader, "done."+task.JobID+"."+task.TaskID)
-	streams.InjectTrace(ctx, m.Header)
-	if _, err := w.deps.JS.PublishMsg(ctx, m); err != nil {
-		return fmt.Errorf("announce task %s done: %w", task.TaskID, err)
-	}
-	return nil
-}
-
-// scope is the range a task reads: its type and hash range as of Until,
-// narrowed by level to compartments. empty means nothing can match (a
-// group without patient members).
-func (w *Writer) scope(ctx context.Context, task streams.Task) (r chstore.Range, empty bool, err error) {
-	r = chstore.Range{Type: task.Type, HashLo: task.HashLo, HashHi: task.HashHi, Since: chstore.Micros(task.Since), Until: chstore.Micros(task.Until)}
-	switch task.Level {
-	case streams.LevelPatient:
-		r.Patients, r.InCompartment = task.Patients, true
-	case streams.LevelGroup:
-		// Membership as the group stood at transactionTime.
-		body, ok, err := w.deps.Store.ReadOne(ctx, "Group", task.GroupID, r.Until)
-		if err != nil {
-			return r, false, err
-		}
-		if !ok {
-			return r, false, &permanentError{fmt.Errorf("Group/%s did not exist at the export's transactionTime", task.GroupID)}
-		}
-		members, err := compartment.GroupPatients(body)
-		if err != nil {
-			return r, false, &permanentError{fmt.Errorf("Group/%s: %v", task.GroupID, err)}
-		}
-		if len(task.Patients) > 0 {
-			members = intersect(members, task.Patients)
-		}
-		r.Patients, r.InCompartment = members, true
-		return r, len(members) == 0, nil
-	}
-	return r, false, nil
-}
-
-// permanentError is a task failure no retry can mend.
-type permanentError struct{ err error }
-
-func (e *permanentError) Error() string { return e.err.Error() }
-func (e *permanentError) Unwrap() error { return e.err }
-
-func intersect(a, b []string) []string {
-	in := make(map[string]bool, len(b))
-	for _, v := range b {
-		in[v] = true
-	}
-	var out []string
-	for _, v := range a {
-		if in[v] {
-			out = append(out, v)
-		}
-	}
-	return out
-}
-
-// checkJob fails with errJobGone when the task's job is no longer running.
-func (w *Writer) checkJob(ctx context.Context, task streams.Task) error {
-	job, _, err := w.jobs.Get(ctx, task.JobID)
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return errJobGone
-	}
-	if err != nil {
-		return err
-	}
-	if job.Status != streams.JobRunning {
-		return errJobGone
-	}
-	return nil
-}
-
-// watch keeps the task message alive and cancels the attempt promptly when
-// the job is cancelled.
-func (w *Writer) watch(ctx context.Context, cancel context.CancelCauseFunc, msg jetstream.Msg, task streams.Task) {
-	t := time.NewTicker(w.cfg.CheckEvery)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			_ = msg.InProgress()
-			if err := w.checkJob(ctx, task); errors.Is(err, errJobGone) {
-				cancel(errJobGone)
-				return
-			}
-		}
-	}
-}
-
-// failJob marks the job failed: a task failed in a way no retry can mend,
-// or ran out of attempts. It is recorded even when the writer is stopping,
-// since the task message is terminated either way.
-func (w *Writer) failJob(ctx context.Context, task streams.Task, cause error) {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-	defer cancel()
-	_, err := w.jobs.Update(ctx, task.JobID, func(j *streams.Job) bool {
-		if j.Status != streams.JobRunning {
-			return false
-		}
-		j.Status = streams.JobFailed
-		j.Error = fmt.Sprintf("export of %s failed: %v", task.Type, cause)
-		return true
-	})
-	if err != nil {
-		w.deps.Log.ErrorContext(ctx, "mark job failed", slog.String("job", task.JobID), slog.Any("error", err))
-	}
 }

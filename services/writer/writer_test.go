@@ -31,6 +31,19 @@ func newEnv(t testing.TB) env {
 	return env{Bus: streamstest.New(t), store: testenv.Store(t)}
 }
 
+// listPatients stores the patients of job as the planner lists them, and
+// reports whether tasks should read the list (some patients given).
+func listPatients(t testing.TB, e env, job string, patients []string) bool {
+	t.Helper()
+	if len(patients) == 0 {
+		return false
+	}
+	if err := streams.PutPatients(t.Context(), e.Files, job, patients); err != nil {
+		t.Fatal(err)
+	}
+	return true
+}
+
 // runWriters runs n writers until the test ends and checks they stop.
 func runWriters(t testing.TB, e env, n int) {
 	t.Helper()
@@ -251,6 +264,9 @@ func readResults(t testing.TB, e env, tasks []streams.Task) []exportedFile {
 		}
 		if r.AttachmentIndex != "" {
 			names[r.AttachmentIndex] = true // stored too, listed in no manifest
+		}
+		if task.PatientList {
+			names[streams.PatientsObject] = true // the planner's
 		}
 	}
 	if len(names) == 0 {
@@ -600,8 +616,8 @@ func TestWriterPatientLevelProvenanceFollowsTargets(t *testing.T) {
 	}
 	for _, c := range cases {
 		createJob(t, e, c.job, streams.JobRunning, until)
-		task := streams.Task{JobID: c.job, TaskID: "00000", Type: "Provenance", Level: streams.LevelPatient, Patients: c.patients,
-			HashLo: 0, HashHi: chstore.HashSpace, Until: until, MaxFileResources: 100, MaxFileBytes: 1 << 20}
+		task := streams.Task{JobID: c.job, TaskID: "00000", Type: "Provenance", Level: streams.LevelPatient,
+			PatientList: listPatients(t, e, c.job, c.patients), HashLo: 0, HashHi: chstore.HashSpace, Until: until, MaxFileResources: 100, MaxFileBytes: 1 << 20}
 		publishTasks(t, e, []streams.Task{task})
 		testenv.Eventually(t, 30*time.Second, "provenance task result", func() bool { _, ok := result(t, e, c.job, "00000"); return ok })
 		var ids []string

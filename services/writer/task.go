@@ -1,0 +1,106 @@
+package writer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/flatfhir/flatfhir/streams"
+)
+
+// A task's life with its job: checking the job still runs, keeping the
+// message alive, recording and announcing the result, failing the job.
+
+// errJobGone means the job was cancelled or removed: the task is moot.
+var errJobGone = errors.New("job cancelled or removed")
+
+// errOtherAttempt means another attempt's result is recorded for the task.
+var errOtherAttempt = streams.ErrOtherAttempt
+
+// permanentError is a task failure no retry can mend.
+type permanentError struct{ err error }
+
+func (e *permanentError) Error() string { return e.err.Error() }
+func (e *permanentError) Unwrap() error { return e.err }
+
+// recordTimeout bounds recording a result, which runs even while the
+// writer shuts down: files written in full are worth keeping.
+const recordTimeout = 10 * time.Second
+
+// checkJob fails with errJobGone when the task's job is no longer running.
+func (w *Writer) checkJob(ctx context.Context, task streams.Task) error {
+	job, _, err := w.jobs.Get(ctx, task.JobID)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return errJobGone
+	}
+	if err != nil {
+		return err
+	}
+	if job.Status != streams.JobRunning {
+		return errJobGone
+	}
+	return nil
+}
+
+// watch keeps the task message alive and cancels the attempt promptly when
+// the job is cancelled.
+func (w *Writer) watch(ctx context.Context, cancel context.CancelCauseFunc, msg jetstream.Msg, task streams.Task) {
+	t := time.NewTicker(w.cfg.CheckEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			_ = msg.InProgress()
+			if err := w.checkJob(ctx, task); errors.Is(err, errJobGone) {
+				cancel(errJobGone)
+				return
+			}
+		}
+	}
+}
+
+// record stores an attempt's result unless one is there already (see
+// streams.Jobs.RecordTaskResult).
+func (w *Writer) record(ctx context.Context, result streams.TaskResult) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), recordTimeout)
+	defer cancel()
+	return w.jobs.RecordTaskResult(ctx, result)
+}
+
+// announce tells planners that a task has its result.
+func (w *Writer) announce(ctx context.Context, task streams.Task) error {
+	m := nats.NewMsg(streams.SubjectJobDone(task.JobID))
+	m.Data = []byte(task.TaskID)
+	m.Header.Set(jetstream.MsgIDHeader, streams.MsgIDTaskDone(task.JobID, task.TaskID))
+	streams.InjectTrace(ctx, m.Header)
+	if _, err := w.deps.JS.PublishMsg(ctx, m); err != nil {
+		return fmt.Errorf("announce task %s done: %w", task.TaskID, err)
+	}
+	return nil
+}
+
+// failJob marks the job failed: a task failed in a way no retry can mend,
+// or ran out of attempts. It is recorded even when the writer is stopping,
+// since the task message is terminated either way.
+func (w *Writer) failJob(ctx context.Context, task streams.Task, cause error) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), recordTimeout)
+	defer cancel()
+	_, err := w.jobs.Update(ctx, task.JobID, func(j *streams.Job) bool {
+		if j.Status != streams.JobRunning {
+			return false
+		}
+		j.Status = streams.JobFailed
+		j.Error = fmt.Sprintf("export of %s failed: %v", task.Type, cause)
+		return true
+	})
+	if err != nil {
+		w.deps.Log.ErrorContext(ctx, "mark job failed", slog.String("job", task.JobID), slog.Any("error", err))
+	}
+}
