@@ -4,8 +4,10 @@ MODULES := streams shared services/api services/ingester services/planner servic
 BIN := bin/flatfhir
 export FLATFHIR_DATA_DIR ?= $(CURDIR)/var
 GO_TEST_FLAGS ?= -count=1 -timeout 20m
+GOLANGCI_LINT_VERSION := v2.15.0
+GOLANGCI_LINT := bin/tools/golangci-lint-$(GOLANGCI_LINT_VERSION)
 
-.PHONY: help deps build run test vet fmt fmt-check bench clean
+.PHONY: help deps build run test vet lint fmt fmt-check bench clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-10s %s\n", $$1, $$2}'
@@ -30,8 +32,16 @@ test: deps ## Run every module's tests against real NATS and ClickHouse
 		echo "== $$m"; (cd $$m && go test $(GO_TEST_FLAGS) ./...) || fail=1; \
 	done; exit $$fail
 
-vet: ## go vet every module
+vet: lint ## go vet and golangci-lint (.golangci.yml) every module
 	@for m in $(MODULES); do (cd $$m && go vet ./...) || exit 1; done
+
+lint: $(GOLANGCI_LINT) ## golangci-lint every module: dependency rules, no sleeping tests, documented exports
+	@for m in $(MODULES); do echo "== lint $$m"; (cd $$m && $(CURDIR)/$(GOLANGCI_LINT) run ./...) || exit 1; done
+
+$(GOLANGCI_LINT):
+	@mkdir -p bin/tools
+	GOBIN=$(CURDIR)/bin/tools go install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION)
+	mv bin/tools/golangci-lint $@
 
 fmt: ## gofmt every file
 	gofmt -w $$(git ls-files '*.go')

@@ -231,7 +231,7 @@ func (s *Server) traceRequests(c *fiber.Ctx) error {
 	return err
 }
 
-// Handler exposes the app for in-process tests.
+// App exposes the Fiber app for in-process tests.
 func (s *Server) App() *fiber.App { return s.app }
 
 // Run serves until ctx is done, then shuts down gracefully.

@@ -28,7 +28,7 @@ import (
 const (
 	// DirEnv names the Synthea set's folder, overriding the default.
 	DirEnv = "FLATFHIR_SYNTHEA_DIR"
-	// RequireEnv, when set to anything but "" or "0", makes a missing
+	// RequireEnv names the variable that, set to anything but "" or "0", makes a missing
 	// Synthea set a test failure instead of a fallback or a skip.
 	RequireEnv = "FLATFHIR_REQUIRE_SYNTHEA"
 	// GeneratedPatients is how many patients [Generated] makes for [Any]:

@@ -114,7 +114,6 @@ type claimItem struct {
 	cc      string
 	net     float64
 	procSeq int // >0: item for the procedure with this sequence
-	diag    bool
 }
 
 type patient struct {
