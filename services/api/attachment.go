@@ -19,24 +19,11 @@ import (
 	"github.com/flatfhir/flatfhir/streams"
 )
 
-// attachment serves GET and HEAD [base]/files/{job}/attachments/Binary/{id}:
-// the content of a Binary an export's Attachment.url names (the writers
-// point them here, see streams.AttachmentBase), under exactly the
-// authorization of the export's files (loadJob: the job's client when auth
-// is on, no token when off; 404 for an unknown, cancelled or released
-// export, and while it is not complete).
-//
-// Only a Binary the export's output names is served: one listed in the
-// attachment index of one of the export's task results (the writers record
-// there every Binary whose attachment URL they wrote; see attachindex.go).
-// The Binary is read as it stood at the export's transactionTime and must,
-// besides, be one the export could cover (defence in depth: a patient's
-// resource may name another patient's Binary): any Binary at system level;
-// at Patient and Group level only one whose securityContext names one of
-// the export's patients (the patient parameter, or the group's members at
-// transactionTime). Anything else is a 404, as is a Binary without data.
-// The answer is the decoded content with the Binary's contentType, gzip
-// compressed when the client accepts it.
+// attachment serves GET and HEAD [base]/files/{job}/attachments/Binary/{id}
+// under the authorization of the export's files: the Binary's content as of
+// transactionTime, when an attachment index of the export names it and it
+// is one of the export's patients' (any Binary at system level). Anything
+// else is a 404. ADR 0006 has the rules and why.
 func (s *Server) attachment(c *fiber.Ctx) error {
 	job, err := s.loadJob(c)
 	if err != nil {
