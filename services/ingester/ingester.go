@@ -128,139 +128,26 @@ func (in *Ingester) Run(ctx context.Context) error {
 // go, in order, to one committer that inserts and then advances the
 // watermark.
 func (in *Ingester) follow(ctx context.Context, kv jetstream.KeyValue) error {
-	wm, rev, err := streams.LoadWatermark(ctx, in.deps.JS)
+	wm, stored, err := in.resume(ctx)
 	if err != nil {
 		return err
 	}
-	in.rev = rev
-	in.committed.Store(wm.Stamp.UnixMicro())
-	// Versions a crashed predecessor inserted without advancing the
-	// watermark: they are replayed with the same seqs and stamps, so skip
-	// them rather than store them twice.
-	stored, err := in.deps.Store.Recover(ctx, wm.Seq, chstore.Micros(wm.Stamp))
+	cons, deleteConsumer, err := in.openConsumer(ctx, wm.Seq+1)
 	if err != nil {
 		return err
 	}
-	if len(stored) > 0 {
-		in.deps.Log.WarnContext(ctx, "ingester skips versions already stored after the watermark", slog.Int("versions", len(stored)))
-	}
-	// One ephemeral consumer per follow, in stream order, without acks. An
-	// ordered consumer would do, but it recreates itself on every fetch;
-	// this one is created once, and a message lost between the server and
-	// here (a gap in its delivery sequence) ends the follow, which resumes
-	// from the watermark.
-	stream, err := in.deps.JS.Stream(ctx, streams.StreamChanges)
-	if err != nil {
-		return fmt.Errorf("open stream %s: %w", streams.StreamChanges, err)
-	}
-	cons, err := stream.CreateConsumer(ctx, jetstream.ConsumerConfig{
-		DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: wm.Seq + 1,
-		AckPolicy: jetstream.AckNonePolicy, MemoryStorage: true, InactiveThreshold: time.Minute,
-	})
-	if err != nil {
-		return fmt.Errorf("create a consumer on %s: %w", streams.StreamChanges, err)
-	}
-	defer func() {
-		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		defer cancel()
-		_ = stream.DeleteConsumer(dctx, cons.CachedInfo().Name)
-	}()
-	var delivered uint64 // the consumer's delivery sequence of the last message
+	defer deleteConsumer()
 	in.deps.Log.InfoContext(ctx, "ingester following changes", slog.Uint64("from_seq", wm.Seq+1))
 
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	commits := make(chan pendingCommit, 1)
-	committerDone := make(chan struct{})
-	go func() {
-		defer close(committerDone)
-		for c := range commits {
-			if err := in.commit(ctx, kv, c.rows, c.next); err != nil {
-				cancel(err)
-				return
-			}
-		}
-	}()
-	defer func() { close(commits); <-committerDone }()
-	send := func(rows []chstore.Row, next streams.Watermark) bool {
-		select {
-		case commits <- pendingCommit{rows, next}:
-			return true
-		case <-ctx.Done():
-			return false
-		}
-	}
+	commits := in.startCommitter(ctx, cancel, kv)
+	defer commits.close()
 
-	assigned := wm // the position the stamps of the next messages follow
-	idle := false
+	f := &follower{in: in, cons: cons, commits: commits, assigned: wm, stored: stored}
 	for ctx.Err() == nil {
-		// Busy, a fetch takes a batch of up to BatchSize changes, waiting
-		// up to FlushInterval for it to fill. Idle (the last fetch found
-		// nothing), it waits at the server for the next change and returns
-		// with it at once: an idle ingester makes one request per
-		// streams.PullWait and writes nothing.
-		var batch jetstream.MessageBatch
-		var cancelFetch context.CancelFunc = func() {}
-		if idle {
-			var fctx context.Context
-			fctx, cancelFetch = context.WithTimeout(ctx, streams.PullWait)
-			batch, err = cons.Fetch(1, jetstream.FetchContext(fctx))
-		} else {
-			batch, err = cons.Fetch(in.cfg.BatchSize, jetstream.FetchMaxWait(in.cfg.FlushInterval))
-		}
-		if err != nil {
-			cancelFetch()
-			return fmt.Errorf("fetch changes: %w", err)
-		}
-		rows := make([]chstore.Row, 0, 1024)
-		next := assigned
-		size := 0
-		for msg := range batch.Messages() {
-			md, err := msg.Metadata()
-			if err != nil {
-				cancelFetch()
-				return fmt.Errorf("read change metadata: %w", err)
-			}
-			if md.Sequence.Consumer != delivered+1 {
-				cancelFetch()
-				return fmt.Errorf("fetch changes: delivery %d follows %d: a change was lost on the way", md.Sequence.Consumer, delivered)
-			}
-			delivered = md.Sequence.Consumer
-			next.Seq = md.Sequence.Stream
-			next.Stamp = nextStamp(next.Stamp, md.Timestamp)
-			in.pending.Store(int64(md.NumPending))
-			if len(stored) > 0 && stored[next.Seq] {
-				delete(stored, next.Seq)
-				continue
-			}
-			versions, err := toRows(msg, next)
-			if err != nil {
-				in.rejected.Add(ctx, 1)
-				in.deps.Log.WarnContext(ctx, "change skipped", slog.Uint64("seq", next.Seq), slog.String("subject", msg.Subject()), slog.Any("error", err))
-				continue
-			}
-			// A message's versions always go in one insert: a transaction
-			// is stored, and passed by the watermark, whole (ADR 0003).
-			for _, v := range versions {
-				size += len(v.Body)
-			}
-			rows = append(rows, versions...)
-			if size >= in.cfg.BatchBytes {
-				// Insert what we have; the rest of the fetch continues the batch.
-				if !send(rows, next) {
-					break
-				}
-				rows, size = make([]chstore.Row, 0, 1024), 0
-			}
-		}
-		cancelFetch()
-		if err := batch.Error(); err != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, jetstream.ErrNoMessages) {
-			return fmt.Errorf("fetch changes: %w", err)
-		}
-		idle = next.Seq == assigned.Seq
-		if !idle {
-			send(rows, next)
-			assigned = next
+		if err := f.fetchOnce(ctx); err != nil {
+			return err
 		}
 	}
 	if cause := context.Cause(ctx); !errors.Is(cause, context.Canceled) {
@@ -269,10 +156,196 @@ func (in *Ingester) follow(ctx context.Context, kv jetstream.KeyValue) error {
 	return nil
 }
 
+// resume loads the watermark, and the versions a crashed predecessor
+// inserted after it without advancing it: they are replayed with the same
+// seqs and stamps, so they are skipped rather than stored twice.
+func (in *Ingester) resume(ctx context.Context) (streams.Watermark, map[uint64]bool, error) {
+	wm, rev, err := streams.LoadWatermark(ctx, in.deps.JS)
+	if err != nil {
+		return streams.Watermark{}, nil, err
+	}
+	in.rev = rev
+	in.committed.Store(wm.Stamp.UnixMicro())
+	stored, err := in.deps.Store.Recover(ctx, wm.Seq, chstore.Micros(wm.Stamp))
+	if err != nil {
+		return streams.Watermark{}, nil, err
+	}
+	if len(stored) > 0 {
+		in.deps.Log.WarnContext(ctx, "ingester skips versions already stored after the watermark", slog.Int("versions", len(stored)))
+	}
+	return wm, stored, nil
+}
+
+// openConsumer creates the follow's consumer from seq on, and returns it with
+// the function that deletes it. One ephemeral consumer per follow, in stream
+// order, without acks. An ordered consumer would do, but it recreates itself
+// on every fetch; this one is created once, and a message lost between the
+// server and here (a gap in its delivery sequence) ends the follow, which
+// resumes from the watermark.
+func (in *Ingester) openConsumer(ctx context.Context, seq uint64) (jetstream.Consumer, func(), error) {
+	stream, err := in.deps.JS.Stream(ctx, streams.StreamChanges)
+	if err != nil {
+		return nil, nil, fmt.Errorf("open stream %s: %w", streams.StreamChanges, err)
+	}
+	cons, err := stream.CreateConsumer(ctx, jetstream.ConsumerConfig{
+		DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: seq,
+		AckPolicy: jetstream.AckNonePolicy, MemoryStorage: true, InactiveThreshold: time.Minute,
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("create a consumer on %s: %w", streams.StreamChanges, err)
+	}
+	return cons, func() {
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		_ = stream.DeleteConsumer(dctx, cons.CachedInfo().Name)
+	}, nil
+}
+
+// committer commits the batches sent to it, in order, in its own goroutine.
+// The first error cancels the follow's context with it as the cause.
+type committer struct {
+	ctx     context.Context
+	commits chan pendingCommit
+	done    chan struct{}
+}
+
 // pendingCommit is a batch on its way to ClickHouse and the watermark.
 type pendingCommit struct {
 	rows []chstore.Row
 	next streams.Watermark
+}
+
+// startCommitter starts a committer that commits under ctx and cancels it on
+// an error.
+func (in *Ingester) startCommitter(ctx context.Context, cancel context.CancelCauseFunc, kv jetstream.KeyValue) *committer {
+	c := &committer{ctx: ctx, commits: make(chan pendingCommit, 1), done: make(chan struct{})}
+	go func() {
+		defer close(c.done)
+		for p := range c.commits {
+			if err := in.commit(ctx, kv, p.rows, p.next); err != nil {
+				cancel(err)
+				return
+			}
+		}
+	}()
+	return c
+}
+
+// send hands rows and the watermark after them to the committer; false if
+// the follow ended first.
+func (c *committer) send(rows []chstore.Row, next streams.Watermark) bool {
+	select {
+	case c.commits <- pendingCommit{rows, next}:
+		return true
+	case <-c.ctx.Done():
+		return false
+	}
+}
+
+// close waits for the committer to finish the batches sent, or to stop at
+// an error.
+func (c *committer) close() {
+	close(c.commits)
+	<-c.done
+}
+
+// follower is the state of one follow between fetches.
+type follower struct {
+	in        *Ingester
+	cons      jetstream.Consumer
+	commits   *committer
+	idle      bool              // the last fetch found nothing
+	delivered uint64            // the consumer's delivery sequence of the last message
+	assigned  streams.Watermark // the position the stamps of the next messages follow
+	stored    map[uint64]bool   // versions already stored after the watermark, to skip
+}
+
+// fetchOnce fetches the next changes and sends them to the committer.
+func (f *follower) fetchOnce(ctx context.Context) error {
+	batch, cancelFetch, err := f.fetch(ctx)
+	if err != nil {
+		return fmt.Errorf("fetch changes: %w", err)
+	}
+	rows, next, err := f.read(ctx, batch)
+	cancelFetch()
+	if err != nil {
+		return err
+	}
+	if err := batch.Error(); err != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, jetstream.ErrNoMessages) {
+		return fmt.Errorf("fetch changes: %w", err)
+	}
+	f.idle = next.Seq == f.assigned.Seq
+	if !f.idle {
+		f.commits.send(rows, next)
+		f.assigned = next
+	}
+	return nil
+}
+
+// fetch starts a fetch, and returns its batch with the function that ends
+// it. Busy, a fetch takes a batch of up to BatchSize changes, waiting up to
+// FlushInterval for it to fill. Idle (the last fetch found nothing), it
+// waits at the server for the next change and returns with it at once: an
+// idle ingester makes one request per streams.PullWait and writes nothing.
+func (f *follower) fetch(ctx context.Context) (jetstream.MessageBatch, context.CancelFunc, error) {
+	if !f.idle {
+		batch, err := f.cons.Fetch(f.in.cfg.BatchSize, jetstream.FetchMaxWait(f.in.cfg.FlushInterval))
+		return batch, func() {}, err
+	}
+	fctx, cancel := context.WithTimeout(ctx, streams.PullWait)
+	batch, err := f.cons.Fetch(1, jetstream.FetchContext(fctx))
+	if err != nil {
+		cancel()
+		return nil, nil, err
+	}
+	return batch, cancel, nil
+}
+
+// read turns the messages of batch into rows stamped after f.assigned,
+// sending what it has to the committer whenever it reaches BatchBytes, and
+// returns the rows left with the position of the last message. A gap in the
+// consumer's delivery sequence is an error: a change was lost.
+func (f *follower) read(ctx context.Context, batch jetstream.MessageBatch) ([]chstore.Row, streams.Watermark, error) {
+	rows := make([]chstore.Row, 0, 1024)
+	next := f.assigned
+	size := 0
+	for msg := range batch.Messages() {
+		md, err := msg.Metadata()
+		if err != nil {
+			return nil, next, fmt.Errorf("read change metadata: %w", err)
+		}
+		if md.Sequence.Consumer != f.delivered+1 {
+			return nil, next, fmt.Errorf("fetch changes: delivery %d follows %d: a change was lost on the way", md.Sequence.Consumer, f.delivered)
+		}
+		f.delivered = md.Sequence.Consumer
+		next.Seq = md.Sequence.Stream
+		next.Stamp = nextStamp(next.Stamp, md.Timestamp)
+		f.in.pending.Store(int64(md.NumPending))
+		if len(f.stored) > 0 && f.stored[next.Seq] {
+			delete(f.stored, next.Seq)
+			continue
+		}
+		versions, err := toRows(msg, next)
+		if err != nil {
+			f.in.rejected.Add(ctx, 1)
+			f.in.deps.Log.WarnContext(ctx, "change skipped", slog.Uint64("seq", next.Seq), slog.String("subject", msg.Subject()), slog.Any("error", err))
+			continue
+		}
+		// A message's versions always go in one insert: a transaction
+		// is stored, and passed by the watermark, whole (ADR 0003).
+		for _, v := range versions {
+			size += len(v.Body)
+		}
+		rows = append(rows, versions...)
+		if size >= f.in.cfg.BatchBytes {
+			// Insert what we have; the rest of the fetch continues the batch.
+			if !f.commits.send(rows, next) {
+				break
+			}
+			rows, size = make([]chstore.Row, 0, 1024), 0
+		}
+	}
+	return rows, next, nil
 }
 
 // nextStamp is the stamp of the change after one stamped prev, accepted by
