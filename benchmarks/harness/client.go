@@ -3,7 +3,6 @@ package harness
 import (
 	"context"
 	"fmt"
-	"io"
 	"sort"
 	"time"
 
@@ -31,7 +30,8 @@ type ClientResult struct {
 }
 
 // clientExports runs n system exports with the strict client, downloading
-// every file (checked against its count) and releasing the export.
+// every file (checked against its count) DownloadParallel at a time, gzip
+// encoded as a client asks for them, and releasing the export.
 func (h *harness) clientExports(ctx context.Context, n int) (*ClientResult, error) {
 	c := &bulkclient.Client{HTTP: h.downloadClient, MaxRetryAfter: time.Minute}
 	res := &ClientResult{Runs: n}
@@ -48,13 +48,17 @@ func (h *harness) clientExports(ctx context.Context, n int) (*ClientResult, erro
 			return res, fmt.Errorf("client export %d: %w", run, err)
 		}
 		toManifest := time.Since(start)
+		files, err := c.DownloadAll(ctx, m, h.opts.DownloadParallel, func(bulkclient.Kind, bulkclient.File) (func([]byte) error, error) {
+			return func([]byte) error { return nil }, nil
+		})
+		if err != nil {
+			return res, fmt.Errorf("client export %d: %w", run, err)
+		}
 		exported := map[string]int64{}
-		for _, f := range m.Output {
-			lines, err := c.Download(ctx, f, io.Discard)
-			if err != nil {
-				return res, fmt.Errorf("client export %d: %w", run, err)
+		for _, f := range files {
+			if f.Kind == bulkclient.KindOutput {
+				exported[f.File.Type] += int64(f.Lines)
 			}
-			exported[f.Type] += int64(lines)
 		}
 		toDownloaded := time.Since(start)
 		if err := h.verifyTotals(exported); err != nil {

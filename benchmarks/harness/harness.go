@@ -19,7 +19,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/flatfhir/flatfhir/services/flatfhir"
-	"github.com/flatfhir/flatfhir/services/flatfhir/chain"
+	"github.com/flatfhir/flatfhir/shared/bulkclient/chain"
 	"github.com/flatfhir/flatfhir/shared/chserver"
 	"github.com/flatfhir/flatfhir/shared/chstore"
 	"github.com/flatfhir/flatfhir/shared/natsembed"
@@ -301,7 +301,7 @@ func (h *harness) measure(ctx context.Context) error {
 		rep, err := chain.Run(ctx, chain.Config{
 			Base: h.base, Rounds: o.ChainRounds, Changes: o.ChainChanges, Pool: o.ChainChanges,
 			Concurrent: o.ChainChanges, Seed: o.Seed, Prefix: "chain-", Timeout: o.ExportTimeout,
-			Client: h.downloadClient, Progress: o.Progress,
+			Parallel: o.DownloadParallel, Client: h.downloadClient, Progress: o.Progress,
 		})
 		h.report.Chain = &rep
 		if err != nil {

@@ -26,7 +26,7 @@ type Options struct {
 	// _since Runs times; 0 skips the incremental measurement.
 	ChangeFraction float64
 	// ChainRounds, when positive, runs the chained-export check of DESIGN.md
-	// invariant 1 (services/flatfhir/chain) on the loaded store at the end:
+	// invariant 1 (shared/bulkclient/chain) on the loaded store at the end:
 	// that many rounds of ChainChanges changes each, with up to
 	// ChainChanges concurrent writes during every export.
 	ChainRounds  int

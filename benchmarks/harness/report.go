@@ -10,7 +10,7 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/flatfhir/flatfhir/services/flatfhir/chain"
+	"github.com/flatfhir/flatfhir/shared/bulkclient/chain"
 )
 
 // MB is the unit of the MB/s figures: 10^6 bytes.

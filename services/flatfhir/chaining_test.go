@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/flatfhir/flatfhir/services/flatfhir/chain"
+	"github.com/flatfhir/flatfhir/shared/bulkclient/chain"
 )
 
 // TestE2EChainedSinceExportsReproduceTheSource is DESIGN.md invariant 1 at

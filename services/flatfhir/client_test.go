@@ -1,10 +1,11 @@
 package flatfhir_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"maps"
+	"sync"
 	"testing"
 	"time"
 
@@ -104,25 +105,29 @@ func TestE2EAStrictClientCompletesEveryLevel(t *testing.T) {
 			if len(m.Error) != 0 {
 				t.Errorf("error files %+v", m.Error)
 			}
+			// Four files at a time, gzip-encoded, as real clients fetch them.
+			var mu sync.Mutex
 			got := map[string]int{}
 			seen := map[string]bool{}
-			for _, f := range m.Output {
-				var buf bytes.Buffer
-				if _, err := c.Download(ctx, f, &buf); err != nil {
-					t.Fatal(err)
-				}
-				for _, line := range bytes.Split(bytes.TrimSpace(buf.Bytes()), []byte("\n")) {
+			_, err = c.DownloadAll(ctx, m, 4, func(_ bulkclient.Kind, f bulkclient.File) (func([]byte) error, error) {
+				return func(line []byte) error {
 					var r struct{ ResourceType, ID string }
 					if err := json.Unmarshal(line, &r); err != nil || r.ResourceType != f.Type {
-						t.Fatalf("%s: a %s line in a %s file (%v)", f.URL, r.ResourceType, f.Type, err)
+						return fmt.Errorf("a %s line in a %s file (%v)", r.ResourceType, f.Type, err)
 					}
+					mu.Lock()
+					defer mu.Unlock()
 					if key := r.ResourceType + "/" + r.ID; seen[key] {
 						t.Errorf("%s exported twice", key)
 					} else {
 						seen[key] = true
 					}
 					got[r.ResourceType]++
-				}
+					return nil
+				}, nil
+			})
+			if err != nil {
+				t.Fatal(err)
 			}
 			if !maps.Equal(got, tc.want) {
 				t.Errorf("exported %v, want %v", got, tc.want)

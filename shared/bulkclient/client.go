@@ -1,5 +1,6 @@
 // Package bulkclient is a strict FHIR Bulk Data Access v2 client: kick-off,
-// status polling that honours Retry-After, manifest, downloads and release.
+// status polling that honours Retry-After, manifest, downloads (one file,
+// or every file of a manifest in parallel, gzip-encoded) and release.
 //
 // It parses as strictly as the clients payers run (the SMART
 // bulk-data-client, Inferno): every response body must be empty or JSON of
@@ -13,6 +14,7 @@ package bulkclient
 import (
 	"bufio"
 	"bytes"
+	"compress/gzip"
 	"context"
 	"encoding/json"
 	"errors"
@@ -22,6 +24,8 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -200,18 +204,127 @@ func parseManifest(resp *http.Response, b []byte) (Manifest, error) {
 // and that every line is a JSON object; it returns the lines written. When
 // the manifest gives a count, a different number of lines is an error.
 func (c *Client) Download(ctx context.Context, f File, w io.Writer) (int, error) {
-	return c.DownloadLines(ctx, f, func(line []byte) error {
-		_, err := w.Write(append(line, '\n'))
-		return err
-	})
+	return c.DownloadLines(ctx, f, WriteLines(w))
 }
 
 // DownloadLines streams one file of a manifest, handing each line (a JSON
-// object; the slice is reused) to fn, checked as Download checks it.
+// object; the slice is reused) to fn, checked as Download checks it. It
+// asks for gzip and decodes it. It sends the bearer token whenever Token is
+// set; DownloadAll instead follows the manifest's requiresAccessToken.
 func (c *Client) DownloadLines(ctx context.Context, f File, fn func(line []byte) error) (int, error) {
-	req, err := c.request(ctx, http.MethodGet, f.URL, nil, http.Header{"Accept": {"application/fhir+ndjson"}})
+	return c.lines(ctx, f, c.Token != nil, fn)
+}
+
+// WriteLines returns a line function for DownloadLines and DownloadAll that
+// writes each line to w followed by a newline.
+func WriteLines(w io.Writer) func(line []byte) error {
+	var buf []byte
+	return func(line []byte) error {
+		buf = append(append(buf[:0], line...), '\n')
+		_, err := w.Write(buf)
+		return err
+	}
+}
+
+// Kind names the manifest array a file is listed in.
+type Kind string
+
+// The three arrays of a manifest.
+const (
+	KindOutput  Kind = "output"
+	KindDeleted Kind = "deleted"
+	KindError   Kind = "error"
+)
+
+// Fetched is one file DownloadAll downloaded: the array it is listed in,
+// its entry, and the lines it held.
+type Fetched struct {
+	Kind  Kind
+	File  File
+	Lines int
+}
+
+// DownloadAll downloads every file of m (output, deleted, then error), at
+// most parallel at a time (below 1: one at a time). open is called once per
+// file, on the goroutine that downloads it, and returns the function that
+// receives that file's lines, checked as DownloadLines checks them; a nil
+// function skips the file. The lines of one file arrive in order on one
+// goroutine; different files' lines arrive concurrently.
+//
+// Each request asks for gzip and a gzip Content-Encoding is decoded. The
+// bearer token (Token) is sent only when m.RequiresAccessToken is true: a
+// file server that controls access otherwise (signed URLs) must not see it.
+// The first error cancels the other downloads and is returned. The files
+// downloaded completely are returned, in manifest order.
+func (c *Client) DownloadAll(ctx context.Context, m Manifest, parallel int, open func(kind Kind, f File) (func(line []byte) error, error)) ([]Fetched, error) {
+	var todo []Fetched
+	for _, list := range []struct {
+		kind  Kind
+		files []File
+	}{{KindOutput, m.Output}, {KindDeleted, m.Deleted}, {KindError, m.Error}} {
+		for _, f := range list.files {
+			todo = append(todo, Fetched{Kind: list.kind, File: f})
+		}
+	}
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	var (
+		next  atomic.Int64
+		done  = make([]bool, len(todo))
+		wg    sync.WaitGroup
+		once  sync.Once
+		first error
+	)
+	for range max(1, min(parallel, len(todo))) {
+		wg.Go(func() {
+			for ctx.Err() == nil {
+				i := int(next.Add(1)) - 1
+				if i >= len(todo) {
+					return
+				}
+				e := &todo[i]
+				fn, err := open(e.Kind, e.File)
+				if err != nil {
+					err = fmt.Errorf("download %s file %s: %w", e.Kind, e.File.URL, err)
+				} else if fn != nil {
+					e.Lines, err = c.lines(ctx, e.File, m.RequiresAccessToken, fn)
+					done[i] = err == nil
+				}
+				if err != nil {
+					once.Do(func() { first = err; cancel(err) })
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	var got []Fetched
+	for i, e := range todo {
+		if done[i] {
+			got = append(got, e)
+		}
+	}
+	if first == nil && ctx.Err() != nil {
+		first = context.Cause(ctx) // the caller's context ended
+	}
+	return got, first
+}
+
+// lines fetches one file and hands its lines to fn; token says whether
+// the bearer token goes with the request.
+func (c *Client) lines(ctx context.Context, f File, token bool, fn func(line []byte) error) (int, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, f.URL, nil)
 	if err != nil {
-		return 0, err
+		return 0, fmt.Errorf("download %s: %w", f.URL, err)
+	}
+	req.Header.Set("Accept", "application/fhir+ndjson")
+	// Set explicitly, Accept-Encoding makes the transport leave the body
+	// as sent, whatever its DisableCompression: decoded undoes it.
+	req.Header.Set("Accept-Encoding", "gzip")
+	if token {
+		if err := c.authorize(ctx, req); err != nil {
+			return 0, err
+		}
 	}
 	resp, err := c.httpClient().Do(req)
 	if err != nil {
@@ -225,7 +338,11 @@ func (c *Client) DownloadLines(ctx context.Context, f File, fn func(line []byte)
 	if mt, _, _ := mime.ParseMediaType(resp.Header.Get("Content-Type")); mt != "application/fhir+ndjson" && mt != "application/ndjson" {
 		return 0, fmt.Errorf("download %s: Content-Type %q, want application/fhir+ndjson", f.URL, resp.Header.Get("Content-Type"))
 	}
-	sc := bufio.NewScanner(resp.Body)
+	body, err := decoded(resp)
+	if err != nil {
+		return 0, fmt.Errorf("download %s: %w", f.URL, err)
+	}
+	sc := bufio.NewScanner(body)
 	sc.Buffer(make([]byte, 0, 1<<20), 256<<20)
 	n := 0
 	for sc.Scan() {
@@ -248,6 +365,33 @@ func (c *Client) DownloadLines(ctx context.Context, f File, fn func(line []byte)
 		return n, fmt.Errorf("download %s: %d lines, the manifest says %d", f.URL, n, *f.Count)
 	}
 	return n, nil
+}
+
+// decoded returns the body of resp with its Content-Encoding undone. A
+// download asks for gzip only, so identity and gzip (x-gzip), in any
+// number, are all it accepts. A gzip body is checked to its end (CRC and
+// length): a truncated file is an error, not fewer lines.
+func decoded(resp *http.Response) (io.Reader, error) {
+	var body io.Reader = resp.Body
+	codings := strings.Split(resp.Header.Get("Content-Encoding"), ",")
+	// Codings are listed in the order applied: undo the last first.
+	for i := len(codings) - 1; i >= 0; i-- {
+		switch coding := strings.ToLower(strings.TrimSpace(codings[i])); coding {
+		case "", "identity":
+		case "gzip", "x-gzip":
+			zr, err := gzip.NewReader(body)
+			if errors.Is(err, io.EOF) {
+				return http.NoBody, nil // an empty body, labelled gzip
+			}
+			if err != nil {
+				return nil, fmt.Errorf("Content-Encoding gzip: %w", err)
+			}
+			body = zr
+		default:
+			return nil, fmt.Errorf("Content-Encoding %q, asked for gzip only", resp.Header.Get("Content-Encoding"))
+		}
+	}
+	return body, nil
 }
 
 // Delete releases (or cancels) an export: DELETE on its status URL.
@@ -316,14 +460,23 @@ func (c *Client) request(ctx context.Context, method, url string, body []byte, h
 		return nil, err
 	}
 	req.Header = h
-	if c.Token != nil {
-		tok, err := c.Token(ctx)
-		if err != nil {
-			return nil, fmt.Errorf("access token: %w", err)
-		}
-		req.Header.Set("Authorization", "Bearer "+tok)
+	if err := c.authorize(ctx, req); err != nil {
+		return nil, err
 	}
 	return req, nil
+}
+
+// authorize sets the bearer token from Token, when there is one.
+func (c *Client) authorize(ctx context.Context, req *http.Request) error {
+	if c.Token == nil {
+		return nil
+	}
+	tok, err := c.Token(ctx)
+	if err != nil {
+		return fmt.Errorf("access token: %w", err)
+	}
+	req.Header.Set("Authorization", "Bearer "+tok)
+	return nil
 }
 
 // do sends a request and reads the whole answer (small JSON bodies only).

@@ -1,4 +1,4 @@
-// Package chain checks DESIGN.md invariant 1 against a running engine: a
+// Package chain checks DESIGN.md invariant 1 against a running server: a
 // full export followed by exports with _since = the previous
 // transactionTime, each applied to a replica, reproduce the source exactly.
 //
@@ -7,8 +7,14 @@
 // after each round while a concurrent writer keeps changing other
 // resources, so that some of its writes land before and some after the
 // export's transactionTime. After every export the replica must equal the
-// source as of that transactionTime. The e2e tests run it at a modest size;
-// bulkbench runs it at a large size (-chain-rounds).
+// source as of that transactionTime.
+//
+// It speaks plain FHIR REST (PUT with client ids, DELETE, transaction
+// Bundles) and Bulk Data v2 (system $export with _since, through
+// bulkclient), so it runs against any server that offers them. flatfhir's
+// e2e tests run it against the engine at a modest size, bulkbench at a
+// large size (-chain-rounds), and its own tests against an in-memory fake
+// (fake_test.go).
 package chain
 
 import (
@@ -50,6 +56,9 @@ type Config struct {
 	Prefix string
 	// Timeout bounds each export.
 	Timeout time.Duration
+	// Parallel is how many files of an export are downloaded at once; 0
+	// is 4.
+	Parallel int
 	// Client sends the requests; nil means a client with a one-minute
 	// timeout.
 	Client *http.Client
@@ -106,6 +115,9 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 	}
 	if cfg.Progress == nil {
 		cfg.Progress = io.Discard
+	}
+	if cfg.Parallel <= 0 {
+		cfg.Parallel = 4
 	}
 	r := &run{cfg: cfg, client: cfg.Client, rng: rand.New(rand.NewPCG(cfg.Seed, cfg.Seed^0x9e3779b97f4a7c15)),
 		history: map[string][]version{}, replica: map[string]string{}}
@@ -398,34 +410,37 @@ func (r *run) export(ctx context.Context, u string) (bulkclient.Manifest, error)
 	return m, nil
 }
 
-// apply downloads an export into the replica: deletions, then upserts. A
-// resource in both lists is an error.
+// apply downloads an export into the replica, Parallel files at a time:
+// deletions remove, output upserts. A resource in both output and deleted,
+// or twice in output, is an error, so the order files arrive in does not
+// matter. Error files are not read: what they lost shows as a difference.
 func (r *run) apply(ctx context.Context, m bulkclient.Manifest) error {
-	seen := map[string]bool{}
-	for _, f := range m.Deleted {
-		_, err := r.bulk.DownloadLines(ctx, f, func(line []byte) error {
-			var b struct {
-				Entry []struct{ Request struct{ Method, URL string } }
-			}
-			if err := json.Unmarshal(line, &b); err != nil {
-				return err
-			}
-			for _, e := range b.Entry {
-				if e.Request.Method != http.MethodDelete {
-					return fmt.Errorf("deleted entry with method %q", e.Request.Method)
-				}
-				delete(r.replica, e.Request.URL)
-				seen[e.Request.URL] = true
-				r.report.Applied++
-			}
-			return nil
-		})
-		if err != nil {
+	var mu sync.Mutex // the replica, the report and the two sets below
+	inOutput, inDeleted := map[string]bool{}, map[string]bool{}
+	deleted := func(line []byte) error {
+		var b struct {
+			Entry []struct{ Request struct{ Method, URL string } }
+		}
+		if err := json.Unmarshal(line, &b); err != nil {
 			return err
 		}
+		mu.Lock()
+		defer mu.Unlock()
+		for _, e := range b.Entry {
+			if e.Request.Method != http.MethodDelete {
+				return fmt.Errorf("deleted entry with method %q", e.Request.Method)
+			}
+			if inOutput[e.Request.URL] {
+				return fmt.Errorf("%s is in both output and deleted", e.Request.URL)
+			}
+			inDeleted[e.Request.URL] = true
+			delete(r.replica, e.Request.URL)
+			r.report.Applied++
+		}
+		return nil
 	}
-	for _, f := range m.Output {
-		_, err := r.bulk.DownloadLines(ctx, f, func(line []byte) error {
+	output := func(f bulkclient.File) func(line []byte) error {
+		return func(line []byte) error {
 			var res struct {
 				ResourceType, ID string
 				Meta             struct{ VersionID string }
@@ -437,21 +452,32 @@ func (r *run) apply(ctx context.Context, m bulkclient.Manifest) error {
 			if res.ResourceType != f.Type {
 				return fmt.Errorf("%s in a %s file", key, f.Type)
 			}
-			if seen[key] {
-				return fmt.Errorf("%s is in both output and deleted, or twice in output", key)
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case inOutput[key]:
+				return fmt.Errorf("%s is twice in output", key)
+			case inDeleted[key]:
+				return fmt.Errorf("%s is in both output and deleted", key)
 			}
-			seen[key] = true
+			inOutput[key] = true
 			if strings.HasPrefix(res.ID, r.cfg.Prefix) {
 				r.replica[key] = res.Meta.VersionID
 			}
 			r.report.Applied++
 			return nil
-		})
-		if err != nil {
-			return err
 		}
 	}
-	return nil
+	_, err := r.bulk.DownloadAll(ctx, m, r.cfg.Parallel, func(kind bulkclient.Kind, f bulkclient.File) (func([]byte) error, error) {
+		switch kind {
+		case bulkclient.KindOutput:
+			return output(f), nil
+		case bulkclient.KindDeleted:
+			return deleted, nil
+		}
+		return nil, nil
+	})
+	return err
 }
 
 // expected is the source as of t: the latest version at or before t of
