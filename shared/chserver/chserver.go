@@ -31,6 +31,23 @@ type Config struct {
 	ReadyTimeout time.Duration
 	// MaxMemoryUsage caps one query's memory, in bytes.
 	MaxMemoryUsage int64
+	// ZooKeeper, when set (host:port each), coordinates replicated
+	// tables; the server then also serves its parts to its replicas on
+	// InterserverPort (0 picks a free one).
+	ZooKeeper       []string
+	InterserverPort int
+}
+
+// zkNode is one ZooKeeper server in the configuration.
+type zkNode struct {
+	Host string
+	Port string
+}
+
+// templateData is what the configuration template reads.
+type templateData struct {
+	Config
+	ZKNodes []zkNode
 }
 
 // Validate checks the configuration.
@@ -107,6 +124,16 @@ var configTemplate = template.Must(template.New("config").Parse(`<?xml version="
   </quotas>
   <default_profile>default</default_profile>
   <default_database>default</default_database>
+{{- if .ZKNodes}}
+  <interserver_http_port>{{.InterserverPort}}</interserver_http_port>
+  <interserver_http_host>127.0.0.1</interserver_http_host>
+  <zookeeper>
+{{- range .ZKNodes}}
+    <node><host>{{.Host}}</host><port>{{.Port}}</port></node>
+{{- end}}
+    <session_timeout_ms>10000</session_timeout_ms>
+  </zookeeper>
+{{- end}}
   <timezone>UTC</timezone>
 </yandex>
 `))
@@ -148,12 +175,25 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 		c.Close()
 		return nil, fmt.Errorf("port %d is already in use: stop what listens there or choose another ClickHouse port", cfg.TCPPort)
 	}
+	data := templateData{Config: cfg}
+	for _, a := range cfg.ZooKeeper {
+		host, port, err := net.SplitHostPort(a)
+		if err != nil {
+			return nil, fmt.Errorf("zookeeper address %q: %w", a, err)
+		}
+		data.ZKNodes = append(data.ZKNodes, zkNode{host, port})
+	}
+	if len(data.ZKNodes) > 0 && data.InterserverPort == 0 {
+		if data.InterserverPort, err = freePort(); err != nil {
+			return nil, err
+		}
+	}
 	confPath := filepath.Join(dir, "config.xml")
 	f, err := os.Create(confPath)
 	if err != nil {
 		return nil, fmt.Errorf("write clickhouse config: %w", err)
 	}
-	if err := configTemplate.Execute(f, cfg); err != nil {
+	if err := configTemplate.Execute(f, data); err != nil {
 		f.Close()
 		return nil, fmt.Errorf("write clickhouse config: %w", err)
 	}
@@ -220,10 +260,11 @@ func (s *Server) Stop() error {
 	}
 	_ = s.cmd.Process.Signal(syscall.SIGTERM)
 	select {
-	case <-s.done:
+	case err := <-s.done:
+		s.done <- err // Stop again returns at once
 	case <-time.After(15 * time.Second):
 		_ = s.cmd.Process.Kill()
-		<-s.done
+		s.done <- <-s.done
 	}
 	return nil
 }

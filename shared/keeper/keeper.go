@@ -1,0 +1,176 @@
+// Package keeper starts a local ZooKeeper as a child process on loopback,
+// the coordination service ClickHouse 18.16's replicated tables need. It
+// runs Debian's zookeeper package (the jar, on Java) in standalone mode
+// with its own data directory: the one-machine cluster and the cluster
+// tests use it. Deployments run ZooKeeper or ClickHouse Keeper as their
+// operators do.
+package keeper
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// Config says where ZooKeeper keeps data and listens.
+type Config struct {
+	// Dir holds data and logs; it is reused across restarts.
+	Dir string
+	// Port is the client port; 0 picks a free one.
+	Port int
+	// Jar overrides the ZooKeeper jar (default: Debian's).
+	Jar string
+	// ReadyTimeout bounds the wait until it serves.
+	ReadyTimeout time.Duration
+}
+
+// DefaultJar is where Debian's zookeeper package puts the server.
+const DefaultJar = "/usr/share/java/zookeeper.jar"
+
+// simpleLogger is Debian's SLF4J binding that logs to stderr.
+const simpleLogger = "/usr/share/java/slf4j-simple.jar"
+
+// ErrNotInstalled means Java or the ZooKeeper jar is missing.
+var ErrNotInstalled = errors.New("zookeeper is not installed (install the Debian package zookeeper, or run make deps-cluster)")
+
+// Server is a running local ZooKeeper.
+type Server struct {
+	cmd  *exec.Cmd
+	addr string
+	done chan error
+}
+
+// Start starts ZooKeeper and waits until it answers "imok".
+func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
+	if cfg.Dir == "" {
+		return nil, errors.New("zookeeper directory is required")
+	}
+	if cfg.Jar == "" {
+		cfg.Jar = DefaultJar
+	}
+	if cfg.ReadyTimeout == 0 {
+		cfg.ReadyTimeout = 60 * time.Second
+	}
+	java, err := exec.LookPath("java")
+	if err != nil {
+		return nil, ErrNotInstalled
+	}
+	if _, err := os.Stat(cfg.Jar); err != nil {
+		return nil, ErrNotInstalled
+	}
+	dir, err := filepath.Abs(cfg.Dir)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(filepath.Join(dir, "data"), 0o755); err != nil {
+		return nil, fmt.Errorf("create zookeeper directory: %w", err)
+	}
+	if cfg.Port == 0 {
+		if cfg.Port, err = freePort(); err != nil {
+			return nil, err
+		}
+	}
+	conf := filepath.Join(dir, "zoo.cfg")
+	body := fmt.Sprintf("tickTime=500\ndataDir=%s\nclientPort=%d\nclientPortAddress=127.0.0.1\nmaxClientCnxns=0\nadmin.enableServer=false\n4lw.commands.whitelist=ruok,srvr,mntr\n",
+		filepath.Join(dir, "data"), cfg.Port)
+	if err := os.WriteFile(conf, []byte(body), 0o644); err != nil {
+		return nil, fmt.Errorf("write zookeeper config: %w", err)
+	}
+	out, err := os.OpenFile(filepath.Join(dir, "zookeeper.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("open zookeeper log: %w", err)
+	}
+	classpath := cfg.Jar
+	if _, err := os.Stat(simpleLogger); err == nil {
+		classpath += ":" + simpleLogger // logs to zookeeper.log instead of nowhere
+	}
+	cmd := exec.Command(java, "-Xmx256m", "-cp", classpath, "org.apache.zookeeper.server.ZooKeeperServerMain", conf)
+	cmd.Dir = dir
+	cmd.Stdout, cmd.Stderr = out, out
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		out.Close()
+		return nil, fmt.Errorf("start zookeeper: %w", err)
+	}
+	s := &Server{cmd: cmd, addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(cfg.Port)), done: make(chan error, 1)}
+	go func() { s.done <- cmd.Wait(); out.Close() }()
+	if err := s.waitReady(ctx, cfg.ReadyTimeout); err != nil {
+		_ = s.Stop()
+		return nil, fmt.Errorf("zookeeper at %s (log in %s): %w", s.addr, dir, err)
+	}
+	log.Info("zookeeper started", slog.String("addr", s.addr), slog.String("dir", dir))
+	return s, nil
+}
+
+// Addr is host:port of the client port.
+func (s *Server) Addr() string { return s.addr }
+
+// Stop terminates ZooKeeper and waits for it to exit.
+func (s *Server) Stop() error {
+	_ = s.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-s.done:
+		s.done <- err // Stop again returns at once
+	case <-time.After(10 * time.Second):
+		_ = s.cmd.Process.Kill()
+		s.done <- <-s.done
+	}
+	return nil
+}
+
+// ruok asks the four-letter "ruok" command.
+func ruok(addr string) bool {
+	c, err := net.DialTimeout("tcp", addr, time.Second)
+	if err != nil {
+		return false
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(2 * time.Second))
+	if _, err := c.Write([]byte("ruok")); err != nil {
+		return false
+	}
+	line, _ := bufio.NewReader(c).ReadString('\n')
+	return strings.HasPrefix(line, "imok")
+}
+
+func (s *Server) waitReady(ctx context.Context, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		select {
+		case err := <-s.done:
+			s.done <- err
+			return fmt.Errorf("zookeeper exited: %v", err)
+		default:
+		}
+		if ruok(s.addr) {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("not serving after %s", timeout)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, fmt.Errorf("find a free port: %w", err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
