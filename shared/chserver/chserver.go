@@ -14,9 +14,10 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
-	"syscall"
 	"text/template"
 	"time"
+
+	"github.com/flatfhir/flatfhir/shared/childproc"
 )
 
 // Config says where the server keeps data and listens.
@@ -63,10 +64,8 @@ func (c Config) Validate() error {
 
 // Server is a running local ClickHouse.
 type Server struct {
-	cmd  *exec.Cmd
+	proc *childproc.Proc
 	addr string
-	done chan error
-	log  *slog.Logger
 }
 
 // ErrNoBinary means no ClickHouse server binary is installed.
@@ -165,14 +164,13 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 		}
 	}
 	if cfg.TCPPort == 0 {
-		if cfg.TCPPort, err = freePort(); err != nil {
+		if cfg.TCPPort, err = childproc.FreePort(); err != nil {
 			return nil, err
 		}
 	}
 	// A server already on the port would answer for ours and hide that ours
 	// failed to bind.
-	if c, err := net.DialTimeout("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(cfg.TCPPort)), time.Second); err == nil {
-		c.Close()
+	if childproc.Dialable(net.JoinHostPort("127.0.0.1", strconv.Itoa(cfg.TCPPort))) {
 		return nil, fmt.Errorf("port %d is already in use: stop what listens there or choose another ClickHouse port", cfg.TCPPort)
 	}
 	data := templateData{Config: cfg}
@@ -184,7 +182,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 		data.ZKNodes = append(data.ZKNodes, zkNode{host, port})
 	}
 	if len(data.ZKNodes) > 0 && data.InterserverPort == 0 {
-		if data.InterserverPort, err = freePort(); err != nil {
+		if data.InterserverPort, err = childproc.FreePort(); err != nil {
 			return nil, err
 		}
 	}
@@ -204,20 +202,13 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	args = append(args, "--config-file="+confPath)
 	cmd := exec.Command(bin, args...)
 	cmd.Dir = dir
-	out, err := os.OpenFile(filepath.Join(dir, "log", "stdout.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		return nil, fmt.Errorf("open clickhouse stdout log: %w", err)
-	}
-	cmd.Stdout, cmd.Stderr = out, out
 	// The server must not outlive us, whatever way we exit.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		out.Close()
-		return nil, fmt.Errorf("start %s: %w", bin, err)
+	proc, err := childproc.Start(cmd, filepath.Join(dir, "log", "stdout.log"))
+	if err != nil {
+		return nil, fmt.Errorf("clickhouse: %w", err)
 	}
-	s := &Server{cmd: cmd, addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(cfg.TCPPort)), done: make(chan error, 1), log: log}
-	go func() { s.done <- cmd.Wait(); out.Close() }()
-	if err := s.waitReady(ctx, cfg.ReadyTimeout); err != nil {
+	s := &Server{proc: proc, addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(cfg.TCPPort))}
+	if err := proc.WaitReady(ctx, cfg.ReadyTimeout, func() bool { return childproc.Dialable(s.addr) }); err != nil {
 		_ = s.Stop()
 		return nil, fmt.Errorf("clickhouse at %s (logs in %s): %w", s.addr, filepath.Join(dir, "log"), err)
 	}
@@ -225,55 +216,11 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	return s, nil
 }
 
-func (s *Server) waitReady(ctx context.Context, timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
-	for {
-		select {
-		case err := <-s.done:
-			s.done <- err
-			return fmt.Errorf("server exited: %v", err)
-		default:
-		}
-		c, err := net.DialTimeout("tcp", s.addr, time.Second)
-		if err == nil {
-			c.Close()
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("not accepting connections after %s", timeout)
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
-}
-
 // Addr is host:port of the native protocol.
 func (s *Server) Addr() string { return s.addr }
 
 // Stop terminates the server and waits for it to exit.
 func (s *Server) Stop() error {
-	if s.cmd.Process == nil {
-		return nil
-	}
-	_ = s.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case err := <-s.done:
-		s.done <- err // Stop again returns at once
-	case <-time.After(15 * time.Second):
-		_ = s.cmd.Process.Kill()
-		s.done <- <-s.done
-	}
+	s.proc.Stop(15 * time.Second)
 	return nil
-}
-
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, fmt.Errorf("find a free port: %w", err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
 }

@@ -18,8 +18,9 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
+
+	"github.com/flatfhir/flatfhir/shared/childproc"
 )
 
 // Config says where ZooKeeper keeps data and listens.
@@ -45,9 +46,8 @@ var ErrNotInstalled = errors.New("zookeeper is not installed (install the Debian
 
 // Server is a running local ZooKeeper.
 type Server struct {
-	cmd  *exec.Cmd
+	proc *childproc.Proc
 	addr string
-	done chan error
 }
 
 // Start starts ZooKeeper and waits until it answers "imok".
@@ -76,7 +76,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 		return nil, fmt.Errorf("create zookeeper directory: %w", err)
 	}
 	if cfg.Port == 0 {
-		if cfg.Port, err = freePort(); err != nil {
+		if cfg.Port, err = childproc.FreePort(); err != nil {
 			return nil, err
 		}
 	}
@@ -86,25 +86,18 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	if err := os.WriteFile(conf, []byte(body), 0o644); err != nil {
 		return nil, fmt.Errorf("write zookeeper config: %w", err)
 	}
-	out, err := os.OpenFile(filepath.Join(dir, "zookeeper.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		return nil, fmt.Errorf("open zookeeper log: %w", err)
-	}
 	classpath := cfg.Jar
 	if _, err := os.Stat(simpleLogger); err == nil {
 		classpath += ":" + simpleLogger // logs to zookeeper.log instead of nowhere
 	}
 	cmd := exec.Command(java, "-Xmx256m", "-cp", classpath, "org.apache.zookeeper.server.ZooKeeperServerMain", conf)
 	cmd.Dir = dir
-	cmd.Stdout, cmd.Stderr = out, out
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		out.Close()
-		return nil, fmt.Errorf("start zookeeper: %w", err)
+	proc, err := childproc.Start(cmd, filepath.Join(dir, "zookeeper.log"))
+	if err != nil {
+		return nil, fmt.Errorf("zookeeper: %w", err)
 	}
-	s := &Server{cmd: cmd, addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(cfg.Port)), done: make(chan error, 1)}
-	go func() { s.done <- cmd.Wait(); out.Close() }()
-	if err := s.waitReady(ctx, cfg.ReadyTimeout); err != nil {
+	s := &Server{proc: proc, addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(cfg.Port))}
+	if err := proc.WaitReady(ctx, cfg.ReadyTimeout, func() bool { return ruok(s.addr) }); err != nil {
 		_ = s.Stop()
 		return nil, fmt.Errorf("zookeeper at %s (log in %s): %w", s.addr, dir, err)
 	}
@@ -117,14 +110,7 @@ func (s *Server) Addr() string { return s.addr }
 
 // Stop terminates ZooKeeper and waits for it to exit.
 func (s *Server) Stop() error {
-	_ = s.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case err := <-s.done:
-		s.done <- err // Stop again returns at once
-	case <-time.After(10 * time.Second):
-		_ = s.cmd.Process.Kill()
-		s.done <- <-s.done
-	}
+	s.proc.Stop(10 * time.Second)
 	return nil
 }
 
@@ -141,36 +127,4 @@ func ruok(addr string) bool {
 	}
 	line, _ := bufio.NewReader(c).ReadString('\n')
 	return strings.HasPrefix(line, "imok")
-}
-
-func (s *Server) waitReady(ctx context.Context, timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
-	for {
-		select {
-		case err := <-s.done:
-			s.done <- err
-			return fmt.Errorf("zookeeper exited: %v", err)
-		default:
-		}
-		if ruok(s.addr) {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("not serving after %s", timeout)
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
-}
-
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, fmt.Errorf("find a free port: %w", err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
 }
