@@ -159,7 +159,7 @@ func (in *Ingester) follow(ctx context.Context, kv jetstream.KeyValue) error {
 // resume loads the watermark, and the versions a crashed predecessor
 // inserted after it without advancing it: they are replayed with the same
 // seqs and stamps, so they are skipped rather than stored twice.
-func (in *Ingester) resume(ctx context.Context) (streams.Watermark, map[uint64]bool, error) {
+func (in *Ingester) resume(ctx context.Context) (streams.Watermark, map[chstore.VersionKey]bool, error) {
 	wm, rev, err := streams.LoadWatermark(ctx, in.deps.JS)
 	if err != nil {
 		return streams.Watermark{}, nil, err
@@ -254,10 +254,10 @@ type follower struct {
 	in        *Ingester
 	cons      jetstream.Consumer
 	commits   *committer
-	idle      bool              // the last fetch found nothing
-	delivered uint64            // the consumer's delivery sequence of the last message
-	assigned  streams.Watermark // the position the stamps of the next messages follow
-	stored    map[uint64]bool   // versions already stored after the watermark, to skip
+	idle      bool                        // the last fetch found nothing
+	delivered uint64                      // the consumer's delivery sequence of the last message
+	assigned  streams.Watermark           // the position the stamps of the next messages follow
+	stored    map[chstore.VersionKey]bool // versions already stored after the watermark, to skip
 }
 
 // fetchOnce fetches the next changes and sends them to the committer.
@@ -321,15 +321,14 @@ func (f *follower) read(ctx context.Context, batch jetstream.MessageBatch) ([]ch
 		next.Seq = md.Sequence.Stream
 		next.Stamp = nextStamp(next.Stamp, md.Timestamp)
 		f.in.pending.Store(int64(md.NumPending))
-		if len(f.stored) > 0 && f.stored[next.Seq] {
-			delete(f.stored, next.Seq)
-			continue
-		}
 		versions, err := toRows(msg, next)
 		if err != nil {
 			f.in.rejected.Add(ctx, 1)
 			f.in.deps.Log.WarnContext(ctx, "change skipped", slog.Uint64("seq", next.Seq), slog.String("subject", msg.Subject()), slog.Any("error", err))
 			continue
+		}
+		if len(f.stored) > 0 {
+			versions = f.unstored(versions)
 		}
 		// A message's versions always go in one insert: a transaction
 		// is stored, and passed by the watermark, whole (ADR 0003).
@@ -346,6 +345,22 @@ func (f *follower) read(ctx context.Context, batch jetstream.MessageBatch) ([]ch
 		}
 	}
 	return rows, next, nil
+}
+
+// unstored leaves out of versions those a crashed predecessor stored. They
+// are named one by one: a transaction spread over shards may have been
+// stored on some and not on others.
+func (f *follower) unstored(versions []chstore.Row) []chstore.Row {
+	out := versions[:0]
+	for _, v := range versions {
+		k := chstore.VersionKey{Seq: v.Seq, Type: v.Type, ID: v.ID}
+		if f.stored[k] {
+			delete(f.stored, k)
+			continue
+		}
+		out = append(out, v)
+	}
+	return out
 }
 
 // nextStamp is the stamp of the change after one stamped prev, accepted by

@@ -42,6 +42,9 @@ type Config struct {
 	// TrimGrace is the wait between raising the change log's horizon and
 	// dropping months (chstore.ChangeLogGrace; shorter only in tests).
 	TrimGrace time.Duration
+	// Shards is how many shards the store has (0 or 1: one); New takes
+	// it from the store. A task's rows never span two (ADR 0007).
+	Shards int
 }
 
 // DefaultConfig returns the defaults.
@@ -95,6 +98,9 @@ func New(cfg Config, deps Deps) (*Planner, error) {
 	}
 	if deps.Now == nil {
 		deps.Now = time.Now
+	}
+	if cfg.Shards == 0 {
+		cfg.Shards = deps.Store.Shards()
 	}
 	p := &Planner{cfg: cfg, deps: deps, tracer: deps.Tracer.Tracer("flatfhir/planner")}
 	var err error
@@ -314,6 +320,7 @@ func (p *Planner) split(ctx context.Context, job streams.Job, t time.Time) ([]st
 }
 
 // Split is the pure splitting rule; counts must be ordered by type and bucket.
+// Tasks are cut at cfg.Shards' boundaries too, so that each reads one shard.
 // Every exported type in counts gets tasks; when includeAssociatedData adds
 // Provenance tasks (see needsAssociated), they come last, split by the
 // Provenance counts the same way.
@@ -335,10 +342,22 @@ func Split(job streams.Job, t time.Time, counts []chstore.BucketCount, cfg Confi
 		tasks = append(tasks, task)
 	}
 	// splitType merges the buckets of one type into tasks of about TaskRows.
+	shards := max(cfg.Shards, 1)
 	splitType := func(counts []chstore.BucketCount, associated, emitAs string) {
 		typ := counts[0].Type
 		lo, acc := uint64(0), uint64(0)
+		shard := chstore.ShardOfBucket(counts[0].Bucket, shards)
 		for i, c := range counts {
+			if sh := chstore.ShardOfBucket(c.Bucket, shards); sh != shard {
+				// A task reads one shard: the open one ends where the
+				// next shard's buckets start.
+				if acc > 0 {
+					cut := chstore.ShardStart(sh, shards)
+					emit(typ, associated, emitAs, lo, cut)
+					lo, acc = cut, 0
+				}
+				shard = sh
+			}
 			acc += c.Rows
 			if acc >= uint64(cfg.TaskRows) && i+1 < len(counts) {
 				hi := (c.Bucket + 1) * width

@@ -103,17 +103,26 @@ func checkPlan(t testing.TB, job streams.Job, until time.Time, counts []chstore.
 			}
 			next = task.HashHi
 			var rows, biggest uint64
+			shards := max(cfg.Shards, 1)
+			shardsRead := map[int]bool{}
 			for b := task.HashLo / bucketWidth; b < task.HashHi/bucketWidth; b++ {
 				r := rowsOf[typ][b]
 				rows += r
 				biggest = max(biggest, r)
+				if r > 0 {
+					shardsRead[chstore.ShardOfBucket(b, shards)] = true
+				}
 			}
 			planned += rows
 			if rows > uint64(cfg.TaskRows)+biggest {
 				t.Errorf("%s task %s holds %d rows: more than TaskRows %d plus one bucket (%d)", typ, task.TaskID, rows, cfg.TaskRows, biggest)
 			}
-			if i < len(mine)-1 && rows < uint64(cfg.TaskRows) {
-				t.Errorf("%s task %s holds %d rows, fewer than TaskRows %d, yet is not the type's last task", typ, task.TaskID, rows, cfg.TaskRows)
+			if len(shardsRead) > 1 {
+				t.Errorf("%s task %s [%d, %d) holds rows of %d shards, want one", typ, task.TaskID, task.HashLo, task.HashHi, len(shardsRead))
+			}
+			atShardEnd := task.HashHi == chstore.ShardStart(chstore.ShardOfBucket(task.HashHi/bucketWidth, shards), shards)
+			if i < len(mine)-1 && rows < uint64(cfg.TaskRows) && !atShardEnd {
+				t.Errorf("%s task %s holds %d rows, fewer than TaskRows %d, yet is neither the type's last task nor ends a shard", typ, task.TaskID, rows, cfg.TaskRows)
 			}
 		}
 		if next != chstore.HashSpace {
@@ -216,11 +225,12 @@ func TestPlannerSplitRandomCounts(t *testing.T) {
 		}
 		cfg := planner.DefaultConfig()
 		cfg.TaskRows = r.IntN(20_000) + 1
+		cfg.Shards = r.IntN(4) + 1
 		job := streams.Job{ExportRequest: streams.ExportRequest{JobID: "j"}}
 		tasks := planner.Split(job, until, counts, cfg)
 		checkPlan(t, job, until, counts, cfg, tasks)
 		if t.Failed() {
-			t.Fatalf("case %d (TaskRows %d) failed", i, cfg.TaskRows)
+			t.Fatalf("case %d (TaskRows %d, %d shards) failed", i, cfg.TaskRows, cfg.Shards)
 		}
 	}
 }

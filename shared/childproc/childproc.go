@@ -75,6 +75,14 @@ func (p *Proc) Stop(grace time.Duration) {
 	}
 }
 
+// Kill sends SIGKILL, as a crash would, and waits for the process to exit.
+// Killing a stopped process returns at once.
+func (p *Proc) Kill() {
+	_ = p.cmd.Process.Kill()
+	err := <-p.done
+	p.done <- err
+}
+
 // Dialable reports whether something accepts TCP connections at addr.
 func Dialable(addr string) bool {
 	c, err := net.DialTimeout("tcp", addr, time.Second)

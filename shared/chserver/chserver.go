@@ -66,6 +66,7 @@ func (c Config) Validate() error {
 type Server struct {
 	proc *childproc.Proc
 	addr string
+	cfg  Config
 }
 
 // ErrNoBinary means no ClickHouse server binary is installed.
@@ -207,7 +208,8 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("clickhouse: %w", err)
 	}
-	s := &Server{proc: proc, addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(cfg.TCPPort))}
+	cfg.InterserverPort = data.InterserverPort
+	s := &Server{proc: proc, addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(cfg.TCPPort)), cfg: cfg}
 	if err := proc.WaitReady(ctx, cfg.ReadyTimeout, func() bool { return childproc.Dialable(s.addr) }); err != nil {
 		_ = s.Stop()
 		return nil, fmt.Errorf("clickhouse at %s (logs in %s): %w", s.addr, filepath.Join(dir, "log"), err)
@@ -218,6 +220,13 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 
 // Addr is host:port of the native protocol.
 func (s *Server) Addr() string { return s.addr }
+
+// Config is the configuration the server runs with, ports included: Start
+// with it restarts the same server on the same data.
+func (s *Server) Config() Config { return s.cfg }
+
+// Kill kills the server with SIGKILL, as a crash would.
+func (s *Server) Kill() { s.proc.Kill() }
 
 // Stop terminates the server and waits for it to exit.
 func (s *Server) Stop() error {

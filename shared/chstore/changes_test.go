@@ -157,7 +157,7 @@ func TestStoreChangeLogHorizonForOlderStores(t *testing.T) {
 // the change log; when its part of an insert failed (simulated here by an
 // insert while the feed is gone), Recover copies what the change log
 // lacks, so a since read (change log) and a full read (versions) agree,
-// and reports the seqs the replay must skip.
+// and reports the versions the replay must skip.
 func TestStoreRecoverCompletesTheChangeLog(t *testing.T) {
 	cfg := testenv.ClickHouse(t)
 	s, err := chstore.Open(t.Context(), cfg, testenv.Logger(t))
@@ -192,8 +192,8 @@ func TestStoreRecoverCompletesTheChangeLog(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(stored) != 2 || !stored[2] || !stored[3] {
-		t.Errorf("stored after the watermark %v, want {2, 3}", stored)
+	if len(stored) != 2 || !stored[chstore.VersionKey{Seq: 2, Type: "Patient", ID: "b"}] || !stored[chstore.VersionKey{Seq: 3, Type: "Patient", ID: "c"}] {
+		t.Errorf("stored after the watermark %v, want Patient/b at 2 and Patient/c at 3", stored)
 	}
 	for _, table := range []string{chstore.Table, chstore.ChangesTable} {
 		if n, distinct := count(table); n != 3 || distinct != 3 {

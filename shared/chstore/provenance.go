@@ -3,7 +3,6 @@ package chstore
 import (
 	"context"
 	"fmt"
-	"strings"
 
 	"github.com/ClickHouse/clickhouse-go/v2"
 
@@ -41,32 +40,21 @@ func (s *Store) ReadRefs(ctx context.Context, refs []Ref, until uint64, withBody
 		refs []Ref
 		body string
 	}{{plain, "''"}, {full, "argMax(body, seq)"}} {
-		if len(part.refs) == 0 {
-			continue
-		}
-		if err := s.readRefs(ctx, part.refs, until, part.body, out); err != nil {
-			return nil, err
+		for _, g := range byShard(s, part.refs, func(r Ref) uint32 { return IDHash(r.ID) }) {
+			if err := s.readRefs(ctx, g.sh, g.items, until, part.body, out); err != nil {
+				return nil, err
+			}
 		}
 	}
 	return out, nil
 }
 
-func (s *Store) readRefs(ctx context.Context, refs []Ref, until uint64, bodyExpr string, out map[Ref]RefState) error {
-	var tuples, hashes strings.Builder
-	for i, r := range refs {
-		if i > 0 {
-			tuples.WriteByte(',')
-			hashes.WriteByte(',')
-		}
-		// Types and ids are validated: their character sets need no quoting.
-		fmt.Fprintf(&tuples, "('%s','%s')", r.Type, r.ID)
-		fmt.Fprintf(&hashes, "%d", IDHash(r.ID))
-	}
+func (s *Store) readRefs(ctx context.Context, sh *shard, refs []Ref, until uint64, bodyExpr string, out map[Ref]RefState) error {
+	tuples, hashes := refLists(refs)
 	q := "SELECT type, id, argMax(last_updated, seq), argMax(patients, seq), argMax(deleted, seq), " + bodyExpr + " FROM " + s.table +
-		" WHERE id_hash IN (" + hashes.String() + ") AND (type, id) IN (" + tuples.String() + ") AND last_updated <= ?" +
+		" WHERE id_hash IN (" + hashes + ") AND (type, id) IN (" + tuples + ") AND last_updated <= ?" +
 		" GROUP BY type, id"
-	ctx = clickhouse.Context(ctx, clickhouse.WithSettings(clickhouse.Settings{"max_query_size": tuples.Len() + hashes.Len() + 1<<20}))
-	rows, err := s.conn.Query(ctx, q, until)
+	rows, err := s.query(s.readCtx(ctx, clickhouse.Settings{"max_query_size": len(q) + 1<<20}), sh, q, until)
 	if err != nil {
 		return fmt.Errorf("read %d referenced resources: %w", len(refs), err)
 	}
@@ -129,14 +117,25 @@ func (s *Store) ProvenanceTargeting(ctx context.Context, targets []Ref, until ui
 		" WHERE type = 'Provenance' AND last_updated <= ? AND id IN (" + matching + ")" +
 		" GROUP BY id HAVING argMax(deleted, seq) = 0"
 	q := "SELECT id, seq, body FROM " + s.table +
-		" WHERE type = 'Provenance' AND last_updated <= ? AND (id, seq) IN (" + latest + ")"
-	ctx = clickhouse.Context(ctx, clickhouse.WithSettings(clickhouse.Settings{
+		" WHERE type = 'Provenance' AND last_updated <= ? AND (id, seq) IN (" + latest + ")" + s.onceByID()
+	ctx = s.readCtx(ctx, clickhouse.Settings{
 		"max_block_size": s.cfg.ReadBlockRows,
 		"max_query_size": 2*size + 1<<20,
-	}))
-	rows, err := s.conn.Query(ctx, q, until, until, until, clickhouse.GroupSet{Value: set})
+	})
+	// A Provenance lives on the shard of its own id: every shard may hold
+	// some, and none twice.
+	for _, sh := range s.shards {
+		if err := s.provenanceTargeting(ctx, sh, q, until, set, fn); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (s *Store) provenanceTargeting(ctx context.Context, sh *shard, q string, until uint64, set []any, fn func(id string, seq uint64, body []byte) error) error {
+	rows, err := s.query(ctx, sh, q, until, until, until, clickhouse.GroupSet{Value: set})
 	if err != nil {
-		return fmt.Errorf("read Provenances targeting %d resources: %w", len(targets), err)
+		return fmt.Errorf("read Provenances targeting %d resources: %w", len(set), err)
 	}
 	defer rows.Close()
 	var id, body string
@@ -150,7 +149,7 @@ func (s *Store) ProvenanceTargeting(ctx context.Context, targets []Ref, until ui
 		}
 	}
 	if err := rows.Err(); err != nil {
-		return fmt.Errorf("read Provenances targeting %d resources: %w", len(targets), err)
+		return fmt.Errorf("read Provenances targeting %d resources: %w", len(set), err)
 	}
 	return nil
 }

@@ -1,9 +1,11 @@
 package chstore
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 
 	"github.com/ClickHouse/clickhouse-go/v2"
@@ -25,13 +27,31 @@ type BucketCount struct {
 // they count versions, not resources, so they are an upper bound of what a
 // range exports.
 func (s *Store) BucketCounts(ctx context.Context, types []string, since, until uint64) ([]BucketCount, error) {
+	parts := make([][]BucketCount, len(s.shards))
+	err := s.eachShard(func(sh *shard) error {
+		var err error
+		parts[sh.index], err = s.bucketCounts(ctx, sh, types, since, until)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	// A bucket lies in one shard: the parts only need merging in order.
+	out := slices.Concat(parts...)
+	slices.SortFunc(out, func(a, b BucketCount) int {
+		return cmp.Or(cmp.Compare(a.Type, b.Type), cmp.Compare(a.Bucket, b.Bucket))
+	})
+	return out, nil
+}
+
+func (s *Store) bucketCounts(ctx context.Context, sh *shard, types []string, since, until uint64) ([]BucketCount, error) {
 	table, window := s.table, ""
 	args := []any{until}
-	if s.windowed(ctx, since) {
+	if s.windowed(ctx, sh, since) {
 		table, window = s.changes, " AND last_updated > ?"
 		args = append(args, since)
 	}
-	q := "SELECT type, toUInt64(intDiv(id_hash, " + fmt.Sprint(HashSpace/HashBuckets) + ")) AS b, count() FROM " + table +
+	q := "SELECT type, toUInt64(intDiv(id_hash, " + fmt.Sprint(bucketWidth) + ")) AS b, count() FROM " + table +
 		" WHERE last_updated <= ?" + window
 	if len(types) > 0 {
 		// A GroupSet renders as a tuple, which 18.16 accepts in IN (an
@@ -40,7 +60,7 @@ func (s *Store) BucketCounts(ctx context.Context, types []string, since, until u
 		args = append(args, groupSet(types))
 	}
 	q += " GROUP BY type, b ORDER BY type, b"
-	rows, err := s.conn.Query(ctx, q, args...)
+	rows, err := s.query(s.readCtx(ctx, nil), sh, q, args...)
 	if err != nil {
 		return nil, fmt.Errorf("count buckets in %s: %w", table, err)
 	}
@@ -84,15 +104,15 @@ func (r Range) validate() error {
 	return nil
 }
 
-// windowed reports whether a read of the changes after since can use the
-// change log, which holds every version stamped after its horizon. When the
-// horizon cannot be read, the read goes to the versions table: slower,
+// windowed reports whether a read on sh of the changes after since can use
+// the change log, which holds every version stamped after its horizon. When
+// the horizon cannot be read, the read goes to the versions table: slower,
 // never wrong.
-func (s *Store) windowed(ctx context.Context, since uint64) bool {
+func (s *Store) windowed(ctx context.Context, sh *shard, since uint64) bool {
 	if since == 0 {
 		return false
 	}
-	h, err := s.Horizon(ctx)
+	h, err := s.horizonOf(ctx, sh)
 	if err != nil {
 		if s.log != nil {
 			s.log.WarnContext(ctx, "reading the versions table instead of the change log", slog.Any("error", err))
@@ -105,8 +125,8 @@ func (s *Store) windowed(ctx context.Context, since uint64) bool {
 // latestSQL selects (id, body) of the latest version at or before Until of
 // each resource in the range, keeping only resources whose latest version
 // has the wanted deleted flag and was stamped after Since. The inner query
-// holds only ids and seqs. Every (id, seq) is stored once (see Recover), so
-// the outer pass needs no de-duplication.
+// holds only ids and seqs. Every (id, seq) is stored once on one server
+// (see Recover), so there the outer pass needs no de-duplication.
 //
 // A windowed read scans the change log between Since and Until only: the
 // latest version at Until of a resource changed after Since lies in that
@@ -123,7 +143,18 @@ func (s *Store) latestSQL(deleted, windowed bool) string {
 	return "SELECT id, body FROM " + table + " WHERE " + where +
 		" AND (id, seq) IN (SELECT id, max(seq) FROM " + table + " WHERE " + where +
 		" GROUP BY id HAVING argMax(deleted, seq) = " + del + " AND max(last_updated) > ?" +
-		" AND %s)"
+		" AND %s)" + s.onceByID()
+}
+
+// onceByID ends a read that selects whole versions on a replicated store:
+// there a block whose quorum insert failed, stored again by the replay,
+// becomes visible twice once its lone copy completes its quorum (see
+// recoverShard). The copies are the same version; one is kept.
+func (s *Store) onceByID() string {
+	if s.replicated {
+		return " LIMIT 1 BY id"
+	}
+	return ""
 }
 
 // compartmentSQL is the HAVING condition on the latest version's patients.
@@ -156,13 +187,27 @@ func (s *Store) ReadDeleted(ctx context.Context, r Range, fn func(id string, bod
 	return s.read(ctx, r, true, fn)
 }
 
+// read reads r from the shards that hold it, one after the other. A task's
+// range lies in one shard (the planner cuts at shard boundaries); a read of
+// the whole hash space visits each.
 func (s *Store) read(ctx context.Context, r Range, deleted bool, fn func(id string, body []byte) error) error {
 	if err := r.validate(); err != nil {
 		return err
 	}
-	windowed := s.windowed(ctx, r.Since)
+	for _, p := range s.pieces(r.HashLo, r.HashHi) {
+		part := r
+		part.HashLo, part.HashHi = p.lo, p.hi
+		if err := s.readShard(ctx, p.sh, part, deleted, fn); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (s *Store) readShard(ctx context.Context, sh *shard, r Range, deleted bool, fn func(id string, body []byte) error) error {
+	windowed := s.windowed(ctx, sh, r.Since)
 	if windowed && deleted && (r.InCompartment || len(r.Patients) > 0) {
-		return s.readDeletedInCompartment(ctx, r, fn)
+		return s.readDeletedInCompartment(ctx, sh, r, fn)
 	}
 	cond, condArgs := compartmentSQL(r, deleted)
 	q := fmt.Sprintf(s.latestSQL(deleted, windowed), cond)
@@ -171,19 +216,19 @@ func (s *Store) read(ctx context.Context, r Range, deleted bool, fn func(id stri
 		where = append(where, r.Since)
 	}
 	args := append(append(append(append([]any{}, where...), where...), r.Since), condArgs...)
-	return s.stream(ctx, r, q, args, fn)
+	return s.stream(ctx, sh, r, q, args, fn)
 }
 
-// stream runs a read of r that selects (id, body) and hands each row to fn.
-func (s *Store) stream(ctx context.Context, r Range, q string, args []any, fn func(id string, body []byte) error) error {
+// stream runs a read of r on sh that selects (id, body) and hands each row
+// to fn.
+func (s *Store) stream(ctx context.Context, sh *shard, r Range, q string, args []any, fn func(id string, body []byte) error) error {
 	settings := clickhouse.Settings{"max_block_size": s.cfg.ReadBlockRows}
 	if n := listSize(r.Patients); n > 0 {
 		// The patient list is inlined: let a large cohort's query through
 		// the parser's size limit (256 KiB by default).
 		settings["max_query_size"] = 2*n + 1<<20
 	}
-	ctx = clickhouse.Context(ctx, clickhouse.WithSettings(settings))
-	rows, err := s.conn.Query(ctx, q, args...)
+	rows, err := s.query(s.readCtx(ctx, settings), sh, q, args...)
 	if err != nil {
 		return fmt.Errorf("read %s range [%d, %d): %w", r.Type, r.HashLo, r.HashHi, err)
 	}
@@ -211,12 +256,12 @@ const lookupBatch = 1000
 // whose patients decide, may be older than the window: the window yields
 // the deleted ids, and a point lookup in the versions table (sorted by id)
 // their compartments.
-func (s *Store) readDeletedInCompartment(ctx context.Context, r Range, fn func(id string, body []byte) error) error {
+func (s *Store) readDeletedInCompartment(ctx context.Context, sh *shard, r Range, fn func(id string, body []byte) error) error {
 	q := "SELECT id, '' FROM " + s.changes +
 		" WHERE type = ? AND id_hash >= ? AND id_hash < ? AND last_updated <= ? AND last_updated > ?" +
 		" GROUP BY id HAVING argMax(deleted, seq) = 1"
 	var ids []string
-	err := s.stream(ctx, r, q, []any{r.Type, uint32(r.HashLo), r.HashHi, r.Until, r.Since}, func(id string, _ []byte) error {
+	err := s.stream(ctx, sh, r, q, []any{r.Type, uint32(r.HashLo), r.HashHi, r.Until, r.Since}, func(id string, _ []byte) error {
 		ids = append(ids, id)
 		return nil
 	})
@@ -235,7 +280,7 @@ func (s *Store) readDeletedInCompartment(ctx context.Context, r Range, fn func(i
 		for i, id := range batch {
 			hashes[i] = IDHash(id)
 		}
-		rows, err := s.conn.Query(ctx, "SELECT id, argMaxIf(patients, seq, deleted = 0) FROM "+s.table+
+		rows, err := s.query(s.readCtx(ctx, nil), sh, "SELECT id, argMaxIf(patients, seq, deleted = 0) FROM "+s.table+
 			" WHERE type = ? AND id_hash IN ? AND id IN ? AND last_updated <= ? GROUP BY id",
 			r.Type, clickhouse.GroupSet{Value: hashes}, groupSet(batch), r.Until)
 		if err != nil {
@@ -294,8 +339,9 @@ func groupSet(values []string) clickhouse.GroupSet {
 // ReadOne returns the body of typ/id as it stood at until (microseconds),
 // and false when it did not exist then or was deleted.
 func (s *Store) ReadOne(ctx context.Context, typ, id string, until uint64) ([]byte, bool, error) {
-	rows, err := s.conn.Query(ctx, "SELECT argMax(body, seq), argMax(deleted, seq) FROM "+s.table+
-		" WHERE type = ? AND id_hash = ? AND id = ? AND last_updated <= ? GROUP BY id", typ, IDHash(id), id, until)
+	h := IDHash(id)
+	rows, err := s.query(s.readCtx(ctx, nil), s.shardOf(h), "SELECT argMax(body, seq), argMax(deleted, seq) FROM "+s.table+
+		" WHERE type = ? AND id_hash = ? AND id = ? AND last_updated <= ? GROUP BY id", typ, h, id, until)
 	if err != nil {
 		return nil, false, fmt.Errorf("read %s/%s: %w", typ, id, err)
 	}
@@ -329,27 +375,27 @@ type Ref struct{ Type, ID string }
 // query, which those character sets make safe.
 func (s *Store) PatientsOf(ctx context.Context, refs []Ref, until uint64) (map[Ref][]string, error) {
 	out := map[Ref][]string{}
-	if len(refs) == 0 {
-		return out, nil
-	}
-	var tuples, hashes strings.Builder
-	for i, r := range refs {
+	for _, r := range refs {
 		if !fhir.IsResourceType(r.Type) || !fhir.ValidID(r.ID) {
 			return nil, fmt.Errorf("invalid reference %s/%s", r.Type, r.ID)
 		}
-		if i > 0 {
-			tuples.WriteByte(',')
-			hashes.WriteByte(',')
-		}
-		fmt.Fprintf(&tuples, "('%s','%s')", r.Type, r.ID)
-		fmt.Fprintf(&hashes, "%d", IDHash(r.ID))
 	}
+	for _, g := range byShard(s, refs, func(r Ref) uint32 { return IDHash(r.ID) }) {
+		if err := s.patientsOf(ctx, g.sh, g.items, until, out); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+func (s *Store) patientsOf(ctx context.Context, sh *shard, refs []Ref, until uint64, out map[Ref][]string) error {
+	tuples, hashes := refLists(refs)
 	q := "SELECT type, id, argMax(patients, seq), argMax(deleted, seq) FROM " + s.table +
-		" WHERE id_hash IN (" + hashes.String() + ") AND (type, id) IN (" + tuples.String() + ") AND last_updated <= ?" +
+		" WHERE id_hash IN (" + hashes + ") AND (type, id) IN (" + tuples + ") AND last_updated <= ?" +
 		" GROUP BY type, id"
-	rows, err := s.conn.Query(ctx, q, until)
+	rows, err := s.query(s.readCtx(ctx, clickhouse.Settings{"max_query_size": len(q) + 1<<20}), sh, q, until)
 	if err != nil {
-		return nil, fmt.Errorf("read patients of %d resources: %w", len(refs), err)
+		return fmt.Errorf("read patients of %d resources: %w", len(refs), err)
 	}
 	defer rows.Close()
 	for rows.Next() {
@@ -357,13 +403,29 @@ func (s *Store) PatientsOf(ctx context.Context, refs []Ref, until uint64) (map[R
 		var patients []string
 		var del uint8
 		if err := rows.Scan(&r.Type, &r.ID, &patients, &del); err != nil {
-			return nil, fmt.Errorf("scan patients: %w", err)
+			return fmt.Errorf("scan patients: %w", err)
 		}
 		if del == 0 {
 			out[r] = patients
 		}
 	}
-	return out, rows.Err()
+	return rows.Err()
+}
+
+// refLists renders validated references as the SQL lists of their (type,
+// id) tuples and of their id hashes, to prune on the primary key. Types
+// and ids are validated: their character sets need no quoting.
+func refLists(refs []Ref) (tuples, hashes string) {
+	var t, h strings.Builder
+	for i, r := range refs {
+		if i > 0 {
+			t.WriteByte(',')
+			h.WriteByte(',')
+		}
+		fmt.Fprintf(&t, "('%s','%s')", r.Type, r.ID)
+		fmt.Fprintf(&h, "%d", IDHash(r.ID))
+	}
+	return t.String(), h.String()
 }
 
 // listSize is about how many bytes a string list takes inlined in SQL.

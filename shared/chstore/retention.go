@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"regexp"
+	"slices"
 	"time"
 )
 
@@ -12,15 +13,52 @@ import (
 var monthPartition = regexp.MustCompile(`^[0-9]{6}$`)
 
 // TrimChangeLog drops the monthly partitions of the change log whose every
-// version is stamped before cutoff, and returns their names. It first
-// raises the horizon to the newest stamp it drops, then waits grace before
-// dropping, so that every store has re-read the horizon and sends older
-// _since reads to the versions table, which keeps every version. Pass a
-// grace longer than horizonRefresh; a read already running when the drop
-// happens keeps the parts it started with. Several callers at once are
-// harmless: raising the horizon and dropping are idempotent.
+// version is stamped before cutoff, on every shard, and returns their names.
+// It first raises each shard's horizon to the newest stamp it drops there,
+// then waits grace before dropping, so that every store has re-read the
+// horizon and sends older _since reads to the versions table, which keeps
+// every version. Pass a grace longer than horizonRefresh; a read already
+// running when the drop happens keeps the parts it started with. Several
+// callers at once are harmless: raising the horizon and dropping are
+// idempotent. On a replicated shard the drop replicates.
 func (s *Store) TrimChangeLog(ctx context.Context, cutoff time.Time, grace time.Duration) ([]string, error) {
-	rows, err := s.conn.Query(ctx, "SELECT DISTINCT partition FROM system.parts WHERE database = ? AND table = ? AND active ORDER BY partition",
+	drops := make([][]string, len(s.shards))
+	err := s.eachShard(func(sh *shard) error {
+		var err error
+		drops[sh.index], err = s.raiseHorizon(ctx, sh, cutoff)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	var dropped []string
+	for _, d := range drops {
+		dropped = append(dropped, d...)
+	}
+	if len(dropped) == 0 {
+		return nil, nil
+	}
+	select {
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-time.After(grace):
+	}
+	for _, sh := range s.shards {
+		for _, p := range drops[sh.index] {
+			if err := sh.conn.Exec(s.writeCtx(ctx, sh), "ALTER TABLE "+s.changes+" DROP PARTITION "+p); err != nil {
+				return nil, fmt.Errorf("shard %d: drop partition %s of %s: %w", sh.index+1, p, s.changes, err)
+			}
+		}
+	}
+	slices.Sort(dropped)
+	return slices.Compact(dropped), nil
+}
+
+// raiseHorizon finds the partitions of sh's change log to drop and raises
+// its horizon to the newest stamp they hold.
+func (s *Store) raiseHorizon(ctx context.Context, sh *shard, cutoff time.Time) ([]string, error) {
+	ctx = s.readCtx(ctx, nil)
+	rows, err := s.query(ctx, sh, "SELECT DISTINCT partition FROM system.parts WHERE database = ? AND table = ? AND active ORDER BY partition",
 		s.cfg.Database, ChangesTable)
 	if err != nil {
 		return nil, fmt.Errorf("list the partitions of %s: %w", s.changes, err)
@@ -47,7 +85,7 @@ func (s *Store) TrimChangeLog(ctx context.Context, cutoff time.Time, grace time.
 	for _, p := range parts {
 		var newest uint64
 		q := "SELECT max(last_updated) FROM " + s.changes + " WHERE toYYYYMM(toDate(toDateTime(intDiv(last_updated, 1000000)))) = " + p
-		if err := s.conn.QueryRow(ctx, q).Scan(&newest); err != nil {
+		if err := sh.conn.QueryRow(ctx, q).Scan(&newest); err != nil {
 			return nil, fmt.Errorf("read the newest stamp of partition %s: %w", p, err)
 		}
 		if newest >= Micros(cutoff) {
@@ -58,22 +96,12 @@ func (s *Store) TrimChangeLog(ctx context.Context, cutoff time.Time, grace time.
 	if len(drop) == 0 {
 		return nil, nil
 	}
-	if err := s.conn.Exec(ctx, fmt.Sprintf("INSERT INTO %s.%s (horizon) SELECT toUInt64(%d)", s.cfg.Database, horizonTable, horizon)); err != nil {
+	if err := sh.conn.Exec(s.writeCtx(ctx, sh), fmt.Sprintf("INSERT INTO %s.%s (horizon) SELECT toUInt64(%d)", s.cfg.Database, horizonTable, horizon)); err != nil {
 		return nil, fmt.Errorf("raise the change log horizon: %w", err)
 	}
-	s.hmu.Lock()
-	s.refreshed = time.Time{} // this store re-reads it at once
-	s.hmu.Unlock()
-	select {
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	case <-time.After(grace):
-	}
-	for _, p := range drop {
-		if err := s.conn.Exec(ctx, "ALTER TABLE "+s.changes+" DROP PARTITION "+p); err != nil {
-			return nil, fmt.Errorf("drop partition %s of %s: %w", p, s.changes, err)
-		}
-	}
+	sh.hmu.Lock()
+	sh.refreshed = time.Time{} // this store re-reads it at once
+	sh.hmu.Unlock()
 	return drop, nil
 }
 

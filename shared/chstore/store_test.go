@@ -3,6 +3,7 @@ package chstore_test
 import (
 	"context"
 	"fmt"
+	"maps"
 	"sort"
 	"strings"
 	"testing"
@@ -75,12 +76,15 @@ func TestStorePointInTimeReads(t *testing.T) {
 	}
 }
 
-func TestStoreRecoverReportsSeqsAfterAWatermark(t *testing.T) {
+// TestStoreRecoverReportsVersionsAfterAWatermark: every version stored after
+// the watermark is named, each of a transaction's under the same seq.
+func TestStoreRecoverReportsVersionsAfterAWatermark(t *testing.T) {
 	s := testenv.Store(t)
 	rows := []chstore.Row{
 		{Type: "Patient", ID: "a", Seq: 1, LastUpdated: 100, Body: []byte(`{}`)},
 		{Type: "Patient", ID: "b", Seq: 2, LastUpdated: 200, Body: []byte(`{}`)},
 		{Type: "Patient", ID: "c", Seq: 3, LastUpdated: 300, Body: []byte(`{}`)},
+		{Type: "Observation", ID: "o", Seq: 3, LastUpdated: 300, Body: []byte(`{}`)},
 	}
 	if err := s.Insert(t.Context(), rows); err != nil {
 		t.Fatal(err)
@@ -89,8 +93,11 @@ func TestStoreRecoverReportsSeqsAfterAWatermark(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(got) != 2 || !got[2] || !got[3] {
-		t.Errorf("seqs after watermark (1, 100) = %v, want {2, 3}", got)
+	want := map[chstore.VersionKey]bool{
+		{Seq: 2, Type: "Patient", ID: "b"}: true, {Seq: 3, Type: "Patient", ID: "c"}: true, {Seq: 3, Type: "Observation", ID: "o"}: true,
+	}
+	if !maps.Equal(got, want) {
+		t.Errorf("versions after watermark (1, 100) = %v, want %v", got, want)
 	}
 }
 

@@ -2,7 +2,11 @@ package chstore
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"sync"
+
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 )
 
 // Row is one resource version.
@@ -18,18 +22,41 @@ type Row struct {
 
 const columns = "type, id, id_hash, seq, last_updated, deleted, patients, body"
 
-// Insert writes rows in one batch to the versions table; the feed copies
-// them into the change log. A caller replaying changes after a crash must
-// leave out the seqs Recover reports: reads expect each (id, seq) once.
+// Insert writes rows to the versions table of their shards, at once, and
+// returns when every shard holds its rows (on replicated shards, a majority
+// of the replicas); the feed copies them into the change log. Rows of one
+// shard go in one batch. A caller replaying changes after a crash must
+// leave out the versions Recover reports: reads expect each (id, seq) once.
 func (s *Store) Insert(ctx context.Context, rows []Row) error {
 	if len(rows) == 0 {
 		return nil
 	}
-	return s.insert(ctx, s.table, rows)
+	if len(s.shards) == 1 {
+		return s.insertBlock(ctx, s.shards[0], rows)
+	}
+	groups := byShard(s, rows, func(r Row) uint32 { return IDHash(r.ID) })
+	errs := make([]error, len(groups))
+	var wg sync.WaitGroup
+	for i, g := range groups {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := s.insertBlock(ctx, g.sh, g.items); err != nil {
+				errs[i] = fmt.Errorf("shard %d: %w", g.sh.index+1, err)
+			}
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
 }
 
-func (s *Store) insert(ctx context.Context, table string, rows []Row) error {
-	b, err := s.conn.PrepareBatch(ctx, "INSERT INTO "+table+" ("+columns+")")
+// insertBlock inserts one shard's rows as one block.
+func (s *Store) insertBlock(ctx context.Context, sh *shard, rows []Row) error {
+	return s.insert(s.writeCtx(ctx, sh), sh, s.table, rows)
+}
+
+func (s *Store) insert(ctx context.Context, sh *shard, table string, rows []Row) error {
+	b, err := sh.conn.PrepareBatch(ctx, "INSERT INTO "+table+" ("+columns+")")
 	if err != nil {
 		return fmt.Errorf("prepare insert into %s: %w", table, err)
 	}
@@ -54,36 +81,74 @@ func (s *Store) insert(ctx context.Context, table string, rows []Row) error {
 	return nil
 }
 
+// VersionKey names one stored version: a change's seq, and the resource
+// (a transaction stores several under one seq).
+type VersionKey struct {
+	Seq      uint64
+	Type, ID string
+}
+
 // Recover prepares a replay from a watermark (seq, stamp in microseconds)
 // after a crash between an insert and the watermark update. A version the
 // versions table got and the change log did not (the feed's part of an
 // insert failed) is copied across; the reverse cannot happen, since the
-// feed writes after the table. Then the seqs of the versions stored after
-// the watermark are returned: the ingester skips them rather than store
-// them twice. Every such row is stamped after the watermark, so the reads
-// prune to recent partitions.
-func (s *Store) Recover(ctx context.Context, seq, stamp uint64) (map[uint64]bool, error) {
+// feed writes after the table. Then the versions stored after the watermark
+// are returned, on every shard: the ingester skips them rather than store
+// them twice. They are named one by one, not by seq, since a transaction
+// spread over shards may be stored on one and not yet on another. Every
+// such row is stamped after the watermark, so the reads prune to recent
+// partitions.
+func (s *Store) Recover(ctx context.Context, seq, stamp uint64) (map[VersionKey]bool, error) {
+	out := map[VersionKey]bool{}
+	var mu sync.Mutex
+	err := s.eachShard(func(sh *shard) error {
+		keys, err := s.recoverShard(ctx, sh, seq, stamp)
+		mu.Lock()
+		defer mu.Unlock()
+		for _, k := range keys {
+			out[k] = true
+		}
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// recoverShard completes sh's change log and lists the versions stored
+// there after the watermark. On a replicated shard it lists only what a
+// read with sequential consistency sees: the versions of quorum inserts. A
+// block whose quorum insert failed may sit on one replica, hidden from
+// exports; the replay stores it again, and once the lone copy completes
+// its quorum the reads tolerate the exact duplicate (see latestSQL).
+func (s *Store) recoverShard(ctx context.Context, sh *shard, seq, stamp uint64) ([]VersionKey, error) {
 	after := " WHERE last_updated > ? AND seq > ?"
 	q := "INSERT INTO " + s.changes + " (" + columns + ") SELECT " + columns + " FROM " + s.table + after +
 		" AND (seq, type, id) NOT IN (SELECT seq, type, id FROM " + s.changes + after + ")"
-	if err := s.conn.Exec(ctx, q, stamp, seq, stamp, seq); err != nil {
+	if err := sh.conn.Exec(s.writeCtx(ctx, sh), q, stamp, seq, stamp, seq); err != nil {
 		return nil, fmt.Errorf("copy versions after seq %d into %s: %w", seq, s.changes, err)
 	}
-	rows, err := s.conn.Query(ctx, "SELECT seq FROM "+s.table+" WHERE last_updated > ? AND seq > ?", stamp, seq)
+	rows, err := s.query(s.readCtx(ctx, nil), sh, "SELECT seq, type, id FROM "+s.table+after, stamp, seq)
 	if err != nil {
-		return nil, fmt.Errorf("read seqs after %d from %s: %w", seq, s.table, err)
+		return nil, fmt.Errorf("read versions after the watermark from %s: %w", s.table, err)
 	}
+	return versionKeys(rows)
+}
+
+// versionKeys reads the rows of a query listing (seq, type, id).
+func versionKeys(rows driver.Rows) ([]VersionKey, error) {
 	defer rows.Close()
-	out := map[uint64]bool{}
+	var out []VersionKey
 	for rows.Next() {
-		var v uint64
-		if err := rows.Scan(&v); err != nil {
-			return nil, fmt.Errorf("scan seq: %w", err)
+		var k VersionKey
+		if err := rows.Scan(&k.Seq, &k.Type, &k.ID); err != nil {
+			return nil, fmt.Errorf("scan version key: %w", err)
 		}
-		out[v] = true
+		out = append(out, k)
 	}
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("read seqs after %d from %s: %w", seq, s.table, err)
+		return nil, fmt.Errorf("read versions after the watermark: %w", err)
 	}
 	return out, nil
 }
