@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/flatfhir/flatfhir/shared/chstore"
 )
 
 // Roles a process can play.
@@ -32,7 +34,11 @@ type Config struct {
 	NATSPort int
 	// ClickHouseAddr points at an external ClickHouse; empty starts a local
 	// one on ClickHousePort.
-	ClickHouseAddr     string
+	ClickHouseAddr string
+	// ClickHouseShards, when set, names a cluster instead: each shard's
+	// replicas (FLATFHIR_CLICKHOUSE_SHARDS="a1:9000,a2:9000;b1:9000,b2:9000",
+	// ADR 0007). Tables are then replicated where a shard has replicas.
+	ClickHouseShards   [][]string
 	ClickHousePort     int
 	ClickHouseDatabase string
 	// SamplePatients is how many generated patients to load into an empty
@@ -87,6 +93,13 @@ func FromEnv() (Config, error) {
 	default:
 		errs = append(errs, fmt.Errorf("FLATFHIR_AUTH=%q is not on or off", v))
 	}
+	if v := env("FLATFHIR_CLICKHOUSE_SHARDS", ""); v != "" {
+		shards, err := chstore.ParseShards(v)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("FLATFHIR_CLICKHOUSE_SHARDS: %w", err))
+		}
+		c.ClickHouseShards = shards
+	}
 	c.NATSPort = envInt("FLATFHIR_NATS_PORT", 4222, &errs)
 	c.ClickHousePort = envInt("FLATFHIR_CLICKHOUSE_PORT", 19000, &errs)
 	c.SamplePatients = envInt("FLATFHIR_SAMPLE_PATIENTS", 200, &errs)
@@ -126,8 +139,11 @@ func (c Config) Validate() error {
 	default:
 		return fmt.Errorf("role %q is not one of all, api, ingester, planner, writer", c.Role)
 	}
-	if c.Role != RoleAll && (c.NATSURL == "" || c.ClickHouseAddr == "") {
-		return fmt.Errorf("role %s needs FLATFHIR_NATS_URL and FLATFHIR_CLICKHOUSE_ADDR (only role all embeds servers)", c.Role)
+	if c.Role != RoleAll && (c.NATSURL == "" || c.ClickHouseAddr == "" && len(c.ClickHouseShards) == 0) {
+		return fmt.Errorf("role %s needs FLATFHIR_NATS_URL and FLATFHIR_CLICKHOUSE_ADDR or FLATFHIR_CLICKHOUSE_SHARDS (only role all embeds servers)", c.Role)
+	}
+	if c.ClickHouseAddr != "" && len(c.ClickHouseShards) > 0 {
+		return errors.New("set FLATFHIR_CLICKHOUSE_ADDR or FLATFHIR_CLICKHOUSE_SHARDS, not both")
 	}
 	if c.Writers < 1 {
 		return errors.New("FLATFHIR_WRITERS must be at least 1")

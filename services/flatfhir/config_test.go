@@ -72,4 +72,22 @@ func TestLauncherConfigFromEnv(t *testing.T) {
 			t.Error("role writer without NATS and ClickHouse addresses accepted")
 		}
 	})
+	t.Run("a clickhouse cluster", func(t *testing.T) {
+		t.Setenv("FLATFHIR_ROLE", "writer")
+		t.Setenv("FLATFHIR_NATS_URL", "nats://127.0.0.1:4222,nats://127.0.0.1:4223")
+		t.Setenv("FLATFHIR_CLICKHOUSE_SHARDS", "127.0.0.1:9001,127.0.0.1:9002;127.0.0.1:9003,127.0.0.1:9004")
+		c, err := FromEnv()
+		if err != nil || len(c.ClickHouseShards) != 2 || c.ClickHouseShards[1][1] != "127.0.0.1:9004" {
+			t.Errorf("FLATFHIR_CLICKHOUSE_SHARDS: %v (%v)", c.ClickHouseShards, err)
+		}
+		t.Setenv("FLATFHIR_CLICKHOUSE_ADDR", "127.0.0.1:9000")
+		if _, err := FromEnv(); err == nil || !strings.Contains(err.Error(), "not both") {
+			t.Errorf("both FLATFHIR_CLICKHOUSE_ADDR and _SHARDS: %v, want an error", err)
+		}
+		t.Setenv("FLATFHIR_CLICKHOUSE_ADDR", "")
+		t.Setenv("FLATFHIR_CLICKHOUSE_SHARDS", "127.0.0.1:9001;;127.0.0.1:9003")
+		if _, err := FromEnv(); err == nil || !strings.Contains(err.Error(), "shard 2") {
+			t.Errorf("a shard without replicas: %v, want an error naming it", err)
+		}
+	})
 }

@@ -94,7 +94,7 @@ func Start(ctx context.Context, cfg Config, tune Tuning, log *slog.Logger) (_ *E
 		log.Info("nats started", slog.String("url", natsURL))
 	}
 	chAddr := cfg.ClickHouseAddr
-	if chAddr == "" {
+	if chAddr == "" && len(cfg.ClickHouseShards) == 0 {
 		if e.chSrv, err = chserver.Start(ctx, chserver.Config{Dir: cfg.dir("clickhouse"), TCPPort: cfg.ClickHousePort}, log); err != nil {
 			return nil, err
 		}
@@ -126,7 +126,8 @@ func Start(ctx context.Context, cfg Config, tune Tuning, log *slog.Logger) (_ *E
 	if err := streams.Ensure(ctx, e.js, sc); err != nil {
 		return nil, err
 	}
-	if e.store, err = chstore.Open(ctx, chstore.Config{Addr: []string{chAddr}, Database: cfg.ClickHouseDatabase}, log); err != nil {
+	chCfg := chstore.Config{Addr: []string{chAddr}, Shards: cfg.ClickHouseShards, Database: cfg.ClickHouseDatabase}
+	if e.store, err = chstore.Open(ctx, chCfg, log); err != nil {
 		return nil, err
 	}
 	if err := e.build(ctx, tune, sc); err != nil {
