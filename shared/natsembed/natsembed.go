@@ -5,6 +5,7 @@ package natsembed
 import (
 	"errors"
 	"fmt"
+	"net/url"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -19,6 +20,14 @@ type Config struct {
 	StoreDir string
 	// ReadyTimeout bounds the wait for the server to accept connections.
 	ReadyTimeout time.Duration
+	// Name names the server; a cluster's nodes need distinct names.
+	Name string
+	// Cluster, when ClusterPort is set, makes the server a node of a
+	// JetStream cluster: it listens for routes on ClusterPort and dials the
+	// other nodes at Routes (host:port each).
+	Cluster     string
+	ClusterPort int
+	Routes      []string
 }
 
 // Validate checks the configuration.
@@ -45,14 +54,30 @@ func Start(cfg Config) (*Server, error) {
 	if cfg.ReadyTimeout == 0 {
 		cfg.ReadyTimeout = 10 * time.Second
 	}
+	if cfg.Name == "" {
+		cfg.Name = "flatfhir"
+	}
 	opts := &server.Options{
-		ServerName: "flatfhir",
+		ServerName: cfg.Name,
 		Host:       cfg.Host,
 		Port:       cfg.Port,
 		JetStream:  true,
 		StoreDir:   cfg.StoreDir,
 		NoSigs:     true,
 		MaxPayload: 8 << 20,
+	}
+	if cfg.ClusterPort != 0 {
+		if cfg.Cluster == "" {
+			cfg.Cluster = "flatfhir"
+		}
+		opts.Cluster = server.ClusterOpts{Name: cfg.Cluster, Host: cfg.Host, Port: cfg.ClusterPort}
+		for _, r := range cfg.Routes {
+			u, err := url.Parse("nats-route://" + r)
+			if err != nil {
+				return nil, fmt.Errorf("nats route %q: %w", r, err)
+			}
+			opts.Routes = append(opts.Routes, u)
+		}
 	}
 	srv, err := server.NewServer(opts)
 	if err != nil {
@@ -68,6 +93,9 @@ func Start(cfg Config) (*Server, error) {
 
 // URL is the client URL of the server.
 func (s *Server) URL() string { return s.srv.ClientURL() }
+
+// Name is the server's name.
+func (s *Server) Name() string { return s.srv.Name() }
 
 // Shutdown stops the server and waits for it.
 func (s *Server) Shutdown() {
