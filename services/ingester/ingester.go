@@ -26,19 +26,22 @@ type Config struct {
 	BatchBytes int
 	// FlushInterval is the longest a change waits for its batch to fill.
 	FlushInterval time.Duration
+	// LeaseTTL is how long the active ingester's lease outlives its last
+	// renewal: a standby takes over that long after the active one dies.
+	LeaseTTL time.Duration
 }
 
 // Validate checks the configuration.
 func (c Config) Validate() error {
-	if c.BatchSize < 1 || c.BatchBytes < 1 || c.FlushInterval <= 0 {
-		return fmt.Errorf("ingester batch size, batch bytes and flush interval must be positive")
+	if c.BatchSize < 1 || c.BatchBytes < 1 || c.FlushInterval <= 0 || c.LeaseTTL <= 0 {
+		return fmt.Errorf("ingester batch size, batch bytes, flush interval and lease TTL must be positive")
 	}
 	return nil
 }
 
 // DefaultConfig returns sane defaults.
 func DefaultConfig() Config {
-	return Config{BatchSize: 10000, BatchBytes: 16 << 20, FlushInterval: 50 * time.Millisecond}
+	return Config{BatchSize: 10000, BatchBytes: 16 << 20, FlushInterval: 50 * time.Millisecond, LeaseTTL: 10 * time.Second}
 }
 
 // Deps are what the ingester works with.
@@ -60,6 +63,7 @@ type Ingester struct {
 	ingested metric.Int64Counter
 	rejected metric.Int64Counter
 	rev      uint64 // of the watermark, owned by the committer
+	lease    *streams.Lease
 	// committed is the stamp of the committed watermark in microseconds,
 	// and pending the changes after the last one read, for the lag gauge.
 	committed atomic.Int64
@@ -101,23 +105,49 @@ func New(cfg Config, deps Deps) (*Ingester, error) {
 	return in, nil
 }
 
-// Run consumes until ctx is done.
+// Run consumes until ctx is done. One ingester is active at a time: it
+// holds the ingest lease, and the others wait to take it over.
 func (in *Ingester) Run(ctx context.Context) error {
 	kv, err := in.deps.JS.KeyValue(ctx, streams.BucketIngest)
 	if err != nil {
 		return fmt.Errorf("open bucket %s: %w", streams.BucketIngest, err)
 	}
+	in.lease = streams.NewLease(kv, streams.KeyIngestLease, in.cfg.LeaseTTL)
+	defer func() {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		in.lease.Release(rctx) // a standby takes over at once
+	}()
 	for {
-		err := in.follow(ctx, kv)
+		if err := in.lease.Acquire(ctx); err != nil {
+			return nil // ctx is done
+		}
+		in.deps.Log.InfoContext(ctx, "ingester active", slog.String("lease", in.lease.Owner()))
+		err := in.active(ctx, kv)
 		if ctx.Err() != nil {
 			return nil
 		}
-		// A lost CAS (another ingester moved the watermark) or a broken
-		// consumer: reload the watermark and resume from it.
+		in.deps.Log.WarnContext(ctx, "ingester standing by", slog.Any("error", err))
+	}
+}
+
+// active follows CHANGES while this ingester holds the lease, and returns
+// why it stopped holding it.
+func (in *Ingester) active(ctx context.Context, kv jetstream.KeyValue) error {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	go func() { cancel(in.lease.Hold(ctx)) }()
+	for {
+		err := in.follow(ctx, kv)
+		if ctx.Err() != nil {
+			return context.Cause(ctx)
+		}
+		// A broken consumer or a failed insert: reload the watermark and
+		// resume from it.
 		in.deps.Log.WarnContext(ctx, "ingester resuming from watermark", slog.Any("error", err))
 		select {
 		case <-ctx.Done():
-			return nil
+			return context.Cause(ctx)
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
@@ -373,8 +403,12 @@ func nextStamp(prev, accepted time.Time) time.Time {
 	return t
 }
 
-// commit inserts rows and then moves the watermark to next.
+// commit inserts rows and then moves the watermark to next, while this
+// ingester's lease is valid: a lease that lapsed may be another's by now.
 func (in *Ingester) commit(ctx context.Context, kv jetstream.KeyValue, rows []chstore.Row, next streams.Watermark) error {
+	if !in.lease.Valid() {
+		return fmt.Errorf("insert up to change %d: %w", next.Seq, streams.ErrLeaseLost)
+	}
 	if len(rows) > 0 {
 		ctx, span := in.tracer.Start(ctx, "ingester.insert")
 		err := in.deps.Store.Insert(ctx, rows)
