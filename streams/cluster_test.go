@@ -3,6 +3,7 @@ package streams_test
 import (
 	"bytes"
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -34,6 +35,11 @@ func TestStreamsOnAThreeNodeCluster(t *testing.T) {
 		info := s.CachedInfo()
 		if info.Config.Replicas != 3 || info.Cluster == nil || len(info.Cluster.Replicas) != 2 {
 			t.Errorf("stream %s: %d replicas configured, cluster %+v; want 3 on three nodes", name, info.Config.Replicas, info.Cluster)
+		}
+		if strings.HasPrefix(name, "KV_") || strings.HasPrefix(name, "OBJ_") {
+			if info.Config.AllowDirect {
+				t.Errorf("bucket stream %s allows direct gets: a follower may answer a read without the last write", name)
+			}
 		}
 	}
 	obj, err := js.ObjectStore(ctx, streams.ObjectFiles)
@@ -90,8 +96,10 @@ func TestStreamsOnAThreeNodeCluster(t *testing.T) {
 
 	// Everything is still there, and new writes pass, once a new leader is
 	// elected.
+	// A JetStream request made while the cluster elects a leader may get
+	// no answer: every call below is bounded.
 	testenv.Eventually(t, time.Minute, "CHANGES to elect a new leader", func() bool {
-		info, err := changes.Info(ctx)
+		info, err := changes.Info(short(ctx))
 		return err == nil && info.Cluster != nil && info.Cluster.Leader != "" && info.Cluster.Leader != leader
 	})
 	got, err := obj.GetBytes(ctx, "job1/Patient.000.ndjson")
@@ -106,7 +114,7 @@ func TestStreamsOnAThreeNodeCluster(t *testing.T) {
 		t.Errorf("watermark after the node loss: %+v, %v; want %+v", back, err, wm)
 	}
 	testenv.Eventually(t, time.Minute, "a change to be accepted after the node loss", func() bool {
-		_, err := streams.PublishChange(ctx, js, streams.OpPut, "Patient", "late", []byte(`{}`))
+		_, err := streams.PublishChange(short(ctx), js, streams.OpPut, "Patient", "late", []byte(`{}`))
 		return err == nil
 	})
 	if _, err := kv.Update(ctx, streams.KeyWatermark, streams.Encode(streams.Watermark{Seq: 101, Stamp: wm.Stamp.Add(time.Second)}), rev); err != nil {
@@ -129,7 +137,7 @@ func TestStreamsOnAThreeNodeCluster(t *testing.T) {
 	// The node comes back and catches up.
 	c.Restart(down)
 	testenv.Eventually(t, time.Minute, "the restarted node to catch up", func() bool {
-		info, err := changes.Info(ctx)
+		info, err := changes.Info(short(ctx))
 		if err != nil || info.Cluster == nil {
 			return false
 		}
@@ -143,4 +151,11 @@ func TestStreamsOnAThreeNodeCluster(t *testing.T) {
 		}
 		return false
 	})
+}
+
+// short bounds one request to 5 s; the context is released with the test's.
+func short(ctx context.Context) context.Context {
+	c, cancel := context.WithTimeout(ctx, 5*time.Second)
+	context.AfterFunc(c, cancel)
+	return c
 }

@@ -104,10 +104,37 @@ func Ensure(ctx context.Context, js jetstream.JetStream, cfg Config) error {
 		if _, err := js.CreateOrUpdateKeyValue(ctx, kc); err != nil {
 			return fmt.Errorf("ensure key-value bucket %s: %w", kc.Bucket, err)
 		}
+		if err := leaderReads(ctx, js, cfg, "KV_"+kc.Bucket); err != nil {
+			return err
+		}
 	}
 	oc := jetstream.ObjectStoreConfig{Bucket: ObjectFiles, Description: "export files and manifests", Storage: cfg.storage(), Replicas: cfg.Replicas}
 	if _, err := js.CreateOrUpdateObjectStore(ctx, oc); err != nil {
 		return fmt.Errorf("ensure object store %s: %w", oc.Bucket, err)
+	}
+	return leaderReads(ctx, js, cfg, "OBJ_"+ObjectFiles)
+}
+
+// leaderReads makes the reads of a replicated bucket go to its stream's
+// leader. The client libraries create buckets with direct gets, which any
+// replica answers: a follower that has not applied a write yet answers
+// without it, so a job just created could read as missing, or a file just
+// written as absent. Handles opened after this read from the leader.
+func leaderReads(ctx context.Context, js jetstream.JetStream, cfg Config, name string) error {
+	if cfg.Replicas < 2 {
+		return nil
+	}
+	s, err := js.Stream(ctx, name)
+	if err != nil {
+		return fmt.Errorf("open stream %s: %w", name, err)
+	}
+	sc := s.CachedInfo().Config
+	if !sc.AllowDirect && !sc.MirrorDirect {
+		return nil
+	}
+	sc.AllowDirect, sc.MirrorDirect = false, false
+	if _, err := js.UpdateStream(ctx, sc); err != nil {
+		return fmt.Errorf("make %s read from its leader: %w", name, err)
 	}
 	return nil
 }
