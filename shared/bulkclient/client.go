@@ -77,6 +77,9 @@ type File struct {
 type Stats struct {
 	Polls     int // status requests, the last one included
 	Throttled int // 429 answers among them
+	// Transient counts 503 answers waited out: the server could not
+	// answer for a while (a node of its cluster failing over).
+	Transient int
 	// Waited is the time spent waiting between polls, as told.
 	Waited time.Duration
 }
@@ -113,6 +116,14 @@ func (c *Client) kickoff(ctx context.Context, method, url string, body []byte) (
 		h.Set("Content-Type", "application/fhir+json")
 	}
 	resp, b, err := c.do(ctx, method, url, body, h)
+	// A kick-off refused for now (429, or 503 while the server fails
+	// over) is sent again after Retry-After, up to a bound.
+	for retries := 0; err == nil && retries < maxTransient &&
+		(resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusServiceUnavailable); retries++ {
+		if err = c.sleep(ctx, c.retryAfter(resp.Header.Get("Retry-After"))); err == nil {
+			resp, b, err = c.do(ctx, method, url, body, h)
+		}
+	}
 	if err != nil {
 		return "", fmt.Errorf("kick-off: %w", err)
 	}
@@ -128,6 +139,10 @@ func (c *Client) kickoff(ctx context.Context, method, url string, body []byte) (
 	}
 	return loc, nil
 }
+
+// maxTransient bounds the 503 (and, at kick-off, 429) answers a client
+// waits out in a row before it gives up.
+const maxTransient = 60
 
 // Await polls the status URL until the export completes or fails, waiting
 // between polls as Retry-After says, and returns the manifest.
@@ -160,6 +175,20 @@ func (c *Client) Await(ctx context.Context, statusURL string) (Manifest, Stats, 
 		case http.StatusOK:
 			m, err := parseManifest(resp, b)
 			return m, st, err
+		case http.StatusServiceUnavailable:
+			// Transient (Bulk Data v2 §5.3.3): poll again, up to a bound.
+			if err := strictJSON("status", resp, b, ""); err != nil {
+				return Manifest{}, st, err
+			}
+			if st.Transient >= maxTransient {
+				return Manifest{}, st, refusal("status", resp, b)
+			}
+			st.Transient++
+			wait := c.retryAfter(resp.Header.Get("Retry-After"))
+			if err := c.sleep(ctx, wait); err != nil {
+				return Manifest{}, st, err
+			}
+			st.Waited += wait
 		default:
 			if err := strictJSON("status", resp, b, ""); err != nil {
 				return Manifest{}, st, err

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -94,6 +95,12 @@ func TestBulkClientExport(t *testing.T) {
 				w.WriteHeader(202)
 				fmt.Fprint(w, `{"progress":"50%"}`) // a JSON body is allowed
 			},
+			func(w http.ResponseWriter) { // transient: a node of the server's cluster fails over
+				w.Header().Set("Content-Type", "application/fhir+json")
+				w.Header().Set("Retry-After", "3")
+				w.WriteHeader(503)
+				fmt.Fprint(w, `{"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"transient"}]}`)
+			},
 		},
 		manifest: goodManifest,
 		file:     `{"resourceType":"Patient","id":"a"}` + "\n" + `{"resourceType":"Patient","id":"b"}` + "\n",
@@ -109,8 +116,8 @@ func TestBulkClientExport(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.Polls != 4 || st.Throttled != 1 || len(waits) != 3 || waits[0] != 2*time.Second || waits[1] != time.Second || waits[2] != time.Second {
-		t.Errorf("stats %+v, waits %v; want 4 polls, 1 throttled, waits [2s 1s 1s]", st, waits)
+	if st.Polls != 5 || st.Throttled != 1 || st.Transient != 1 || !slices.Equal(waits, []time.Duration{2 * time.Second, time.Second, time.Second, 3 * time.Second}) {
+		t.Errorf("stats %+v, waits %v; want 5 polls, 1 throttled, 1 transient, waits [2s 1s 1s 3s]", st, waits)
 	}
 	var out bytes.Buffer
 	if n, err := c.Download(t.Context(), m.Output[0], &out); err != nil || n != 2 {

@@ -28,6 +28,7 @@ import (
 	"net/http"
 	"net/url"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -83,6 +84,11 @@ type Report struct {
 	// Compared is the size of the source at the last transactionTime.
 	Compared int     `json:"compared"`
 	Seconds  float64 `json:"seconds"`
+	// Retried counts requests sent again after a 429 or 503 answer, and
+	// Transient the 503 status answers an export waited out: the server
+	// could not answer for a while (a node of its cluster failing over).
+	Retried   int `json:"retried"`
+	Transient int `json:"transient"`
 }
 
 type version struct {
@@ -403,7 +409,10 @@ func (r *run) export(ctx context.Context, u string) (bulkclient.Manifest, error)
 	if err != nil {
 		return bulkclient.Manifest{}, err
 	}
-	m, _, err := r.bulk.Await(ctx, status)
+	m, st, err := r.bulk.Await(ctx, status)
+	r.mu.Lock()
+	r.report.Transient += st.Transient
+	r.mu.Unlock()
 	if err != nil {
 		return m, fmt.Errorf("export %s: %w", status, err)
 	}
@@ -545,14 +554,47 @@ func (r *run) do(ctx context.Context, method, u string, body []byte, contentType
 	if contentType != "" {
 		req.Header.Set("Content-Type", contentType)
 	}
-	resp, err := r.client.Do(req)
-	if err != nil {
-		return nil, nil, fmt.Errorf("%s %s: %w", method, u, err)
+	for attempt := 1; ; attempt++ {
+		resp, err := r.client.Do(req)
+		if err != nil {
+			return nil, nil, fmt.Errorf("%s %s: %w", method, u, err)
+		}
+		out, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+		resp.Body.Close()
+		if err != nil {
+			return resp, out, fmt.Errorf("%s %s: %w", method, u, err)
+		}
+		wait, again := retryAfter(resp, attempt)
+		if !again {
+			return resp, out, nil
+		}
+		r.mu.Lock()
+		r.report.Retried++
+		r.mu.Unlock()
+		select {
+		case <-ctx.Done():
+			return resp, out, ctx.Err()
+		case <-time.After(wait):
+		}
+		if body != nil {
+			req.Body = io.NopCloser(bytes.NewReader(body))
+		}
 	}
-	defer resp.Body.Close()
-	out, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
-	if err != nil {
-		return resp, out, fmt.Errorf("%s %s: %w", method, u, err)
-	}
-	return resp, out, nil
 }
+
+// retryAfter says whether a response asks to be sent again, as a client
+// that honours 429 and 503 does, and after how long: the Retry-After
+// seconds, or 1 s. It gives up after maxRetries.
+func retryAfter(resp *http.Response, attempt int) (time.Duration, bool) {
+	if resp.StatusCode != http.StatusTooManyRequests && resp.StatusCode != http.StatusServiceUnavailable || attempt > maxRetries {
+		return 0, false
+	}
+	wait := time.Second
+	if s, err := strconv.Atoi(resp.Header.Get("Retry-After")); err == nil && s > 0 && s < 60 {
+		wait = time.Duration(s) * time.Second
+	}
+	return wait, true
+}
+
+// maxRetries bounds how often one request is sent again.
+const maxRetries = 60
