@@ -75,6 +75,9 @@ func (p *Proc) Stop(grace time.Duration) {
 	}
 }
 
+// Pid is the process id.
+func (p *Proc) Pid() int { return p.cmd.Process.Pid }
+
 // Kill sends SIGKILL, as a crash would, and waits for the process to exit.
 // Killing a stopped process returns at once.
 func (p *Proc) Kill() {

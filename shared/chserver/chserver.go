@@ -37,6 +37,12 @@ type Config struct {
 	// InterserverPort (0 picks a free one).
 	ZooKeeper       []string
 	InterserverPort int
+	// ForceRestore starts a replicated server that died (kill -9, power
+	// loss) even when it holds parts its coordination service never
+	// recorded: ClickHouse detaches them and fetches what its replicas
+	// have (the flags/force_restore_data file). Such parts were never
+	// acknowledged to a quorum insert.
+	ForceRestore bool
 }
 
 // zkNode is one ZooKeeper server in the configuration.
@@ -162,6 +168,14 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	for _, sub := range []string{"data", "tmp", "log", "user_files", "format_schemas"} {
 		if err := os.MkdirAll(filepath.Join(dir, sub), 0o755); err != nil {
 			return nil, fmt.Errorf("create clickhouse directory: %w", err)
+		}
+	}
+	if cfg.ForceRestore {
+		if err := os.MkdirAll(filepath.Join(dir, "data", "flags"), 0o755); err != nil {
+			return nil, fmt.Errorf("create clickhouse directory: %w", err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, "data", "flags", "force_restore_data"), nil, 0o644); err != nil {
+			return nil, fmt.Errorf("flag clickhouse data for restoring: %w", err)
 		}
 	}
 	if cfg.TCPPort == 0 {

@@ -22,6 +22,9 @@ type shard struct {
 	// quorum is how many replicas an insert must reach before it returns:
 	// a majority of them when the tables are replicated, else 0 (none asked).
 	quorum int
+	// health: on replicated shards, each replica and whether it is caught
+	// up; the pool dials only those that are.
+	health []*replica
 	// horizon: every version stamped after it (microseconds) is in this
 	// shard's change log. Read at most every horizonRefresh, at refreshed.
 	hmu       sync.Mutex

@@ -124,6 +124,7 @@ type Store struct {
 	changes    string
 	feed       string
 	log        *slog.Logger
+	stopWatch  func() // ends the replica health checks and waits for them
 }
 
 // Open connects to every shard, creates the database and tables where
@@ -153,6 +154,16 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (*Store, error) {
 		s.Close()
 		return nil, err
 	}
+	if s.replicated {
+		s.checkReplicas(ctx)
+		wctx, stop := context.WithCancel(context.WithoutCancel(ctx))
+		done := make(chan struct{})
+		s.stopWatch = func() { stop(); <-done }
+		go func() {
+			defer close(done)
+			s.watchReplicas(wctx)
+		}()
+	}
 	if h, err := s.Horizon(ctx); err == nil && h > 0 && log != nil {
 		log.Info("change log holds versions after its horizon; older _since reads scan the versions table",
 			slog.Uint64("horizon_us", h))
@@ -164,23 +175,34 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (*Store, error) {
 // version (the same release everywhere is assumed; the first shard's
 // decides the DDL).
 func (s *Store) openShard(ctx context.Context, i int, replicas []string) (*shard, error) {
-	conn, err := clickhouse.Open(&clickhouse.Options{
+	sh := &shard{index: i, replicas: replicas}
+	opts := &clickhouse.Options{
 		Addr:             replicas,
 		Auth:             clickhouse.Auth{Username: s.cfg.Username, Password: s.cfg.Password},
 		DialTimeout:      s.cfg.DialTimeout,
 		MaxOpenConns:     s.cfg.MaxOpenConns,
 		ConnOpenStrategy: clickhouse.ConnOpenRoundRobin,
-	})
+	}
+	if s.replicated {
+		sh.quorum = len(replicas)/2 + 1
+		// Connections are dialled only to caught-up replicas, and renewed
+		// often enough that one falling behind stops serving soon.
+		for _, addr := range replicas {
+			r := &replica{addr: addr}
+			r.ready.Store(true) // until the first check, after the migration
+			sh.health = append(sh.health, r)
+		}
+		opts.DialStrategy = sh.dial
+		opts.ConnMaxLifetime = time.Minute
+	}
+	conn, err := clickhouse.Open(opts)
 	if err != nil {
 		return nil, fmt.Errorf("open clickhouse %v: %w", replicas, err)
 	}
+	sh.conn = conn
 	if err := conn.Ping(ctx); err != nil {
 		conn.Close()
 		return nil, fmt.Errorf("ping clickhouse %v: %w", replicas, err)
-	}
-	sh := &shard{index: i, replicas: replicas, conn: conn}
-	if s.replicated {
-		sh.quorum = len(replicas)/2 + 1
 	}
 	if i == 0 {
 		sv, err := conn.ServerVersion()
@@ -195,9 +217,17 @@ func (s *Store) openShard(ctx context.Context, i int, replicas []string) (*shard
 
 // Close releases the connections.
 func (s *Store) Close() error {
+	if s.stopWatch != nil {
+		s.stopWatch()
+	}
 	var errs []error
 	for _, sh := range s.shards {
 		errs = append(errs, sh.conn.Close())
+		for _, r := range sh.health {
+			if r.conn != nil {
+				errs = append(errs, r.conn.Close())
+			}
+		}
 	}
 	return errors.Join(errs...)
 }
@@ -208,6 +238,16 @@ func (s *Store) Version() Version { return s.version }
 // Conn exposes the first shard's connection pool, for benchmarks that
 // measure raw reads and tests that look at stored rows.
 func (s *Store) Conn() driver.Conn { return s.shards[0].conn }
+
+// ShardConns exposes each shard's connection pool, in shard order, for
+// benchmarks that read every row and tests that look at stored rows.
+func (s *Store) ShardConns() []driver.Conn {
+	out := make([]driver.Conn, len(s.shards))
+	for i, sh := range s.shards {
+		out[i] = sh.conn
+	}
+	return out
+}
 
 // TableName is the fully qualified table name.
 func (s *Store) TableName() string { return s.table }
@@ -318,7 +358,8 @@ func (s *Store) migrateChanges(ctx context.Context, conn driver.Conn, engine fun
 	if exists == 0 {
 		// Server-side: the native protocol's INSERT ... VALUES waits for
 		// data blocks from the client.
-		raise := "INSERT INTO " + horizons + " (horizon) SELECT max(last_updated) FROM " + s.table
+		// A fresh store needs no horizon: the change log holds everything.
+		raise := "INSERT INTO " + horizons + " (horizon) SELECT max(last_updated) AS h FROM " + s.table + " HAVING h > 0"
 		if err := conn.Exec(ctx, raise); err != nil {
 			return fmt.Errorf("record the change log horizon: %w", err)
 		}

@@ -91,8 +91,9 @@ func (c *Cluster) Restart(shard, replica int) {
 	c.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	old := c.Servers[shard][replica]
-	srv, err := chserver.Start(ctx, old.Config(), Logger(c.t))
+	cfg := c.Servers[shard][replica].Config()
+	cfg.ForceRestore = true // it may have died with parts ZooKeeper never recorded
+	srv, err := chserver.Start(ctx, cfg, Logger(c.t))
 	if err != nil {
 		c.t.Fatalf("restart clickhouse shard %d replica %d: %v", shard+1, replica+1, err)
 	}
