@@ -7,10 +7,10 @@ GO_TEST_FLAGS ?= -count=1 -timeout 20m
 GOLANGCI_LINT_VERSION := v2.15.0
 GOLANGCI_LINT := bin/tools/golangci-lint-$(GOLANGCI_LINT_VERSION)
 
-.PHONY: help deps build run test vet lint fmt fmt-check bench clean
+.PHONY: help deps build run run-cluster test test-cluster vet lint fmt fmt-check bench clean
 
 help: ## List the targets
-	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-13s %s\n", $$1, $$2}'
 
 deps: ## Install what is missing: ClickHouse and ZooKeeper (Debian packages) and Go modules
 	@if ! command -v clickhouse-server >/dev/null 2>&1 && ! command -v clickhouse >/dev/null 2>&1; then \
@@ -32,13 +32,19 @@ build: deps ## Build the engine binary into bin/
 run: build ## Start the whole engine on this machine with sample data (authorization off)
 	FLATFHIR_AUTH=$${FLATFHIR_AUTH:-off} $(BIN)
 
+run-cluster: build ## Start a real cluster here: 2x2 ClickHouse, 3 NATS nodes, one process per engine role (authorization off)
+	$(BIN) cluster
+
 test: deps ## Run every module's tests against real NATS and ClickHouse
 	@fail=0; for m in $(MODULES); do \
 		echo "== $$m"; (cd $$m && go test $(GO_TEST_FLAGS) ./...) || fail=1; \
 	done; exit $$fail
 
+test-cluster: deps ## The cluster tier: round trip, chained exports and chaos on the make run-cluster topology
+	cd services/flatfhir && go test -tags clustertest $(GO_TEST_FLAGS) -run TestCluster -v .
+
 vet: lint ## go vet and golangci-lint (.golangci.yml) every module
-	@for m in $(MODULES); do (cd $$m && go vet ./...) || exit 1; done
+	@for m in $(MODULES); do (cd $$m && go vet -tags clustertest ./...) || exit 1; done
 
 lint: $(GOLANGCI_LINT) ## golangci-lint every module: dependency rules, no sleeping tests, documented exports
 	@for m in $(MODULES); do echo "== lint $$m"; (cd $$m && $(CURDIR)/$(GOLANGCI_LINT) run ./...) || exit 1; done

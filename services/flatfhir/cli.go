@@ -40,6 +40,12 @@ const cliUsage = `usage:
   flatfhir token --client ID --key FILE [--scope S] [--url BASE] [--raw]
                                 sign a client assertion and fetch an access token
 
+  flatfhir cluster [--dir DIR] [--shards 2 --replicas 2 --nats 3 --ingesters 2 --writers 2]
+                                run a real cluster on this machine, one process per server
+                                and role (make run-cluster)
+  flatfhir nats-node --name N --port P --cluster-port C --routes H:P,.. --dir DIR
+                                run one node of a JetStream cluster
+
 clients and keys talk to NATS at FLATFHIR_NATS_URL (default nats://127.0.0.1:FLATFHIR_NATS_PORT).
 `
 
@@ -103,6 +109,10 @@ func command(ctx context.Context, args []string, out io.Writer) error {
 		}
 	case "token":
 		return tokenCommand(ctx, args[1:], out)
+	case "cluster":
+		return clusterCommand(ctx, args[1:], out)
+	case "nats-node":
+		return natsNode(ctx, args[1:])
 	case "help", "-h", "--help":
 		return errUsage
 	}

@@ -46,6 +46,11 @@ type Config struct {
 	SamplePatients int
 	// Writers is how many writer instances to run in this process.
 	Writers int
+	// TaskRows and MaxFileResources size export tasks and files
+	// (FLATFHIR_TASK_ROWS, FLATFHIR_MAX_FILE_RESOURCES; 0 keeps the
+	// planner's defaults of 50,000 and 100,000).
+	TaskRows         int
+	MaxFileResources int
 	// Replicas is the JetStream replication factor.
 	Replicas int
 	// PollRate is the status polls per second allowed per export (0: no limit).
@@ -104,6 +109,8 @@ func FromEnv() (Config, error) {
 	c.ClickHousePort = envInt("FLATFHIR_CLICKHOUSE_PORT", 19000, &errs)
 	c.SamplePatients = envInt("FLATFHIR_SAMPLE_PATIENTS", 200, &errs)
 	c.Writers = envInt("FLATFHIR_WRITERS", 2, &errs)
+	c.TaskRows = envInt("FLATFHIR_TASK_ROWS", 0, &errs)
+	c.MaxFileResources = envInt("FLATFHIR_MAX_FILE_RESOURCES", 0, &errs)
 	c.Replicas = envInt("FLATFHIR_REPLICAS", 1, &errs)
 	if v := env("FLATFHIR_POLL_RATE", "2"); v != "" {
 		f, err := strconv.ParseFloat(v, 64)
@@ -147,6 +154,9 @@ func (c Config) Validate() error {
 	}
 	if c.Writers < 1 {
 		return errors.New("FLATFHIR_WRITERS must be at least 1")
+	}
+	if c.TaskRows < 0 || c.MaxFileResources < 0 {
+		return errors.New("FLATFHIR_TASK_ROWS and FLATFHIR_MAX_FILE_RESOURCES must not be negative")
 	}
 	if c.SamplePatients < 0 {
 		return errors.New("FLATFHIR_SAMPLE_PATIENTS must not be negative")

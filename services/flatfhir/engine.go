@@ -134,7 +134,7 @@ func Start(ctx context.Context, cfg Config, tune Tuning, log *slog.Logger) (_ *E
 		return nil, err
 	}
 	if cfg.Role == RoleAll && cfg.SamplePatients > 0 {
-		if err := e.loadSample(ctx); err != nil {
+		if err := loadSample(ctx, e.js, e.cfg.SamplePatients, e.log); err != nil {
 			return nil, err
 		}
 	}
@@ -160,6 +160,12 @@ func (e *Engine) build(ctx context.Context, tune Tuning, sc streams.Config) erro
 		}
 		if e.cfg.ChangeLogRetention > 0 {
 			cfg.ChangeLogRetention = e.cfg.ChangeLogRetention
+		}
+		if e.cfg.TaskRows > 0 {
+			cfg.TaskRows = e.cfg.TaskRows
+		}
+		if e.cfg.MaxFileResources > 0 {
+			cfg.MaxFileResources = e.cfg.MaxFileResources
 		}
 		p, err := planner.New(cfg, planner.Deps{JS: e.js, Store: e.store, Log: e.log.With("service", "planner"), Tracer: tp, Meter: mp})
 		if err != nil {
@@ -200,19 +206,20 @@ func (e *Engine) build(ctx context.Context, tune Tuning, sc streams.Config) erro
 	return nil
 }
 
-// loadSample fills an empty store with generated data, once.
-func (e *Engine) loadSample(ctx context.Context) error {
-	last, err := streams.LastChangeSeq(ctx, e.js)
+// loadSample fills an empty store with generated data, once: nothing is
+// loaded when CHANGES holds a change.
+func loadSample(ctx context.Context, js jetstream.JetStream, patients int, log *slog.Logger) error {
+	last, err := streams.LastChangeSeq(ctx, js)
 	if err != nil {
 		return err
 	}
 	if last > 0 {
 		return nil
 	}
-	e.log.Info("loading sample data", slog.Int("patients", e.cfg.SamplePatients))
-	pub := streams.NewChangePublisher(e.js)
+	log.Info("loading sample data", slog.Int("patients", patients))
+	pub := streams.NewChangePublisher(js)
 	n := 0
-	err = synth.Generate(ctx, synth.Config{Patients: e.cfg.SamplePatients, Seed: 1}, func(typ string, body []byte) error {
+	err = synth.Generate(ctx, synth.Config{Patients: patients, Seed: 1}, func(typ string, body []byte) error {
 		n++
 		id, err := idOf(body)
 		if err != nil {
@@ -226,7 +233,7 @@ func (e *Engine) loadSample(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("load sample data: %w", err)
 	}
-	e.log.Info("sample data loaded", slog.Int("resources", n))
+	log.Info("sample data loaded", slog.Int("resources", n))
 	return nil
 }
 

@@ -18,7 +18,17 @@ func Main(ctx context.Context, cfg Config, log *slog.Logger, out io.Writer) erro
 		if base == "" {
 			base = e.APIURL()
 		}
-		fmt.Fprintf(out, `
+		welcome(out, cfg.Role, base, cfg.Auth)
+		if cfg.Role == RoleAll {
+			fmt.Fprintf(out, "\nCtrl-C stops everything; data stays in %s.\n", cfg.DataDir)
+		}
+	}
+	return e.Run(ctx)
+}
+
+// welcome prints how to export from the engine at base.
+func welcome(out io.Writer, role, base string, auth bool) {
+	fmt.Fprintf(out, `
 flatfhir is running (role %s). FHIR base: %s
 
 Export everything (system level), then poll the Content-Location it returns:
@@ -31,9 +41,9 @@ Only some types, as of a time:
 
 Load your own NDJSON:
   curl -s -X POST -H 'Content-Type: application/fhir+ndjson' --data-binary @Patient.ndjson '%s/$ingest'
-`, cfg.Role, base, base, base, base)
-		if cfg.Auth {
-			fmt.Fprintf(out, `
+`, role, base, base, base, base)
+	if auth {
+		fmt.Fprintf(out, `
 Authorization is on (SMART Backend Services): every request above needs
 -H "Authorization: Bearer $TOKEN". Register a client and get a token:
   flatfhir clients keygen --out demo
@@ -41,8 +51,8 @@ Authorization is on (SMART Backend Services): every request above needs
   TOKEN=$(flatfhir token --client demo --key demo.key.pem --url %s --raw)
 Discovery: %s/.well-known/smart-configuration (docs/auth.md)
 `, base, base)
-		} else {
-			fmt.Fprintf(out, `
+	} else {
+		fmt.Fprintf(out, `
 Authorization is off (FLATFHIR_AUTH=off). To try SMART Backend Services, start with
 FLATFHIR_AUTH=on, then register a client and get a token (docs/auth.md):
   bin/flatfhir clients keygen --out demo
@@ -50,10 +60,5 @@ FLATFHIR_AUTH=on, then register a client and get a token (docs/auth.md):
   TOKEN=$(bin/flatfhir token --client demo --key demo.key.pem --url %s --raw)
   curl -si -H "Authorization: Bearer $TOKEN" -H 'Prefer: respond-async' '%s/$export'
 `, base, base)
-		}
-		if cfg.Role == RoleAll {
-			fmt.Fprintf(out, "\nCtrl-C stops everything; data stays in %s.\n", cfg.DataDir)
-		}
 	}
-	return e.Run(ctx)
 }
