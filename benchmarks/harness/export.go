@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2"
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/flatfhir/flatfhir/shared/bulkclient"
@@ -299,32 +300,53 @@ func (h *harness) release(ctx context.Context, status string) error {
 
 // rawRead streams SELECT id, body of the whole table, as the engine's
 // writers read (same driver, same block size), counting rows and bytes.
+// On a cluster every shard is read at once, each from one replica.
 func (h *harness) rawRead(ctx context.Context) (Rate, error) {
 	ctx = clickhouse.Context(ctx, clickhouse.WithSettings(clickhouse.Settings{"max_block_size": 2048}))
 	start := time.Now()
 	q := "SELECT id, body FROM " + h.store.TableName()
-	rows, err := h.store.Conn().Query(ctx, q)
-	if err != nil {
-		return Rate{}, fmt.Errorf("%s: %w", q, err)
+	conns := h.store.ShardConns()
+	ns, sizes, errs := make([]int64, len(conns)), make([]int64, len(conns)), make([]error, len(conns))
+	var wg sync.WaitGroup
+	for i, conn := range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ns[i], sizes[i], errs[i] = readAll(ctx, conn, q)
+		}()
 	}
-	defer rows.Close()
-	var (
-		id, body string
-		n, bytes int64
-	)
-	for rows.Next() {
-		if err := rows.Scan(&id, &body); err != nil {
-			return Rate{}, fmt.Errorf("%s: scan: %w", q, err)
-		}
-		n++
-		bytes += int64(len(body)) + 1
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return Rate{}, err
 	}
-	if err := rows.Err(); err != nil {
-		return Rate{}, fmt.Errorf("%s: %w", q, err)
+	var n, bytes int64
+	for i := range conns {
+		n, bytes = n+ns[i], bytes+sizes[i]
 	}
 	d := time.Since(start)
 	if n != h.report.Ingest.Resources {
 		return Rate{}, fmt.Errorf("%s returned %d rows, want the %d ingested", q, n, h.report.Ingest.Resources)
 	}
 	return newRate(d, n, bytes), nil
+}
+
+// readAll streams q (selecting id and body) and counts rows and bytes.
+func readAll(ctx context.Context, conn driver.Conn, q string) (n, bytes int64, err error) {
+	rows, err := conn.Query(ctx, q)
+	if err != nil {
+		return 0, 0, fmt.Errorf("%s: %w", q, err)
+	}
+	defer rows.Close()
+	var id, body string
+	for rows.Next() {
+		if err := rows.Scan(&id, &body); err != nil {
+			return 0, 0, fmt.Errorf("%s: scan: %w", q, err)
+		}
+		n++
+		bytes += int64(len(body)) + 1
+	}
+	if err := rows.Err(); err != nil {
+		return 0, 0, fmt.Errorf("%s: %w", q, err)
+	}
+	return n, bytes, nil
 }

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -38,6 +39,7 @@ type harness struct {
 	report *Report
 
 	ch       *chserver.Server
+	cluster  *flatfhir.Cluster // a -cluster run's servers and processes
 	nats     *natsembed.Server
 	nc       *nats.Conn
 	js       jetstream.JetStream
@@ -103,7 +105,7 @@ func (h *harness) setUp(ctx context.Context) error {
 	s := &h.report.Setup
 	*s = Setup{
 		Patients: o.Patients, EstimatedResources: synth.Estimate(synth.Config{Patients: o.Patients, Seed: o.Seed}),
-		Writers: o.Writers, Runs: o.Runs, Gzip: o.Gzip, ChunkResources: o.ChunkResources,
+		Writers: o.Writers, Ingesters: o.Ingesters, Runs: o.Runs, Gzip: o.Gzip, ChunkResources: o.ChunkResources,
 		DownloadParallel: o.DownloadParallel, PollIntervalMillis: o.PollInterval.Milliseconds(),
 		GoVersion: runtime.Version(), CPUs: runtime.NumCPU(),
 	}
@@ -127,6 +129,9 @@ func (h *harness) setUp(ctx context.Context) error {
 	}
 	s.BuildSeconds = time.Since(t).Seconds()
 
+	if o.Cluster {
+		return h.setUpCluster(ctx, bin)
+	}
 	var err error
 	if h.ch, err = chserver.Start(ctx, chserver.Config{Dir: filepath.Join(h.dir, "clickhouse")}, h.log); err != nil {
 		return fmt.Errorf("start clickhouse: %w", err)
@@ -157,9 +162,9 @@ func (h *harness) setUp(ctx context.Context) error {
 	listen := "127.0.0.1:" + strconv.Itoa(port)
 	h.base = "http://" + listen
 	s.APIBase = h.base
-	for _, role := range roles {
+	for _, role := range h.processes() {
 		env := map[string]string{
-			"FLATFHIR_ROLE":                role,
+			"FLATFHIR_ROLE":                strings.TrimRight(role, "0123456789"),
 			"FLATFHIR_NATS_URL":            s.NATSURL,
 			"FLATFHIR_CLICKHOUSE_ADDR":     s.ClickHouseAddr,
 			"FLATFHIR_CLICKHOUSE_DATABASE": s.Database,
@@ -181,6 +186,63 @@ func (h *harness) setUp(ctx context.Context) error {
 		h.children = append(h.children, c)
 	}
 	return h.waitReady(ctx)
+}
+
+// setUpCluster starts the engine on a local cluster (flatfhir.StartCluster)
+// and opens the store over its shards.
+func (h *harness) setUpCluster(ctx context.Context, bin string) error {
+	s := &h.report.Setup
+	port, err := freePort()
+	if err != nil {
+		return err
+	}
+	listen := "127.0.0.1:" + strconv.Itoa(port)
+	fmt.Fprintf(h.opts.Progress, "bulkbench: starting a cluster (2 shards x 2 replicas, 3 NATS nodes, 6 engine processes)\n")
+	h.cluster, err = flatfhir.StartCluster(ctx, flatfhir.ClusterConfig{
+		Dir: filepath.Join(h.dir, "cluster"), Binary: bin, Listen: listen,
+		Writers: 2, Ingesters: max(2, h.opts.Ingesters),
+		Env: []string{
+			"FLATFHIR_WRITERS=" + strconv.Itoa(max(1, h.opts.Writers/2)), "FLATFHIR_LOG_LEVEL=warn",
+			"FLATFHIR_POLL_RATE=0", "FLATFHIR_SAMPLE_PATIENTS=0",
+		},
+	}, h.log)
+	if err != nil {
+		return fmt.Errorf("start the cluster: %w", err)
+	}
+	s.Cluster, s.NATSURL, s.Database = h.cluster.ClickHouseShards(), h.cluster.NATSURL(), "flatfhir"
+	s.Ingesters = max(2, h.opts.Ingesters)
+	h.base = h.cluster.APIURL()
+	s.APIBase = h.base
+	if h.nc, err = nats.Connect(s.NATSURL, nats.Name("bulkbench")); err != nil {
+		return fmt.Errorf("connect to nats: %w", err)
+	}
+	if h.js, err = jetstream.New(h.nc); err != nil {
+		return err
+	}
+	shards, err := chstore.ParseShards(s.Cluster)
+	if err != nil {
+		return err
+	}
+	if h.store, err = chstore.Open(ctx, chstore.Config{Shards: shards, Database: s.Database}, h.log); err != nil {
+		return err
+	}
+	s.ClickHouseVersion = h.store.Version().String()
+	return h.waitReady(ctx)
+}
+
+// processes names the engine's processes in start order: the roles, with
+// Ingesters ingester processes (ingester, ingester2, ...).
+func (h *harness) processes() []string {
+	var out []string
+	for _, role := range roles {
+		out = append(out, role)
+		if role == flatfhir.RoleIngester {
+			for i := 2; i <= h.opts.Ingesters; i++ {
+				out = append(out, fmt.Sprintf("%s%d", role, i))
+			}
+		}
+	}
+	return out
 }
 
 // waitReady waits until the API answers, the planner and the writers pull
@@ -216,22 +278,25 @@ func (h *harness) notReady(ctx context.Context) string {
 		return "the api does not answer GET /metadata"
 	}
 	// Planners and writers pull only when free, so a connected process is
-	// the sign of life to look for.
-	names, err := h.nats.ClientNames()
-	if err != nil {
-		return err.Error()
-	}
-	connected := map[string]bool{}
-	for _, n := range names {
-		connected[n] = true
-	}
-	for _, role := range []string{"planner", "writer", "ingester"} {
-		if !connected["flatfhir-"+role] {
-			return "the " + role + " has not connected to NATS yet"
+	// the sign of life to look for (on the harness's own NATS server; a
+	// cluster's launcher has started every process already).
+	if h.nats != nil {
+		names, err := h.nats.ClientNames()
+		if err != nil {
+			return err.Error()
 		}
-		if _, err := h.js.Consumer(ctx, streams.StreamExportTasks, streams.ConsumerWriters); err != nil {
-			return "no consumer " + streams.ConsumerWriters + " yet"
+		connected := map[string]bool{}
+		for _, n := range names {
+			connected[n] = true
 		}
+		for _, role := range []string{"planner", "writer", "ingester"} {
+			if !connected["flatfhir-"+role] {
+				return "the " + role + " has not connected to NATS yet"
+			}
+		}
+	}
+	if _, err := h.js.Consumer(ctx, streams.StreamExportTasks, streams.ConsumerWriters); err != nil {
+		return "no consumer " + streams.ConsumerWriters + " yet"
 	}
 	// An idle ingester writes nothing: put a mark on the stream and see
 	// the watermark pass it.
@@ -316,6 +381,11 @@ func (h *harness) measure(ctx context.Context) error {
 	for _, c := range h.children {
 		h.addMemory("flatfhir "+c.role, c.pid())
 	}
+	if h.cluster != nil {
+		for _, name := range h.cluster.Processes() {
+			h.addMemory("flatfhir "+name, h.cluster.Pid(name))
+		}
+	}
 	for _, pid := range childrenNamed("clickhouse") {
 		h.addMemory("clickhouse-server", pid)
 	}
@@ -379,6 +449,12 @@ func (h *harness) shutdown(failure error, showLogs bool) {
 	}
 	if h.ch != nil {
 		_ = h.ch.Stop()
+	}
+	if h.cluster != nil {
+		if showLogs {
+			fmt.Fprintf(h.opts.Progress, "bulkbench: the cluster's logs are in %s\n", filepath.Join(h.dir, "cluster", "logs"))
+		}
+		h.cluster.Stop()
 	}
 }
 

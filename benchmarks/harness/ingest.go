@@ -202,8 +202,12 @@ func (h *harness) waitQueryable(ctx context.Context, total int64) error {
 			return err
 		}
 		var n uint64
-		if err := h.store.Conn().QueryRow(ctx, q).Scan(&n); err != nil {
-			return fmt.Errorf("%s: %w", q, err)
+		for _, conn := range h.store.ShardConns() {
+			var part uint64
+			if err := conn.QueryRow(ctx, q).Scan(&part); err != nil {
+				return fmt.Errorf("%s: %w", q, err)
+			}
+			n += part
 		}
 		switch {
 		case int64(n) == total:

@@ -53,6 +53,13 @@ type Options struct {
 	RepoRoot string
 	// Progress receives progress lines; nil discards them.
 	Progress io.Writer
+	// Ingesters is how many ingester processes run (one active at a
+	// time, holding the ingest lease); 0 means 1.
+	Ingesters int
+	// Cluster runs the engine as make run-cluster does: 2 ClickHouse
+	// shards × 2 replicas, 3 NATS nodes, one process per role instance
+	// (2 ingesters, 2 writer processes of Writers/2 writers each).
+	Cluster bool
 }
 
 // DefaultOptions are bulkbench's defaults: about a million resources.
@@ -90,6 +97,9 @@ func (o *Options) setDefaults() {
 	}
 	if o.Progress == nil {
 		o.Progress = io.Discard
+	}
+	if o.Ingesters == 0 {
+		o.Ingesters = 1
 	}
 }
 

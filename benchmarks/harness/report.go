@@ -42,6 +42,7 @@ type Setup struct {
 	Patients           int     `json:"patients"`
 	EstimatedResources int     `json:"estimatedResources"`
 	Writers            int     `json:"writers"`
+	Ingesters          int     `json:"ingesters"`
 	Runs               int     `json:"runs"`
 	Gzip               bool    `json:"gzip"`
 	ChunkResources     int     `json:"chunkResources"`
@@ -55,6 +56,9 @@ type Setup struct {
 	BuildSeconds       float64 `json:"buildSeconds"`
 	GoVersion          string  `json:"goVersion"`
 	CPUs               int     `json:"cpus"`
+	// Cluster is the layout of a -cluster run: ClickHouse shards (";")
+	// of replicas (","); empty on one server.
+	Cluster string `json:"cluster,omitempty"`
 }
 
 // IngestResult is the ingest of the whole data set.
@@ -217,10 +221,15 @@ func (r *Report) WriteTable(w io.Writer) error {
 		gz = "on"
 	}
 	fmt.Fprintf(w, "\nflatfhir bulk benchmark  (%s, %d CPUs, ClickHouse %s)\n", s.GoVersion, s.CPUs, s.ClickHouseVersion)
-	fmt.Fprintf(w, "  %d patients -> %s resources (estimate %s), %.1f MB NDJSON; gzip %s; %d writers; %d export runs\n",
-		s.Patients, group(r.Ingest.Resources), group(int64(s.EstimatedResources)), float64(r.Ingest.NDJSONBytes)/MB, gz, s.Writers, s.Runs)
-	fmt.Fprintf(w, "  engine built in %.1f s; API %s; NATS %s (in the harness); ClickHouse %s, database %s\n\n",
-		s.BuildSeconds, s.APIBase, s.NATSURL, s.ClickHouseAddr, s.Database)
+	fmt.Fprintf(w, "  %d patients -> %s resources (estimate %s), %.1f MB NDJSON; gzip %s; %d writers; %d ingesters; %d export runs\n",
+		s.Patients, group(r.Ingest.Resources), group(int64(s.EstimatedResources)), float64(r.Ingest.NDJSONBytes)/MB, gz, s.Writers, s.Ingesters, s.Runs)
+	if s.Cluster != "" {
+		fmt.Fprintf(w, "  engine built in %.1f s; API %s; a cluster: NATS %s; ClickHouse shards %s, database %s\n\n",
+			s.BuildSeconds, s.APIBase, s.NATSURL, s.Cluster, s.Database)
+	} else {
+		fmt.Fprintf(w, "  engine built in %.1f s; API %s; NATS %s (in the harness); ClickHouse %s, database %s\n\n",
+			s.BuildSeconds, s.APIBase, s.NATSURL, s.ClickHouseAddr, s.Database)
+	}
 
 	const head = "%-40s %9s %13s %8s  %s\n"
 	row := func(label string, rt Rate, extra string) {
