@@ -19,9 +19,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/flatfhir/flatfhir/services/flatfhir"
 	"github.com/flatfhir/flatfhir/shared/bulkclient/chain"
 	"github.com/flatfhir/flatfhir/shared/childproc"
@@ -217,15 +214,7 @@ func (w roundWriter) Write(p []byte) (int, error) {
 // changesLeader is the cluster process of the NATS node leading CHANGES.
 func changesLeader(t *testing.T, c *flatfhir.Cluster) string {
 	t.Helper()
-	nc, err := nats.Connect(c.NATSURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, js := testenv.JetStream(t, c.NATSURL())
 	s, err := js.Stream(t.Context(), streams.StreamChanges)
 	if err != nil {
 		t.Fatal(err)
@@ -240,15 +229,7 @@ func changesLeader(t *testing.T, c *flatfhir.Cluster) string {
 // activeIngester is the cluster process holding the ingest lease.
 func activeIngester(t *testing.T, c *flatfhir.Cluster) string {
 	t.Helper()
-	nc, err := nats.Connect(c.NATSURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, js := testenv.JetStream(t, c.NATSURL())
 	kv, err := js.KeyValue(t.Context(), streams.BucketIngest)
 	if err != nil {
 		t.Fatal(err)
