@@ -216,9 +216,14 @@ func TestStoreRecoverCompletesTheChangeLog(t *testing.T) {
 // TestStoreTrimChangeLogDropsOldMonthsAndRaisesTheHorizon: trimming drops
 // whole months older than the cutoff from the change log and raises the
 // horizon, so _since reads from before it still see every change (from
-// the versions table) and later ones still use the change log.
+// the versions table) and later ones still use the change log. On a
+// cluster every shard trims its own change log and keeps its own horizon.
 func TestStoreTrimChangeLogDropsOldMonthsAndRaisesTheHorizon(t *testing.T) {
-	cfg := testenv.ClickHouse(t)
+	t.Run("one server", func(t *testing.T) { checkTrim(t, testenv.ClickHouse(t)) })
+	t.Run("2 shards x 2 replicas", func(t *testing.T) { checkTrim(t, testenv.ClickHouseCluster(t, 2, 2).Config()) })
+}
+
+func checkTrim(t *testing.T, cfg chstore.Config) {
 	ctx := context.Background()
 	s, err := chstore.Open(ctx, cfg, testenv.Logger(t))
 	if err != nil {
@@ -228,10 +233,21 @@ func TestStoreTrimChangeLogDropsOldMonthsAndRaisesTheHorizon(t *testing.T) {
 	at := func(month time.Month, day int) uint64 {
 		return chstore.Micros(time.Date(2020, month, day, 12, 0, 0, 0, time.UTC))
 	}
-	rows := []chstore.Row{
-		{Type: "Patient", ID: "jan", Seq: 1, LastUpdated: at(time.January, 10), Body: []byte("jan")},
-		{Type: "Patient", ID: "jan2", Seq: 2, LastUpdated: at(time.January, 20), Body: []byte("jan2")},
-		{Type: "Patient", ID: "mar", Seq: 3, LastUpdated: at(time.March, 10), Body: []byte("mar")},
+	// January versions on every shard, two March ones.
+	var rows []chstore.Row
+	for i := range 10 {
+		id := fmt.Sprintf("%d-jan", i)
+		rows = append(rows, chstore.Row{Type: "Patient", ID: id, Seq: uint64(i + 1), LastUpdated: at(time.January, 10+i), Body: []byte(id)})
+	}
+	rows = append(rows,
+		chstore.Row{Type: "Patient", ID: "mar0", Seq: 11, LastUpdated: at(time.March, 10), Body: []byte("mar0")},
+		chstore.Row{Type: "Patient", ID: "mar1", Seq: 12, LastUpdated: at(time.March, 11), Body: []byte("mar1")})
+	onShard := map[int]bool{}
+	for _, r := range rows[:10] {
+		onShard[chstore.ShardOfBucket(uint64(chstore.IDHash(r.ID))/(chstore.HashSpace/chstore.HashBuckets), s.Shards())] = true
+	}
+	if len(onShard) != s.Shards() {
+		t.Fatalf("January's versions lie on %d of %d shards; the test needs them on each", len(onShard), s.Shards())
 	}
 	if err := s.Insert(ctx, rows); err != nil {
 		t.Fatal(err)
@@ -243,23 +259,30 @@ func TestStoreTrimChangeLogDropsOldMonthsAndRaisesTheHorizon(t *testing.T) {
 	if len(dropped) != 1 || dropped[0] != "202001" {
 		t.Fatalf("dropped %v, want [202001]", dropped)
 	}
-	if h, err := s.Horizon(ctx); err != nil || h != at(time.January, 20) {
-		t.Errorf("horizon %d (%v), want the newest January stamp %d", h, err, at(time.January, 20))
+	if h, err := s.Horizon(ctx); err != nil || h != at(time.January, 19) {
+		t.Errorf("horizon %d (%v), want the newest January stamp %d", h, err, at(time.January, 19))
 	}
 	var n uint64
-	if err := s.Conn().QueryRow(ctx, "SELECT count() FROM "+cfg.Database+"."+chstore.ChangesTable).Scan(&n); err != nil || n != 1 {
-		t.Errorf("change log holds %d rows (%v), want the March one", n, err)
+	for _, conn := range s.ShardConns() {
+		var part uint64
+		if err := conn.QueryRow(ctx, "SELECT count() FROM "+cfg.Database+"."+chstore.ChangesTable+" WHERE type = 'Patient'").Scan(&part); err != nil {
+			t.Fatal(err)
+		}
+		n += part
+	}
+	if n != 2 {
+		t.Errorf("the change logs hold %d rows, want the 2 of March", n)
 	}
 	all := chstore.Range{Type: "Patient", HashHi: chstore.HashSpace, Until: at(time.December, 1)}
-	for since, want := range map[uint64]string{
-		at(time.January, 5):  "jan2=jan2 jan=jan mar=mar", // before the horizon: the versions table
-		at(time.January, 15): "jan2=jan2 mar=mar",
-		at(time.March, 1):    "mar=mar", // after it: the change log
+	for since, want := range map[uint64]int{
+		at(time.January, 5):  12, // before the horizon: the versions table
+		at(time.January, 15): 6,  // 6-jan..9-jan and March
+		at(time.March, 1):    2,  // after it: the change log
 	} {
 		r := all
 		r.Since = since
-		if got := render(readAll(t, s, r, false)); got != want {
-			t.Errorf("since %d: %q, want %q", since, got, want)
+		if got := readAll(t, s, r, false); len(got) != want {
+			t.Errorf("since %d: read %d resources (%s), want %d", since, len(got), render(got), want)
 		}
 	}
 	if again, err := s.TrimChangeLog(ctx, time.Date(2020, time.February, 15, 0, 0, 0, 0, time.UTC), 0); err != nil || len(again) != 0 {

@@ -48,6 +48,9 @@ func (s *Store) TrimChangeLog(ctx context.Context, cutoff time.Time, grace time.
 			if err := sh.conn.Exec(s.writeCtx(ctx, sh), "ALTER TABLE "+s.changes+" DROP PARTITION "+p); err != nil {
 				return nil, fmt.Errorf("shard %d: drop partition %s of %s: %w", sh.index+1, p, s.changes, err)
 			}
+			if err := s.markTrimmed(ctx, sh, p); err != nil {
+				return nil, err
+			}
 		}
 	}
 	slices.Sort(dropped)
@@ -83,10 +86,14 @@ func (s *Store) raiseHorizon(ctx context.Context, sh *shard, cutoff time.Time) (
 	var drop []string
 	var horizon uint64
 	for _, p := range parts {
-		var newest uint64
-		q := "SELECT max(last_updated) FROM " + s.changes + " WHERE toYYYYMM(toDate(toDateTime(intDiv(last_updated, 1000000)))) = " + p
-		if err := sh.conn.QueryRow(ctx, q).Scan(&newest); err != nil {
+		var n, newest uint64
+		q := "SELECT count(), max(last_updated) FROM " + s.changes + " WHERE toYYYYMM(toDate(toDateTime(intDiv(last_updated, 1000000)))) = " + p +
+			" AND type != '" + trimmedType + "'"
+		if err := sh.conn.QueryRow(ctx, q).Scan(&n, &newest); err != nil {
 			return nil, fmt.Errorf("read the newest stamp of partition %s: %w", p, err)
+		}
+		if n == 0 {
+			continue // trimmed already: it holds only its mark
 		}
 		if newest >= Micros(cutoff) {
 			break
@@ -103,6 +110,33 @@ func (s *Store) raiseHorizon(ctx context.Context, sh *shard, cutoff time.Time) (
 	sh.refreshed = time.Time{} // this store re-reads it at once
 	sh.hmu.Unlock()
 	return drop, nil
+}
+
+// trimmedType is the type of the row that marks a trimmed month of a
+// replicated change log: no FHIR type, so no read ever selects it.
+const trimmedType = "_trimmed"
+
+// markTrimmed stores, on a replicated shard, one mark row in a month just
+// dropped from the change log, with a quorum insert. ClickHouse 18.16
+// remembers the last quorum insert of each partition and refuses
+// sequentially consistent reads from a replica without that part, even
+// after the partition is dropped everywhere: every _since read of the
+// shard would then fail. The mark is the partition's new last quorum
+// insert. It is stamped at the month's start, at or before the horizon, so
+// no windowed read reaches it; its type matches no read either.
+func (s *Store) markTrimmed(ctx context.Context, sh *shard, partition string) error {
+	if !s.replicated {
+		return nil
+	}
+	month, err := time.Parse("200601", partition)
+	if err != nil {
+		return fmt.Errorf("partition %q of %s is not a month: %w", partition, s.changes, err)
+	}
+	mark := []Row{{Type: trimmedType, ID: "month-" + partition, LastUpdated: Micros(month)}}
+	if err := s.insert(s.writeCtx(ctx, sh), sh, s.changes, mark); err != nil {
+		return fmt.Errorf("shard %d: mark the trimmed month %s: %w", sh.index+1, partition, err)
+	}
+	return nil
 }
 
 // ChangeLogGrace is the wait TrimChangeLog needs between raising the
