@@ -68,6 +68,9 @@ func (c Config) Validate() error {
 	if len(c.Addr) == 0 && len(c.Shards) == 0 {
 		return errors.New("clickhouse address is required")
 	}
+	if len(c.Shards) > HashBuckets {
+		return fmt.Errorf("%d clickhouse shards: at most %d, one per hash bucket", len(c.Shards), HashBuckets)
+	}
 	for i, replicas := range c.Shards {
 		if len(replicas) == 0 {
 			return fmt.Errorf("clickhouse shard %d names no replica", i+1)
