@@ -97,8 +97,7 @@ func (l *Lease) Renew(ctx context.Context) error {
 	l.mu.Unlock()
 	next, err := l.kv.Update(ctx, l.key, []byte(l.owner), rev)
 	if err != nil {
-		var apiErr *jetstream.APIError
-		if errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence {
+		if errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
 			return fmt.Errorf("%w: %s was taken over", ErrLeaseLost, l.key)
 		}
 		return fmt.Errorf("renew lease %s: %w", l.key, err)
