@@ -331,7 +331,14 @@ func (c *Cluster) launch(ctx context.Context, name string, ready func() bool) er
 		return err
 	}
 	cmd := exec.Command(c.cfg.Binary, p.args...)
-	cmd.Env = append(os.Environ(), p.env...)
+	// The cluster's settings, not this shell's: a FLATFHIR_CLICKHOUSE_ADDR
+	// left in the environment would contradict the shards.
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "FLATFHIR_") {
+			cmd.Env = append(cmd.Env, kv)
+		}
+	}
+	cmd.Env = append(cmd.Env, p.env...)
 	cmd.Dir = p.dir
 	proc, err := childproc.Start(cmd, filepath.Join(c.cfg.Dir, "logs", name+".log"))
 	if err != nil {
