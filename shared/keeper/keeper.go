@@ -11,6 +11,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -50,7 +51,7 @@ type Server struct {
 	addr string
 }
 
-// Start starts ZooKeeper and waits until it answers "imok".
+// Start starts ZooKeeper and waits until it serves requests.
 func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	if cfg.Dir == "" {
 		return nil, errors.New("zookeeper directory is required")
@@ -97,7 +98,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 		return nil, fmt.Errorf("zookeeper: %w", err)
 	}
 	s := &Server{proc: proc, addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(cfg.Port))}
-	if err := proc.WaitReady(ctx, cfg.ReadyTimeout, func() bool { return ruok(s.addr) }); err != nil {
+	if err := proc.WaitReady(ctx, cfg.ReadyTimeout, func() bool { return serving(s.addr) }); err != nil {
 		_ = s.Stop()
 		return nil, fmt.Errorf("zookeeper at %s (log in %s): %w", s.addr, dir, err)
 	}
@@ -114,17 +115,20 @@ func (s *Server) Stop() error {
 	return nil
 }
 
-// ruok asks the four-letter "ruok" command.
-func ruok(addr string) bool {
+// serving asks the four-letter "srvr" command whether the server serves
+// requests. "ruok" answers "imok" as soon as the process listens, while a
+// restarted server may still be loading its data and drops every session:
+// a ClickHouse server starting then gives up on its replicated tables.
+func serving(addr string) bool {
 	c, err := net.DialTimeout("tcp", addr, time.Second)
 	if err != nil {
 		return false
 	}
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(2 * time.Second))
-	if _, err := c.Write([]byte("ruok")); err != nil {
+	if _, err := c.Write([]byte("srvr")); err != nil {
 		return false
 	}
-	line, _ := bufio.NewReader(c).ReadString('\n')
-	return strings.HasPrefix(line, "imok")
+	out, _ := io.ReadAll(bufio.NewReader(c))
+	return strings.Contains(string(out), "Mode: ")
 }
