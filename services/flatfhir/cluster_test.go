@@ -27,9 +27,8 @@ import (
 	"github.com/flatfhir/flatfhir/streams"
 )
 
-// startLocalCluster builds the flatfhir binary and starts the cluster,
-// stopped with the test.
-func startLocalCluster(t *testing.T) *flatfhir.Cluster {
+// clusterConfig builds the flatfhir binary and describes the cluster.
+func clusterConfig(t *testing.T) flatfhir.ClusterConfig {
 	t.Helper()
 	dir := t.TempDir()
 	bin := filepath.Join(dir, "flatfhir")
@@ -40,13 +39,19 @@ func startLocalCluster(t *testing.T) *flatfhir.Cluster {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
-	defer cancel()
-	c, err := flatfhir.StartCluster(ctx, flatfhir.ClusterConfig{
+	return flatfhir.ClusterConfig{
 		Dir: filepath.Join(dir, "cluster"), Binary: bin, Listen: "127.0.0.1:" + strconv.Itoa(port),
 		// Small tasks and files, so that splitting and rollover happen.
 		Env: []string{"FLATFHIR_TASK_ROWS=4000", "FLATFHIR_MAX_FILE_RESOURCES=1500", "FLATFHIR_LOG_LEVEL=info"},
-	}, testenv.Logger(t))
+	}
+}
+
+// startLocalCluster starts the cluster, stopped with the test.
+func startLocalCluster(t *testing.T, cfg flatfhir.ClusterConfig) *flatfhir.Cluster {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
+	defer cancel()
+	c, err := flatfhir.StartCluster(ctx, cfg, testenv.Logger(t))
 	if err != nil {
 		t.Fatalf("start cluster: %v", err)
 	}
@@ -66,7 +71,8 @@ type chaos struct {
 const outage = 8 * time.Second
 
 func TestCluster(t *testing.T) {
-	c := startLocalCluster(t)
+	cfg := clusterConfig(t)
+	c := startLocalCluster(t, cfg)
 	base := c.APIURL()
 	t.Run("synthea round trip", func(t *testing.T) {
 		checkRoundTrip(t, base, ingestSet(t, base, sampledata.Any(t)))
@@ -143,6 +149,31 @@ func TestCluster(t *testing.T) {
 				k.name, d.Seconds(), (d - baseline).Seconds(), outage, rep.Retried, rep.Transient)
 		})
 	}
+	// Stopped and started again, as make run-cluster is after Ctrl-C: the
+	// same servers on the same ports and data, everything still there.
+	t.Run("restart on its data", func(t *testing.T) {
+		before := exportedCount(t, c.APIURL())
+		c.Stop()
+		c = startLocalCluster(t, cfg)
+		if after := exportedCount(t, c.APIURL()); after != before {
+			t.Errorf("an export after the restart holds %d resources, %d before", after, before)
+		}
+	})
+}
+
+// exportedCount runs a system export and counts the resources in its
+// manifest.
+func exportedCount(t *testing.T, base string) int {
+	t.Helper()
+	m, _, _ := await(t, kickoff(t, base+"/$export"))
+	n := 0
+	for _, o := range m.Output {
+		n += *o.Count
+	}
+	if n == 0 {
+		t.Fatal("an export of the cluster holds nothing")
+	}
+	return n
 }
 
 func restartProcess(t *testing.T, c *flatfhir.Cluster, name string) {
