@@ -99,7 +99,7 @@ func TestStreamsOnAThreeNodeCluster(t *testing.T) {
 	// A JetStream request made while the cluster elects a leader may get
 	// no answer: every call below is bounded.
 	testenv.Eventually(t, time.Minute, "CHANGES to elect a new leader", func() bool {
-		info, err := changes.Info(short(ctx))
+		info, err := changes.Info(short(ctx, t))
 		return err == nil && info.Cluster != nil && info.Cluster.Leader != "" && info.Cluster.Leader != leader
 	})
 	got, err := obj.GetBytes(ctx, "job1/Patient.000.ndjson")
@@ -114,7 +114,7 @@ func TestStreamsOnAThreeNodeCluster(t *testing.T) {
 		t.Errorf("watermark after the node loss: %+v, %v; want %+v", back, err, wm)
 	}
 	testenv.Eventually(t, time.Minute, "a change to be accepted after the node loss", func() bool {
-		_, err := streams.PublishChange(short(ctx), js, streams.OpPut, "Patient", "late", []byte(`{}`))
+		_, err := streams.PublishChange(short(ctx, t), js, streams.OpPut, "Patient", "late", []byte(`{}`))
 		return err == nil
 	})
 	if _, err := kv.Update(ctx, streams.KeyWatermark, streams.Encode(streams.Watermark{Seq: 101, Stamp: wm.Stamp.Add(time.Second)}), rev); err != nil {
@@ -137,7 +137,7 @@ func TestStreamsOnAThreeNodeCluster(t *testing.T) {
 	// The node comes back and catches up.
 	c.Restart(down)
 	testenv.Eventually(t, time.Minute, "the restarted node to catch up", func() bool {
-		info, err := changes.Info(short(ctx))
+		info, err := changes.Info(short(ctx, t))
 		if err != nil || info.Cluster == nil {
 			return false
 		}
@@ -153,9 +153,9 @@ func TestStreamsOnAThreeNodeCluster(t *testing.T) {
 	})
 }
 
-// short bounds one request to 5 s; the context is released with the test's.
-func short(ctx context.Context) context.Context {
+// short bounds one request to 5 s.
+func short(ctx context.Context, t *testing.T) context.Context {
 	c, cancel := context.WithTimeout(ctx, 5*time.Second)
-	context.AfterFunc(c, cancel)
+	t.Cleanup(cancel)
 	return c
 }
