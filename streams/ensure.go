@@ -27,7 +27,7 @@ type Config struct {
 
 // DefaultConfig is the one-machine configuration.
 func DefaultConfig() Config {
-	return Config{Replicas: 1, ChangesMaxAge: 7 * 24 * time.Hour, TaskAckWait: 60 * time.Second, TaskMaxDeliver: 5}
+	return Config{Replicas: 1, ChangesMaxAge: 7 * 24 * time.Hour, TaskAckWait: 60 * time.Second, TaskMaxDeliver: 8}
 }
 
 func (c Config) storage() jetstream.StorageType {

@@ -153,8 +153,16 @@ func (w *Writer) handle(ctx context.Context, msg jetstream.Msg) {
 			_ = msg.Term()
 			return
 		}
-		_ = msg.NakWithDelay(time.Duration(md.NumDelivered) * time.Second)
+		_ = msg.NakWithDelay(retryDelay(md.NumDelivered))
 	}
+}
+
+// retryDelay is the wait before attempt n+1 of a failed task: 1 s, doubling
+// up to 30 s. With the default 8 attempts a task rides out about a minute
+// and a half of a store that cannot answer (a shard restarting, its
+// replicas catching up) before the export fails.
+func retryDelay(n uint64) time.Duration {
+	return min(time.Second<<min(max(n, 1)-1, 5), 30*time.Second)
 }
 
 // run writes the files of one attempt and records its result.
