@@ -115,7 +115,7 @@ func StartCluster(ctx context.Context, cfg ClusterConfig, log *slog.Logger) (_ *
 	for s := range cfg.Shards {
 		c.ch[s] = make([]*chserver.Server, cfg.Replicas)
 		for r := range cfg.Replicas {
-			if err := c.startClickHouse(ctx, s, r, false); err != nil {
+			if err := c.startClickHouse(ctx, s, r); err != nil {
 				return nil, err
 			}
 		}
@@ -179,9 +179,13 @@ func (c *Cluster) loadLayout() error {
 	return os.WriteFile(path, data, 0o644)
 }
 
-func (c *Cluster) startClickHouse(ctx context.Context, s, r int, restore bool) error {
+// startClickHouse starts one server. It may have died last time (kill -9,
+// or the launcher itself killed) with parts ZooKeeper never recorded:
+// force_restore_data detaches those, none of them acknowledged to a quorum
+// insert, and the server fetches what its replicas hold.
+func (c *Cluster) startClickHouse(ctx context.Context, s, r int) error {
 	srv, err := chserver.Start(ctx, chserver.Config{
-		ForceRestore:    restore,
+		ForceRestore:    true,
 		Dir:             filepath.Join(c.cfg.Dir, fmt.Sprintf("clickhouse-s%dr%d", s+1, r+1)),
 		TCPPort:         c.layout.ClickHouse[s][r],
 		InterserverPort: c.layout.Interserver[s][r],
@@ -427,11 +431,9 @@ func (c *Cluster) StopClickHouse(shard, replica int) {
 	_ = srv.Stop()
 }
 
-// RestartClickHouse starts a killed or stopped ClickHouse server again. It
-// may have died with parts ZooKeeper never recorded: they are detached,
-// and the server fetches what its replicas hold.
+// RestartClickHouse starts a killed or stopped ClickHouse server again.
 func (c *Cluster) RestartClickHouse(ctx context.Context, shard, replica int) error {
-	return c.startClickHouse(ctx, shard, replica, true)
+	return c.startClickHouse(ctx, shard, replica)
 }
 
 // Stop stops the engine's processes, then NATS, ClickHouse and ZooKeeper.
