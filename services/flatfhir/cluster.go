@@ -201,16 +201,16 @@ func (c *Cluster) startClickHouse(ctx context.Context, s, r int) error {
 	return nil
 }
 
-// NATSNodeName is the name of NATS node i (0-based) in a cluster, as
+// natsNodeName is the name of NATS node i (0-based) in a cluster, as
 // JetStream reports a stream's leader.
-func NATSNodeName(i int) string { return fmt.Sprintf("nats%d", i+1) }
+func natsNodeName(i int) string { return fmt.Sprintf("nats%d", i+1) }
 
 func (c *Cluster) startNATSNode(ctx context.Context, i int) error {
 	var routes []string
 	for _, p := range c.layout.NATSRoutes {
 		routes = append(routes, "127.0.0.1:"+strconv.Itoa(p))
 	}
-	name := NATSNodeName(i)
+	name := natsNodeName(i)
 	p := &clusterProc{
 		args: []string{"nats-node", "--name", name, "--port", strconv.Itoa(c.layout.NATS[i]),
 			"--cluster-port", strconv.Itoa(c.layout.NATSRoutes[i]), "--routes", strings.Join(routes, ","),
@@ -407,7 +407,7 @@ func (c *Cluster) Pid(name string) int {
 func (c *Cluster) Restart(ctx context.Context, name string) error {
 	var ready func() bool
 	for i := range c.cfg.NATSNodes {
-		if name == NATSNodeName(i) {
+		if name == natsNodeName(i) {
 			addr := fmt.Sprintf("127.0.0.1:%d", c.layout.NATS[i])
 			ready = func() bool { return childproc.Dialable(addr) }
 		}

@@ -2,9 +2,6 @@ package chserver_test
 
 import (
 	"context"
-	"fmt"
-	"io/fs"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -27,7 +24,7 @@ func TestChServerReplicas(t *testing.T) {
 	dir := t.TempDir()
 	defer func() {
 		if t.Failed() {
-			t.Log(readLogs(dir))
+			t.Log(testenv.LogTails(dir))
 		}
 	}()
 	zk, err := keeper.Start(ctx, keeper.Config{Dir: filepath.Join(dir, "zk")}, testenv.Logger(t))
@@ -100,20 +97,4 @@ func TestChServerReplicas(t *testing.T) {
 	if n, err := count(conns[0], "v"); err != nil || n != 1 {
 		t.Errorf("surviving replica: %d rows, %v", n, err)
 	}
-}
-
-// readLogs is the tail of every log under dir, for a failure's report.
-func readLogs(dir string) string {
-	var b strings.Builder
-	_ = filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err == nil && !d.IsDir() && strings.HasSuffix(p, ".log") {
-			data, _ := os.ReadFile(p)
-			if len(data) > 3000 {
-				data = data[len(data)-3000:]
-			}
-			fmt.Fprintf(&b, "== %s\n%s\n", p, data)
-		}
-		return nil
-	})
-	return b.String()
 }

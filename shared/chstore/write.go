@@ -32,7 +32,7 @@ func (s *Store) Insert(ctx context.Context, rows []Row) error {
 		return nil
 	}
 	if len(s.shards) == 1 {
-		return s.insertBlock(ctx, s.shards[0], rows)
+		return s.insert(s.writeCtx(ctx, s.shards[0]), s.shards[0], s.table, rows)
 	}
 	groups := byShard(s, rows, func(r Row) uint32 { return IDHash(r.ID) })
 	errs := make([]error, len(groups))
@@ -41,18 +41,13 @@ func (s *Store) Insert(ctx context.Context, rows []Row) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := s.insertBlock(ctx, g.sh, g.items); err != nil {
+			if err := s.insert(s.writeCtx(ctx, g.sh), g.sh, s.table, g.items); err != nil {
 				errs[i] = fmt.Errorf("shard %d: %w", g.sh.index+1, err)
 			}
 		}()
 	}
 	wg.Wait()
 	return errors.Join(errs...)
-}
-
-// insertBlock inserts one shard's rows as one block.
-func (s *Store) insertBlock(ctx context.Context, sh *shard, rows []Row) error {
-	return s.insert(s.writeCtx(ctx, sh), sh, s.table, rows)
 }
 
 func (s *Store) insert(ctx context.Context, sh *shard, table string, rows []Row) error {

@@ -102,15 +102,20 @@ func (c *Cluster) Restart(shard, replica int) {
 }
 
 // Logs is the tail of every server's log, for a failure's report.
-func (c *Cluster) Logs() string {
+func (c *Cluster) Logs() string { return LogTails(c.dir) }
+
+// LogTails is the last 3,000 bytes of every .log file under dir, each
+// headed by its place, for a failed test's report.
+func LogTails(dir string) string {
 	var b strings.Builder
-	_ = filepath.Walk(c.dir, func(p string, info os.FileInfo, err error) error {
+	_ = filepath.Walk(dir, func(p string, info os.FileInfo, err error) error {
 		if err == nil && !info.IsDir() && strings.HasSuffix(p, ".log") {
 			data, _ := os.ReadFile(p)
 			if len(data) > 3000 {
 				data = data[len(data)-3000:]
 			}
-			fmt.Fprintf(&b, "== %s\n%s\n", filepath.Base(filepath.Dir(filepath.Dir(p)))+"/"+filepath.Base(p), data)
+			rel, _ := filepath.Rel(dir, p)
+			fmt.Fprintf(&b, "== %s\n%s\n", rel, data)
 		}
 		return nil
 	})
