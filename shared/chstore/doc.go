@@ -24,6 +24,14 @@
 // last_updated <= T. They are two-pass so that ClickHouse holds only the
 // (id, seq) set of one task in memory, never the bodies.
 //
+// A store is one server or a cluster of shards, each with replicas
+// (Config.Shards, ADR 0007). Shards own contiguous ranges of the hash
+// buckets; the store routes each row, range and point lookup to its shard
+// itself, with no Distributed table. Replicated shards take quorum inserts
+// and serve sequentially consistent reads, only from replicas that are
+// caught up. There a version can be stored twice (a failed quorum insert's
+// block and its replay), and the reads that return bodies keep one.
+//
 // The SQL works on ClickHouse 18.16 (Debian's package) and on current
 // releases; where a newer server offers better column storage, Open detects
 // the version and uses it.
