@@ -8,14 +8,16 @@
 //
 // Topology:
 //
-//	CHANGES        changes.put.<Type>, changes.delete.<Type>   one change per message;
-//	               changes.transaction                          several, all or none;
-//	               limits retention; the ingester reads it in order and keeps its
-//	               position in the "ingest" KV bucket (the watermark).
+//	CHANGES        changes.<p>.put.<Type>, changes.<p>.delete.<Type>   one change per message;
+//	               changes.<p>.transaction                      several, all or none;
+//	               changes.mark                                 a kick-off's point in the stream;
+//	               limits retention; <p> is the partition (PartitionOf); ingesters
+//	               share the partitions and keep their positions in the "ingest" KV
+//	               bucket (ADR 0008).
 //	EXPORT_JOBS    export.jobs.submit.<job>, export.jobs.done.<job>,
 //	               export.jobs.cancel.<job>                      work queue for planners.
 //	EXPORT_TASKS   export.tasks.<job>                           work queue for writers.
 //	KV export_jobs job.<job> (Job), task.<job>.<task> (TaskResult)
-//	KV ingest      watermark (Watermark)
+//	KV ingest      watermark (Watermark), partition.<p> (PartitionState), member.<id>
 //	OBJ export_files <job>/<file>                               NDJSON parts, manifests.
 package streams

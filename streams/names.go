@@ -44,9 +44,10 @@ const AuthJTITTL = 10 * time.Minute
 // Subject templates. Use the functions below rather than formatting them.
 const (
 	subjectChangesAll   = "changes.>"
-	subjectChangePut    = "changes.put.%s"
-	subjectChangeDelete = "changes.delete.%s"
-	subjectTransaction  = "changes.transaction"
+	subjectPartitionAll = "changes.%d.>"
+	subjectChangePut    = "changes.%d.put.%s"
+	subjectChangeDelete = "changes.%d.delete.%s"
+	subjectTransaction  = "changes.%d.transaction"
 	subjectMark         = "changes.mark"
 
 	subjectJobsAll    = "export.jobs.>"
@@ -95,16 +96,24 @@ func ValidID(s string) bool { return idPattern.MatchString(s) }
 // ValidJobID reports whether s is shaped like a job id.
 func ValidJobID(s string) bool { return jobPattern.MatchString(s) }
 
-// SubjectChange is the subject of a change of op to a resource of type typ.
-func SubjectChange(op, typ string) string {
+// legacyChangeSubjects are the subjects of changes published before
+// partitions; they belong to partition 0.
+var legacyChangeSubjects = []string{"changes.put.>", "changes.delete.>", "changes.transaction"}
+
+// SubjectChange is the subject of a change of op to the resource typ/id,
+// on the resource's partition.
+func SubjectChange(op, typ, id string) string {
 	if op == OpDelete {
-		return fmt.Sprintf(subjectChangeDelete, typ)
+		return fmt.Sprintf(subjectChangeDelete, PartitionOf(id), typ)
 	}
-	return fmt.Sprintf(subjectChangePut, typ)
+	return fmt.Sprintf(subjectChangePut, PartitionOf(id), typ)
 }
 
-// SubjectTransaction is the subject of a transaction message.
-func SubjectTransaction() string { return subjectTransaction }
+// SubjectTransaction is the subject of a transaction message whose first
+// change is to the resource with id: the transaction is on its partition.
+func SubjectTransaction(id string) string {
+	return fmt.Sprintf(subjectTransaction, PartitionOf(id))
+}
 
 // SubjectMark is the subject of mark messages (see PublishMark).
 func SubjectMark() string { return subjectMark }

@@ -36,7 +36,7 @@ func (p *ChangePublisher) Delete(ctx context.Context, typ, id string) error {
 // changeMsg is the message of one change: the body for a put, none for a
 // delete; the operation, type and id in headers.
 func changeMsg(op, typ, id string, body []byte) *nats.Msg {
-	m := nats.NewMsg(SubjectChange(op, typ))
+	m := nats.NewMsg(SubjectChange(op, typ, id))
 	m.Header.Set(HeaderOp, op)
 	m.Header.Set(HeaderType, typ)
 	m.Header.Set(HeaderID, id)

@@ -155,8 +155,10 @@ func TestStreamsSubjectsLandInTheirStream(t *testing.T) {
 		subject string
 		stream  string
 	}{
-		{"change put", streams.SubjectChange(streams.OpPut, "Patient"), streams.StreamChanges},
-		{"change delete", streams.SubjectChange(streams.OpDelete, "Observation"), streams.StreamChanges},
+		{"change put", streams.SubjectChange(streams.OpPut, "Patient", "p1"), streams.StreamChanges},
+		{"change delete", streams.SubjectChange(streams.OpDelete, "Observation", "o1"), streams.StreamChanges},
+		{"transaction", streams.SubjectTransaction("p1"), streams.StreamChanges},
+		{"mark", streams.SubjectMark(), streams.StreamChanges},
 		{"job submit", streams.SubjectJobSubmit("job1"), streams.StreamExportJobs},
 		{"job done", streams.SubjectJobDone("job1"), streams.StreamExportJobs},
 		{"job cancel", streams.SubjectJobCancel("job1"), streams.StreamExportJobs},
@@ -181,11 +183,12 @@ func TestStreamsSubjectsLandInTheirStream(t *testing.T) {
 			}
 		})
 	}
-	if got, want := streams.SubjectChange(streams.OpDelete, "Patient"), "changes.delete.Patient"; got != want {
+	p := streams.PartitionOf("p1")
+	if got, want := streams.SubjectChange(streams.OpDelete, "Patient", "p1"), fmt.Sprintf("changes.%d.delete.Patient", p); got != want {
 		t.Errorf("delete subject %q, want %q", got, want)
 	}
-	if got := streams.SubjectChange("anything-else", "Patient"); got != "changes.put.Patient" {
-		t.Errorf("non-delete op subject %q, want the put subject", got)
+	if got, want := streams.SubjectChange("anything-else", "Patient", "p1"), fmt.Sprintf("changes.%d.put.Patient", p); got != want {
+		t.Errorf("non-delete op subject %q, want the put subject %q", got, want)
 	}
 }
 
@@ -274,8 +277,8 @@ func TestStreamsChangePublisherStoresChangesWithHeaders(t *testing.T) {
 		if err != nil {
 			t.Fatalf("read change %d: %v", i+1, err)
 		}
-		if m.Subject != streams.SubjectChange(c.op, c.typ) {
-			t.Errorf("change %d subject %q, want %q", i+1, m.Subject, streams.SubjectChange(c.op, c.typ))
+		if m.Subject != streams.SubjectChange(c.op, c.typ, c.id) {
+			t.Errorf("change %d subject %q, want %q", i+1, m.Subject, streams.SubjectChange(c.op, c.typ, c.id))
 		}
 		got := change{m.Header.Get(streams.HeaderOp), m.Header.Get(streams.HeaderType), m.Header.Get(streams.HeaderID), string(m.Data)}
 		if got != c {

@@ -64,7 +64,10 @@ func TransactionMsg(changes []Change) (*nats.Msg, error) {
 	if err := enc.Encode(b); err != nil {
 		return nil, fmt.Errorf("encode transaction of %d changes: %w", len(changes), err)
 	}
-	m := nats.NewMsg(SubjectTransaction())
+	if len(changes) == 0 {
+		return nil, errors.New("a transaction needs at least one change")
+	}
+	m := nats.NewMsg(SubjectTransaction(changes[0].ID))
 	m.Header.Set(HeaderOp, OpTransaction)
 	m.Data = bytes.TrimSuffix(buf.Bytes(), []byte("\n"))
 	return m, nil

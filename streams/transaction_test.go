@@ -18,7 +18,7 @@ func TestStreamsTransactionRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if m.Subject != "changes.transaction" || m.Header.Get(streams.HeaderOp) != streams.OpTransaction {
+	if m.Subject != streams.SubjectTransaction(want[0].ID) || m.Header.Get(streams.HeaderOp) != streams.OpTransaction {
 		t.Errorf("subject %q, op %q", m.Subject, m.Header.Get(streams.HeaderOp))
 	}
 	if !strings.HasPrefix(string(m.Data), `{"resourceType":"Bundle","type":"transaction","entry":[`) || !strings.Contains(string(m.Data), "<div>a & b</div>") {
@@ -83,7 +83,7 @@ func TestStreamsPublishTransactionIsOneMessage(t *testing.T) {
 	if seq != 1 || last != 1 {
 		t.Errorf("transaction stored at seq %d, last seq %d; want one message at 1", seq, last)
 	}
-	if n := subjectCount(t, js, streams.StreamChanges, streams.SubjectTransaction()); n != 1 {
-		t.Errorf("%d messages on %s, want 1", n, streams.SubjectTransaction())
+	if n := subjectCount(t, js, streams.StreamChanges, streams.SubjectTransaction("p1")); n != 1 {
+		t.Errorf("%d messages on %s (the first change's partition), want 1", n, streams.SubjectTransaction("p1"))
 	}
 }

@@ -53,8 +53,8 @@ type Options struct {
 	RepoRoot string
 	// Progress receives progress lines; nil discards them.
 	Progress io.Writer
-	// Ingesters is how many ingester processes run (one active at a
-	// time, holding the ingest lease); 0 means 1.
+	// Ingesters is how many ingester processes run, sharing the
+	// partitions of CHANGES (ADR 0008); 0 means 1.
 	Ingesters int
 	// Cluster runs the engine as make run-cluster does: 2 ClickHouse
 	// shards × 2 replicas, 3 NATS nodes, one process per role instance

@@ -106,7 +106,7 @@ func TestCluster(t *testing.T) {
 			repair: restartProcess,
 		},
 		{
-			name: "kill -9 the active ingester",
+			name: "kill -9 an ingester",
 			breaks: func(t *testing.T, c *flatfhir.Cluster) string {
 				name := activeIngester(t, c)
 				if err := c.Kill(name); err != nil {
@@ -257,7 +257,7 @@ func changesLeader(t *testing.T, c *flatfhir.Cluster) string {
 	return info.Cluster.Leader // the node names are the process names
 }
 
-// activeIngester is the cluster process holding the ingest lease.
+// activeIngester is the cluster process holding partition 0 of CHANGES.
 func activeIngester(t *testing.T, c *flatfhir.Cluster) string {
 	t.Helper()
 	_, js := testenv.JetStream(t, c.NATSURL())
@@ -265,19 +265,23 @@ func activeIngester(t *testing.T, c *flatfhir.Cluster) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e, err := kv.Get(t.Context(), streams.KeyIngestLease)
+	e, err := kv.Get(t.Context(), streams.KeyPartition(0))
 	if err != nil {
-		t.Fatalf("no ingester holds the lease: %v", err)
+		t.Fatalf("no ingester ever claimed partition 0: %v", err)
 	}
-	parts := strings.Split(string(e.Value()), "/") // host/pid/random
+	var st streams.PartitionState
+	if err := streams.Decode(e.Value(), &st); err != nil {
+		t.Fatal(err)
+	}
+	parts := strings.Split(st.Owner, "/") // host/pid/random
 	if len(parts) != 3 {
-		t.Fatalf("lease owner %q", e.Value())
+		t.Fatalf("partition 0's owner %q", st.Owner)
 	}
 	for _, name := range c.Processes() {
 		if strings.HasPrefix(name, "ingester") && strconv.Itoa(c.Pid(name)) == parts[1] {
 			return name
 		}
 	}
-	t.Fatal(errors.New("the lease holder is no ingester of the cluster"))
+	t.Fatal(errors.New("partition 0's owner is no ingester of the cluster"))
 	return ""
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -62,9 +63,7 @@ type Ingester struct {
 	tracer   trace.Tracer
 	ingested metric.Int64Counter
 	rejected metric.Int64Counter
-	rev      uint64 // of the watermark, owned by the committer
-	lease    *streams.Lease
-	// committed is the stamp of the committed watermark in microseconds,
+	// committed is the stamp of the global watermark in microseconds,
 	// and pending the changes after the last one read, for the lag gauge.
 	committed atomic.Int64
 	pending   atomic.Int64
@@ -105,45 +104,71 @@ func New(cfg Config, deps Deps) (*Ingester, error) {
 	return in, nil
 }
 
-// Run consumes until ctx is done. One ingester is active at a time: it
-// holds the ingest lease, and the others wait to take it over.
+// Run consumes until ctx is done. Ingesters share the partitions of
+// CHANGES (ADR 0008): each inserts the changes of the partitions it holds,
+// and all stamp every change the same way.
 func (in *Ingester) Run(ctx context.Context) error {
 	kv, err := in.deps.JS.KeyValue(ctx, streams.BucketIngest)
 	if err != nil {
 		return fmt.Errorf("open bucket %s: %w", streams.BucketIngest, err)
 	}
-	in.lease = streams.NewLease(kv, streams.KeyIngestLease, in.cfg.LeaseTTL)
+	c := newClaims(kv, in.cfg.LeaseTTL, in.deps.Log)
+	bg, stopBG := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	for _, fn := range []func(context.Context){c.watch, c.heartbeat, func(ctx context.Context) {
+		c.publishGlobal(ctx, func(wm streams.Watermark) { in.committed.Store(wm.Stamp.UnixMicro()) })
+	}} {
+		wg.Add(1)
+		go func() { defer wg.Done(); fn(bg) }()
+	}
 	defer func() {
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		defer cancel()
-		in.lease.Release(rctx) // a standby takes over at once
+		c.leave(rctx) // the others take the partitions over at once
+		stopBG()
+		wg.Wait()
 	}()
-	for {
-		if err := in.lease.Acquire(ctx); err != nil {
-			return nil // ctx is done
+	select {
+	case <-ctx.Done():
+		return nil
+	case <-c.ready:
+	}
+	for ctx.Err() == nil {
+		c.rebalance(ctx)
+		held := c.heldList()
+		if len(held) == 0 {
+			select {
+			case <-ctx.Done():
+			case <-c.viewed:
+			case <-time.After(in.cfg.LeaseTTL / 8):
+			}
+			continue
 		}
-		in.deps.Log.InfoContext(ctx, "ingester active", slog.String("lease", in.lease.Owner()))
-		err := in.active(ctx, kv)
+		in.deps.Log.InfoContext(ctx, "ingester active", slog.String("owner", c.owner), slog.Any("partitions", held))
+		err := in.active(ctx, c, held)
 		if ctx.Err() != nil {
 			return nil
 		}
-		in.deps.Log.WarnContext(ctx, "ingester standing by", slog.Any("error", err))
+		if !errors.Is(err, errRebalance) {
+			in.deps.Log.WarnContext(ctx, "ingester lost its partitions", slog.Any("error", err))
+		}
 	}
+	return nil
 }
 
-// active follows CHANGES while this ingester holds the lease, and returns
-// why it stopped holding it.
-func (in *Ingester) active(ctx context.Context, kv jetstream.KeyValue) error {
+// active follows the changes of partitions held while this ingester holds
+// them all, and returns why it stopped.
+func (in *Ingester) active(ctx context.Context, c *claims, held []int) error {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	go func() { cancel(in.lease.Hold(ctx)) }()
+	go func() { cancel(c.hold(ctx, held)) }()
 	for {
-		err := in.follow(ctx, kv)
+		err := in.follow(ctx, c, held)
 		if ctx.Err() != nil {
 			return context.Cause(ctx)
 		}
-		// A broken consumer or a failed insert: reload the watermark and
-		// resume from it.
+		// A broken consumer or a failed insert: reload the watermarks and
+		// resume from them.
 		in.deps.Log.WarnContext(ctx, "ingester resuming from watermark", slog.Any("error", err))
 		select {
 		case <-ctx.Done():
@@ -153,28 +178,58 @@ func (in *Ingester) active(ctx context.Context, kv jetstream.KeyValue) error {
 	}
 }
 
-// follow reads CHANGES from the watermark on, until an error. Reading and
-// stamping the next batch overlaps with inserting the previous one: batches
-// go, in order, to one committer that inserts and then advances the
-// watermark.
-func (in *Ingester) follow(ctx context.Context, kv jetstream.KeyValue) error {
-	wm, stored, err := in.resume(ctx)
+// follow reads CHANGES from the lowest watermark of the partitions held on,
+// until an error. Every change is stamped; those of the partitions held
+// are stored. Reading and stamping the next batch overlaps with inserting
+// the previous one: batches go, in order, to one committer that inserts and
+// then advances the partitions' watermarks.
+//
+// Holding every partition, the ingester reads the stream once. Holding
+// some, it reads the headers of every change (to stamp them) and the
+// bodies of its partitions' changes, from a second consumer filtered on
+// their subjects, matching them up by sequence.
+func (in *Ingester) follow(ctx context.Context, c *claims, held []int) error {
+	marks := c.watermarks(held)
+	var from streams.Watermark
+	for i, p := range held {
+		if wm := marks[p]; i == 0 || wm.Seq < from.Seq {
+			from = wm
+		}
+	}
+	stored, err := in.deps.Store.Recover(ctx, from.Seq, chstore.Micros(from.Stamp))
 	if err != nil {
 		return err
 	}
-	cons, deleteConsumer, err := in.openConsumer(ctx, wm.Seq+1)
+	all := len(held) == streams.ChangePartitions
+	stream, err := in.deps.JS.Stream(ctx, streams.StreamChanges)
+	if err != nil {
+		return fmt.Errorf("open stream %s: %w", streams.StreamChanges, err)
+	}
+	cons, deleteConsumer, err := openConsumer(ctx, stream, from.Seq+1, !all, nil)
 	if err != nil {
 		return err
 	}
 	defer deleteConsumer()
-	in.deps.Log.InfoContext(ctx, "ingester following changes", slog.Uint64("from_seq", wm.Seq+1))
+	var bodies *bodyReader
+	if !all {
+		bcons, deleteBodies, err := openConsumer(ctx, stream, from.Seq+1, false, streams.PartitionFilters(held))
+		if err != nil {
+			return err
+		}
+		defer deleteBodies()
+		if bodies, err = newBodyReader(bcons, in.cfg.BatchSize); err != nil {
+			return err
+		}
+		defer bodies.stop()
+	}
+	in.deps.Log.InfoContext(ctx, "ingester following changes", slog.Uint64("from_seq", from.Seq+1), slog.Int("partitions", len(held)))
 
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	commits := in.startCommitter(ctx, cancel, kv)
+	commits := in.startCommitter(ctx, cancel, c, held, chstore.Micros(from.Stamp))
 	defer commits.close()
 
-	f := &follower{in: in, cons: cons, commits: commits, assigned: wm, stored: stored}
+	f := &follower{in: in, cons: cons, bodies: bodies, commits: commits, assigned: from, marks: marks, stored: stored}
 	for ctx.Err() == nil {
 		if err := f.fetchOnce(ctx); err != nil {
 			return err
@@ -186,40 +241,18 @@ func (in *Ingester) follow(ctx context.Context, kv jetstream.KeyValue) error {
 	return nil
 }
 
-// resume loads the watermark, and the versions a crashed predecessor
-// inserted after it without advancing it: they are replayed with the same
-// seqs and stamps, so they are skipped rather than stored twice.
-func (in *Ingester) resume(ctx context.Context) (streams.Watermark, map[chstore.VersionKey]bool, error) {
-	wm, rev, err := streams.LoadWatermark(ctx, in.deps.JS)
-	if err != nil {
-		return streams.Watermark{}, nil, err
-	}
-	in.rev = rev
-	in.committed.Store(wm.Stamp.UnixMicro())
-	stored, err := in.deps.Store.Recover(ctx, wm.Seq, chstore.Micros(wm.Stamp))
-	if err != nil {
-		return streams.Watermark{}, nil, err
-	}
-	if len(stored) > 0 {
-		in.deps.Log.WarnContext(ctx, "ingester skips versions already stored after the watermark", slog.Int("versions", len(stored)))
-	}
-	return wm, stored, nil
-}
-
-// openConsumer creates the follow's consumer from seq on, and returns it with
-// the function that deletes it. One ephemeral consumer per follow, in stream
-// order, without acks. An ordered consumer would do, but it recreates itself
-// on every fetch; this one is created once, and a message lost between the
-// server and here (a gap in its delivery sequence) ends the follow, which
-// resumes from the watermark.
-func (in *Ingester) openConsumer(ctx context.Context, seq uint64) (jetstream.Consumer, func(), error) {
-	stream, err := in.deps.JS.Stream(ctx, streams.StreamChanges)
-	if err != nil {
-		return nil, nil, fmt.Errorf("open stream %s: %w", streams.StreamChanges, err)
-	}
+// openConsumer creates a follow's consumer on stream from seq on, of every
+// change or of the subjects filters, and returns it with the function that
+// deletes it. One ephemeral consumer per follow, in stream order, without
+// acks. An ordered consumer would do, but it recreates itself on every
+// fetch; this one is created once, and a message lost between the server
+// and here (a gap in its delivery sequence) ends the follow, which resumes
+// from the watermarks.
+func openConsumer(ctx context.Context, stream jetstream.Stream, seq uint64, headersOnly bool, filters []string) (jetstream.Consumer, func(), error) {
 	cons, err := stream.CreateConsumer(ctx, jetstream.ConsumerConfig{
 		DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: seq,
 		AckPolicy: jetstream.AckNonePolicy, MemoryStorage: true, InactiveThreshold: time.Minute,
+		HeadersOnly: headersOnly, FilterSubjects: filters,
 	})
 	if err != nil {
 		return nil, nil, fmt.Errorf("create a consumer on %s: %w", streams.StreamChanges, err)
@@ -231,6 +264,49 @@ func (in *Ingester) openConsumer(ctx context.Context, seq uint64) (jetstream.Con
 	}, nil
 }
 
+// bodyReader reads the bodies of the partitions held, in stream order,
+// pulling ahead of the headers.
+type bodyReader struct {
+	it        jetstream.MessagesContext
+	delivered uint64
+}
+
+func newBodyReader(cons jetstream.Consumer, batch int) (*bodyReader, error) {
+	it, err := cons.Messages(jetstream.PullMaxMessages(batch))
+	if err != nil {
+		return nil, fmt.Errorf("read change bodies: %w", err)
+	}
+	return &bodyReader{it: it}, nil
+}
+
+// bodyWait bounds the wait for a body whose header arrived: the stream
+// holds it, so only a broken consumer delays it that long.
+const bodyWait = 30 * time.Second
+
+// next returns the body of change seq: the next message of the consumer.
+func (b *bodyReader) next(ctx context.Context, seq uint64) (jetstream.Msg, error) {
+	wctx, cancel := context.WithTimeout(ctx, bodyWait)
+	defer cancel()
+	msg, err := b.it.Next(jetstream.NextContext(wctx))
+	if err != nil {
+		return nil, fmt.Errorf("read the body of change %d: %w", seq, err)
+	}
+	md, err := msg.Metadata()
+	if err != nil {
+		return nil, fmt.Errorf("read change metadata: %w", err)
+	}
+	if md.Sequence.Consumer != b.delivered+1 {
+		return nil, fmt.Errorf("fetch change bodies: delivery %d follows %d: a change was lost on the way", md.Sequence.Consumer, b.delivered)
+	}
+	b.delivered = md.Sequence.Consumer
+	if md.Sequence.Stream != seq {
+		return nil, fmt.Errorf("the body of change %d came as change %d", seq, md.Sequence.Stream)
+	}
+	return msg, nil
+}
+
+func (b *bodyReader) stop() { b.it.Stop() }
+
 // committer commits the batches sent to it, in order, in its own goroutine.
 // The first error cancels the follow's context with it as the cause.
 type committer struct {
@@ -239,55 +315,60 @@ type committer struct {
 	done    chan struct{}
 }
 
-// pendingCommit is a batch on its way to ClickHouse and the watermark.
+// pendingCommit is a batch on its way to ClickHouse and the watermarks:
+// its rows, the position after them, and the changes whose versions a
+// crashed predecessor stored (their change log is completed first).
 type pendingCommit struct {
-	rows []chstore.Row
-	next streams.Watermark
+	rows      []chstore.Row
+	next      streams.Watermark
+	recovered []uint64
 }
 
-// startCommitter starts a committer that commits under ctx and cancels it on
-// an error.
-func (in *Ingester) startCommitter(ctx context.Context, cancel context.CancelCauseFunc, kv jetstream.KeyValue) *committer {
-	c := &committer{ctx: ctx, commits: make(chan pendingCommit, 1), done: make(chan struct{})}
+// startCommitter starts a committer that commits under ctx, for partitions
+// held, and cancels ctx on an error. from is the follow's starting stamp.
+func (in *Ingester) startCommitter(ctx context.Context, cancel context.CancelCauseFunc, c *claims, held []int, from uint64) *committer {
+	cm := &committer{ctx: ctx, commits: make(chan pendingCommit, 1), done: make(chan struct{})}
 	go func() {
-		defer close(c.done)
-		for p := range c.commits {
-			if err := in.commit(ctx, kv, p.rows, p.next); err != nil {
+		defer close(cm.done)
+		for p := range cm.commits {
+			if err := in.commit(ctx, c, held, p, from); err != nil {
 				cancel(err)
 				return
 			}
 		}
 	}()
-	return c
+	return cm
 }
 
-// send hands rows and the watermark after them to the committer; false if
-// the follow ended first.
-func (c *committer) send(rows []chstore.Row, next streams.Watermark) bool {
+// send hands a batch to the committer; false if the follow ended first.
+func (cm *committer) send(p pendingCommit) bool {
 	select {
-	case c.commits <- pendingCommit{rows, next}:
+	case cm.commits <- p:
 		return true
-	case <-c.ctx.Done():
+	case <-cm.ctx.Done():
 		return false
 	}
 }
 
 // close waits for the committer to finish the batches sent, or to stop at
 // an error.
-func (c *committer) close() {
-	close(c.commits)
-	<-c.done
+func (cm *committer) close() {
+	close(cm.commits)
+	<-cm.done
 }
 
 // follower is the state of one follow between fetches.
 type follower struct {
 	in        *Ingester
 	cons      jetstream.Consumer
+	bodies    *bodyReader // nil when cons delivers bodies
 	commits   *committer
 	idle      bool                        // the last fetch found nothing
 	delivered uint64                      // the consumer's delivery sequence of the last message
 	assigned  streams.Watermark           // the position the stamps of the next messages follow
+	marks     map[int]streams.Watermark   // the watermarks of the partitions held as the follow began
 	stored    map[chstore.VersionKey]bool // versions already stored after the watermark, to skip
+	recovered []uint64                    // changes of this batch some of whose versions were skipped
 }
 
 // fetchOnce fetches the next changes and sends them to the committer.
@@ -306,10 +387,16 @@ func (f *follower) fetchOnce(ctx context.Context) error {
 	}
 	f.idle = next.Seq == f.assigned.Seq
 	if !f.idle {
-		f.commits.send(rows, next)
+		f.commits.send(pendingCommit{rows, next, f.takeRecovered()})
 		f.assigned = next
 	}
 	return nil
+}
+
+func (f *follower) takeRecovered() []uint64 {
+	r := f.recovered
+	f.recovered = nil
+	return r
 }
 
 // fetch starts a fetch, and returns its batch with the function that ends
@@ -331,10 +418,11 @@ func (f *follower) fetch(ctx context.Context) (jetstream.MessageBatch, context.C
 	return batch, cancel, nil
 }
 
-// read turns the messages of batch into rows stamped after f.assigned,
-// sending what it has to the committer whenever it reaches BatchBytes, and
-// returns the rows left with the position of the last message. A gap in the
-// consumer's delivery sequence is an error: a change was lost.
+// read stamps the messages of batch after f.assigned and turns those of
+// the partitions held into rows, sending what it has to the committer
+// whenever it reaches BatchBytes, and returns the rows left with the
+// position of the last message. A gap in the consumer's delivery sequence
+// is an error: a change was lost.
 func (f *follower) read(ctx context.Context, batch jetstream.MessageBatch) ([]chstore.Row, streams.Watermark, error) {
 	rows := make([]chstore.Row, 0, 1024)
 	next := f.assigned
@@ -348,17 +436,39 @@ func (f *follower) read(ctx context.Context, batch jetstream.MessageBatch) ([]ch
 			return nil, next, fmt.Errorf("fetch changes: delivery %d follows %d: a change was lost on the way", md.Sequence.Consumer, f.delivered)
 		}
 		f.delivered = md.Sequence.Consumer
-		next.Seq = md.Sequence.Stream
-		next.Stamp = nextStamp(next.Stamp, md.Timestamp)
+		seq := md.Sequence.Stream
+		stamp := nextStamp(next.Stamp, md.Timestamp)
 		f.in.pending.Store(int64(md.NumPending))
-		versions, err := toRows(msg, next)
+		p, ok := streams.PartitionOfSubject(msg.Subject())
+		mark, held := f.marks[p]
+		if !ok || !held {
+			next = streams.Watermark{Seq: seq, Stamp: stamp} // stamped, stored by another
+			if !ok && held && seq > mark.Seq && msg.Subject() != streams.SubjectMark() {
+				// Partition 0's holder speaks for a subject of no partition.
+				f.in.rejected.Add(ctx, 1)
+				f.in.deps.Log.WarnContext(ctx, "change skipped", slog.Uint64("seq", seq), slog.String("subject", msg.Subject()),
+					slog.String("error", "the subject names no partition of "+streams.StreamChanges))
+			}
+			continue
+		}
+		body := msg
+		if f.bodies != nil {
+			if body, err = f.bodies.next(ctx, seq); err != nil {
+				return nil, next, err
+			}
+		}
+		next = streams.Watermark{Seq: seq, Stamp: stamp}
+		if seq <= mark.Seq {
+			continue // stored before this follow began
+		}
+		versions, err := toRows(body, next)
 		if err != nil {
 			f.in.rejected.Add(ctx, 1)
-			f.in.deps.Log.WarnContext(ctx, "change skipped", slog.Uint64("seq", next.Seq), slog.String("subject", msg.Subject()), slog.Any("error", err))
+			f.in.deps.Log.WarnContext(ctx, "change skipped", slog.Uint64("seq", seq), slog.String("subject", msg.Subject()), slog.Any("error", err))
 			continue
 		}
 		if len(f.stored) > 0 {
-			versions = f.unstored(versions)
+			versions = f.unstored(seq, versions)
 		}
 		// A message's versions always go in one insert: a transaction
 		// is stored, and passed by the watermark, whole (ADR 0003).
@@ -368,7 +478,7 @@ func (f *follower) read(ctx context.Context, batch jetstream.MessageBatch) ([]ch
 		rows = append(rows, versions...)
 		if size >= f.in.cfg.BatchBytes {
 			// Insert what we have; the rest of the fetch continues the batch.
-			if !f.commits.send(rows, next) {
+			if !f.commits.send(pendingCommit{rows, next, f.takeRecovered()}) {
 				break
 			}
 			rows, size = make([]chstore.Row, 0, 1024), 0
@@ -377,15 +487,19 @@ func (f *follower) read(ctx context.Context, batch jetstream.MessageBatch) ([]ch
 	return rows, next, nil
 }
 
-// unstored leaves out of versions those a crashed predecessor stored. They
-// are named one by one: a transaction spread over shards may have been
-// stored on some and not on others.
-func (f *follower) unstored(versions []chstore.Row) []chstore.Row {
+// unstored leaves out of the versions of change seq those a crashed
+// predecessor stored, and notes the change for its change log to be
+// completed. They are named one by one: a transaction spread over shards
+// may have been stored on some and not on others.
+func (f *follower) unstored(seq uint64, versions []chstore.Row) []chstore.Row {
 	out := versions[:0]
 	for _, v := range versions {
 		k := chstore.VersionKey{Seq: v.Seq, Type: v.Type, ID: v.ID}
 		if f.stored[k] {
 			delete(f.stored, k)
+			if n := len(f.recovered); n == 0 || f.recovered[n-1] != seq {
+				f.recovered = append(f.recovered, seq)
+			}
 			continue
 		}
 		out = append(out, v)
@@ -403,33 +517,30 @@ func nextStamp(prev, accepted time.Time) time.Time {
 	return t
 }
 
-// commit inserts rows and then moves the watermark to next, while this
-// ingester's lease is valid: a lease that lapsed may be another's by now.
-func (in *Ingester) commit(ctx context.Context, kv jetstream.KeyValue, rows []chstore.Row, next streams.Watermark) error {
-	if !in.lease.Valid() {
-		return fmt.Errorf("insert up to change %d: %w", next.Seq, streams.ErrLeaseLost)
+// commit inserts a batch and then moves the watermarks of partitions held
+// to the position after it, while this ingester's claims on them are
+// valid: a claim that lapsed may be another's by now.
+func (in *Ingester) commit(ctx context.Context, c *claims, held []int, p pendingCommit, from uint64) error {
+	if !c.valid(held) {
+		return fmt.Errorf("insert up to change %d: %w", p.next.Seq, errClaimLost)
 	}
-	if len(rows) > 0 {
+	if len(p.recovered) > 0 {
+		if err := in.deps.Store.CompleteChangeLog(ctx, p.recovered, from); err != nil {
+			return err
+		}
+	}
+	if len(p.rows) > 0 {
 		ctx, span := in.tracer.Start(ctx, "ingester.insert")
-		err := in.deps.Store.Insert(ctx, rows)
+		err := in.deps.Store.Insert(ctx, p.rows)
 		span.End()
 		if err != nil {
 			return err
 		}
-		in.ingested.Add(ctx, int64(len(rows)))
+		in.ingested.Add(ctx, int64(len(p.rows)))
 	}
-	var rev uint64
-	var err error
-	if in.rev == 0 {
-		rev, err = kv.Create(ctx, streams.KeyWatermark, streams.Encode(next))
-	} else {
-		rev, err = kv.Update(ctx, streams.KeyWatermark, streams.Encode(next), in.rev)
+	if err := c.advance(ctx, held, p.next); err != nil {
+		return fmt.Errorf("advance the watermarks to %d: %w", p.next.Seq, err)
 	}
-	if err != nil {
-		return fmt.Errorf("advance watermark to %d: %w", next.Seq, err)
-	}
-	in.rev = rev
-	in.committed.Store(next.Stamp.UnixMicro())
 	return nil
 }
 

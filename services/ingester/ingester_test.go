@@ -205,7 +205,7 @@ func TestIngesterStampsAndStoresChanges(t *testing.T) {
 		t.Fatal(err)
 	}
 	invalidSeq := flush(t, e) + 1
-	bad := nats.NewMsg(streams.SubjectChange(streams.OpPut, "Patient"))
+	bad := nats.NewMsg(streams.SubjectChange(streams.OpPut, "Patient", "p9"))
 	bad.Header.Set(streams.HeaderOp, streams.OpPut)
 	bad.Header.Set(streams.HeaderType, "Patient")
 	bad.Header.Set(streams.HeaderID, "p9")
@@ -218,7 +218,7 @@ func TestIngesterStampsAndStoresChanges(t *testing.T) {
 		t.Fatal(err)
 	}
 	// A put whose headers name another resource than its body.
-	mismatch := nats.NewMsg(streams.SubjectChange(streams.OpPut, "Patient"))
+	mismatch := nats.NewMsg(streams.SubjectChange(streams.OpPut, "Patient", "p8"))
 	mismatch.Header.Set(streams.HeaderOp, streams.OpPut)
 	mismatch.Header.Set(streams.HeaderType, "Patient")
 	mismatch.Header.Set(streams.HeaderID, "p8")
@@ -419,6 +419,11 @@ func TestIngesterReplayIsDeterministic(t *testing.T) {
 	kv, err := e.js.KeyValue(ctx, streams.BucketIngest)
 	if err != nil {
 		t.Fatal(err)
+	}
+	for p := range streams.ChangePartitions {
+		if _, err := kv.Put(ctx, streams.KeyPartition(p), streams.Encode(streams.PartitionState{Watermark: saved})); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if _, err := kv.Put(ctx, streams.KeyWatermark, streams.Encode(saved)); err != nil {
 		t.Fatal(err)

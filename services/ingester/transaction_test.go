@@ -49,7 +49,7 @@ func TestIngesterAppliesATransactionWholeOrNotAtAll(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	notJSON := nats.NewMsg(streams.SubjectTransaction())
+	notJSON := nats.NewMsg(streams.SubjectTransaction("x4"))
 	notJSON.Header.Set(streams.HeaderOp, streams.OpTransaction)
 	notJSON.Data = []byte(`{"resourceType":"Bundle","type":"transaction","entry":[` +
 		`{"request":{"method":"PUT","url":"Patient/x4"},"resource":{"resourceType":"Patient","id":"x4"}},` +
@@ -59,7 +59,7 @@ func TestIngesterAppliesATransactionWholeOrNotAtAll(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	bare := nats.NewMsg(streams.SubjectTransaction())
+	bare := nats.NewMsg(streams.SubjectTransaction("x6"))
 	bare.Header.Set(streams.HeaderOp, streams.OpTransaction)
 	bare.Data = []byte(`{"resourceType":"Bundle","type":"transaction","entry":[{"request":{"method":"POST","url":"Patient"},"resource":{"resourceType":"Patient","id":"x6"}}]}`)
 	if _, err := e.js.PublishMsg(ctx, bare); err != nil {

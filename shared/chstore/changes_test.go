@@ -153,12 +153,14 @@ func TestStoreChangeLogHorizonForOlderStores(t *testing.T) {
 	}
 }
 
-// TestStoreRecoverCompletesTheChangeLog: the feed copies every insert into
-// the change log; when its part of an insert failed (simulated here by an
-// insert while the feed is gone), Recover copies what the change log
-// lacks, so a since read (change log) and a full read (versions) agree,
-// and reports the versions the replay must skip.
-func TestStoreRecoverCompletesTheChangeLog(t *testing.T) {
+// TestStoreCompleteChangeLogCopiesWhatTheFeedMissed: the feed copies every
+// insert into the change log; when its part of an insert failed (simulated
+// here by an insert while the feed is gone), Recover reports the versions
+// the replay must skip and CompleteChangeLog copies what the change log
+// lacks of the changes named, and of no other (another ingester may be
+// storing those), so a since read (change log) and a full read (versions)
+// agree.
+func TestStoreCompleteChangeLogCopiesWhatTheFeedMissed(t *testing.T) {
 	cfg := testenv.ClickHouse(t)
 	s, err := chstore.Open(t.Context(), cfg, testenv.Logger(t))
 	if err != nil {
@@ -195,6 +197,15 @@ func TestStoreRecoverCompletesTheChangeLog(t *testing.T) {
 	if len(stored) != 2 || !stored[chstore.VersionKey{Seq: 2, Type: "Patient", ID: "b"}] || !stored[chstore.VersionKey{Seq: 3, Type: "Patient", ID: "c"}] {
 		t.Errorf("stored after the watermark %v, want Patient/b at 2 and Patient/c at 3", stored)
 	}
+	if err := s.CompleteChangeLog(t.Context(), []uint64{2}, 100); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := count(chstore.ChangesTable); n != 2 {
+		t.Errorf("change log holds %d rows after completing change 2, want 2 (a and b)", n)
+	}
+	if err := s.CompleteChangeLog(t.Context(), []uint64{2, 3}, 100); err != nil {
+		t.Fatal(err)
+	}
 	for _, table := range []string{chstore.Table, chstore.ChangesTable} {
 		if n, distinct := count(table); n != 3 || distinct != 3 {
 			t.Errorf("%s holds %d rows of %d seqs, want 3 of 3", table, n, distinct)
@@ -204,12 +215,12 @@ func TestStoreRecoverCompletesTheChangeLog(t *testing.T) {
 	if got := render(readAll(t, s, since, false)); got != "a=a b=b c=c" {
 		t.Errorf("since read after recovery: %q", got)
 	}
-	// Recovering again changes nothing.
-	if _, err := s.Recover(t.Context(), 1, 100); err != nil {
+	// Completing again changes nothing.
+	if err := s.CompleteChangeLog(t.Context(), []uint64{2, 3}, 100); err != nil {
 		t.Fatal(err)
 	}
 	if n, _ := count(chstore.ChangesTable); n != 3 {
-		t.Errorf("change log holds %d rows after a second recovery, want 3", n)
+		t.Errorf("change log holds %d rows after completing it again, want 3", n)
 	}
 }
 

@@ -4,8 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
+	"strings"
 	"sync"
+	"time"
 
+	"github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 )
 
@@ -50,7 +54,32 @@ func (s *Store) Insert(ctx context.Context, rows []Row) error {
 	return errors.Join(errs...)
 }
 
+// insert writes rows to table on shard sh. On a replicated shard of
+// ClickHouse before insert_quorum_parallel, a quorum insert is refused while
+// another's quorum is pending (ingesters insert in parallel, ADR 0008); the
+// refusal comes before anything is written, so the insert waits and tries
+// again, until ctx ends.
 func (s *Store) insert(ctx context.Context, sh *shard, table string, rows []Row) error {
+	wait := 5 * time.Millisecond
+	for {
+		err := s.insertOnce(ctx, sh, table, rows)
+		var ex *clickhouse.Exception
+		if err == nil || !errors.As(err, &ex) || ex.Code != codeQuorumForPreviousWrite {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 200*time.Millisecond)
+	}
+}
+
+// codeQuorumForPreviousWrite is ClickHouse's UNSATISFIED_QUORUM_FOR_PREVIOUS_WRITE.
+const codeQuorumForPreviousWrite = 286
+
+func (s *Store) insertOnce(ctx context.Context, sh *shard, table string, rows []Row) error {
 	b, err := sh.conn.PrepareBatch(ctx, "INSERT INTO "+table+" ("+columns+")")
 	if err != nil {
 		return fmt.Errorf("prepare insert into %s: %w", table, err)
@@ -84,20 +113,30 @@ type VersionKey struct {
 }
 
 // Recover prepares a replay from a watermark (seq, stamp in microseconds)
-// after a crash between an insert and the watermark update. A version the
-// versions table got and the change log did not (the feed's part of an
-// insert failed) is copied across; the reverse cannot happen, since the
-// feed writes after the table. Then the versions stored after the watermark
-// are returned, on every shard: the ingester skips them rather than store
-// them twice. They are named one by one, not by seq, since a transaction
-// spread over shards may be stored on one and not yet on another. Every
-// such row is stamped after the watermark, so the reads prune to recent
-// partitions.
+// after a crash between an insert and the watermark update: it returns the
+// versions stored after the watermark, on every shard, and the ingester
+// skips them rather than store them twice. They are named one by one, not
+// by seq, since a transaction spread over shards may be stored on one and
+// not yet on another. Every such row is stamped after the watermark, so the
+// reads prune to recent partitions. On a replicated shard it lists only
+// what a read with sequential consistency sees: the versions of quorum
+// inserts. A block whose quorum insert failed may sit on one replica,
+// hidden from exports; the replay stores it again, and once the lone copy
+// completes its quorum the reads tolerate the exact duplicate (see
+// latestSQL).
+//
+// Ingesters insert in parallel (ADR 0008), so the list may name versions
+// other ingesters are storing right now; the caller skips only those of
+// the changes it replays, and completes their change log (CompleteChangeLog).
 func (s *Store) Recover(ctx context.Context, seq, stamp uint64) (map[VersionKey]bool, error) {
 	out := map[VersionKey]bool{}
 	var mu sync.Mutex
 	err := s.eachShard(func(sh *shard) error {
-		keys, err := s.recoverShard(ctx, sh, seq, stamp)
+		rows, err := s.query(s.readCtx(ctx, nil), sh, "SELECT seq, type, id FROM "+s.table+" WHERE last_updated > ? AND seq > ?", stamp, seq)
+		if err != nil {
+			return fmt.Errorf("read versions after the watermark from %s: %w", s.table, err)
+		}
+		keys, err := versionKeys(rows)
 		mu.Lock()
 		defer mu.Unlock()
 		for _, k := range keys {
@@ -111,24 +150,35 @@ func (s *Store) Recover(ctx context.Context, seq, stamp uint64) (map[VersionKey]
 	return out, nil
 }
 
-// recoverShard completes sh's change log and lists the versions stored
-// there after the watermark. On a replicated shard it lists only what a
-// read with sequential consistency sees: the versions of quorum inserts. A
-// block whose quorum insert failed may sit on one replica, hidden from
-// exports; the replay stores it again, and once the lone copy completes
-// its quorum the reads tolerate the exact duplicate (see latestSQL).
-func (s *Store) recoverShard(ctx context.Context, sh *shard, seq, stamp uint64) ([]VersionKey, error) {
-	after := " WHERE last_updated > ? AND seq > ?"
-	q := "INSERT INTO " + s.changes + " (" + columns + ") SELECT " + columns + " FROM " + s.table + after +
-		" AND (seq, type, id) NOT IN (SELECT seq, type, id FROM " + s.changes + after + ")"
-	if err := sh.conn.Exec(s.writeCtx(ctx, sh), q, stamp, seq, stamp, seq); err != nil {
-		return nil, fmt.Errorf("copy versions after seq %d into %s: %w", seq, s.changes, err)
+// CompleteChangeLog copies into the change log the versions of the changes
+// seqs (stamped after stamp, in microseconds) that the versions table holds
+// and the change log does not: the feed's part of an insert failed after
+// the table's. The reverse cannot happen, since the feed writes after the
+// table. The ingester calls it for the changes whose versions Recover named
+// before it skips them; no other ingester stores those changes. Copying
+// again changes nothing.
+func (s *Store) CompleteChangeLog(ctx context.Context, seqs []uint64, stamp uint64) error {
+	const chunk = 2000 // seqs per statement, far below the server's query size limit
+	for len(seqs) > 0 {
+		n := min(chunk, len(seqs))
+		list := make([]string, n)
+		for i, q := range seqs[:n] {
+			list[i] = strconv.FormatUint(q, 10)
+		}
+		in := " WHERE last_updated > ? AND seq IN (" + strings.Join(list, ",") + ")"
+		q := "INSERT INTO " + s.changes + " (" + columns + ") SELECT " + columns + " FROM " + s.table + in +
+			" AND (seq, type, id) NOT IN (SELECT seq, type, id FROM " + s.changes + in + ")"
+		if err := s.eachShard(func(sh *shard) error {
+			if err := sh.conn.Exec(s.writeCtx(ctx, sh), q, stamp, stamp); err != nil {
+				return fmt.Errorf("copy the versions of %d changes into %s: %w", n, s.changes, err)
+			}
+			return nil
+		}); err != nil {
+			return err
+		}
+		seqs = seqs[n:]
 	}
-	rows, err := s.query(s.readCtx(ctx, nil), sh, "SELECT seq, type, id FROM "+s.table+after, stamp, seq)
-	if err != nil {
-		return nil, fmt.Errorf("read versions after the watermark from %s: %w", s.table, err)
-	}
-	return versionKeys(rows)
+	return nil
 }
 
 // versionKeys reads the rows of a query listing (seq, type, id).
