@@ -12,11 +12,16 @@ GOLANGCI_LINT := bin/tools/golangci-lint-$(GOLANGCI_LINT_VERSION)
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-13s %s\n", $$1, $$2}'
 
-deps: ## Install what is missing: ClickHouse and ZooKeeper (Debian packages) and Go modules
+deps: ## Install what is missing: ClickHouse server and client and ZooKeeper (Debian packages) and Go modules
 	@if ! command -v clickhouse-server >/dev/null 2>&1 && ! command -v clickhouse >/dev/null 2>&1; then \
 		echo "installing clickhouse-server (Debian package)"; \
 		if [ "$$(id -u)" != 0 ]; then echo "run as root, or install clickhouse-server yourself" >&2; exit 1; fi; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clickhouse-server >/dev/null; \
+	fi
+	@if ! command -v clickhouse-client >/dev/null 2>&1 && ! command -v clickhouse >/dev/null 2>&1; then \
+		echo "installing clickhouse-client (Debian package; bulkbench measures the insert limit with it)"; \
+		if [ "$$(id -u)" != 0 ]; then echo "run as root, or install clickhouse-client yourself" >&2; exit 1; fi; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clickhouse-client >/dev/null; \
 	fi
 	@if [ ! -f /usr/share/java/zookeeper.jar ]; then \
 		echo "installing zookeeper (Debian package; replicated ClickHouse tables need it)"; \

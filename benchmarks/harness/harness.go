@@ -321,6 +321,10 @@ func (h *harness) measure(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if h.report.Ingest.RawInsert, err = h.rawInsert(ctx); err != nil {
+		return fmt.Errorf("raw insert: %w", err)
+	}
+	h.report.Ingest.RatioQueryableToRawInsert = ratio(h.report.Ingest.Queryable.ResourcesPerSec, h.report.Ingest.RawInsert.ResourcesPerSec)
 	for run := 1; run <= o.Runs; run++ {
 		fmt.Fprintf(o.Progress, "bulkbench: export run %d of %d\n", run, o.Runs)
 		res, err := h.export(ctx, run)

@@ -88,6 +88,10 @@ func TestRunTiny(t *testing.T) {
 	}
 	positive(t, "ingest accepted", in.Accepted)
 	positive(t, "ingest queryable", in.Queryable)
+	positive(t, "raw insert", in.RawInsert)
+	if in.RatioQueryableToRawInsert <= 0 {
+		t.Errorf("queryable / raw insert ratio %v", in.RatioQueryableToRawInsert)
+	}
 	if in.Queryable.Seconds < in.Accepted.Seconds {
 		t.Errorf("queryable after %.3fs, before accepted at %.3fs", in.Queryable.Seconds, in.Accepted.Seconds)
 	}

@@ -76,6 +76,14 @@ type IngestResult struct {
 	// Queryable runs from the first request until every row is in
 	// ClickHouse (count() of resource_versions equals the total).
 	Queryable Rate `json:"queryable"`
+	// RawInsert is clickhouse-client inserting the same rows (Native
+	// format, the median of Runs) into a scratch copy of the tables, change
+	// log feed included: the insert limit. Bytes are the Native dump's.
+	// Zero on a cluster.
+	RawInsert Rate `json:"rawInsert"`
+	// RatioQueryableToRawInsert is queryable resources/s divided by
+	// RawInsert's.
+	RatioQueryableToRawInsert float64 `json:"ratioQueryableToRawInsert"`
 }
 
 // RunResult is one export run and the raw read that followed it.
@@ -241,7 +249,8 @@ func (r *Report) WriteTable(w io.Writer) error {
 		wire = fmt.Sprintf("%.1f MB on the wire", float64(r.Ingest.WireBytes)/MB)
 	}
 	row("accepted (last POST answered)", r.Ingest.Accepted, wire)
-	row("queryable (all rows in ClickHouse)", r.Ingest.Queryable, "")
+	row("queryable (all rows in ClickHouse)", r.Ingest.Queryable, fmt.Sprintf("%.2fx the raw insert", r.Ingest.RatioQueryableToRawInsert))
+	row("raw insert (clickhouse-client, Native)", r.Ingest.RawInsert, "1.00x")
 	fmt.Fprintln(w)
 	fmt.Fprintf(w, head, fmt.Sprintf("EXPORT (median of %d runs)", len(r.Runs)), "seconds", "resources/s", "MB/s", "vs raw read")
 	row("kick-off -> manifest", r.Median.ToManifest, fmt.Sprintf("%.2fx", r.Median.RatioManifest))

@@ -370,7 +370,7 @@ func (s *Store) migrateChanges(ctx context.Context, conn driver.Conn, engine fun
 			return fmt.Errorf("create table %s: %w", s.changes, err)
 		}
 		feed := "CREATE MATERIALIZED VIEW IF NOT EXISTS " + s.feed + " TO " + s.changes +
-			" AS SELECT " + columns + " FROM " + s.table
+			" AS SELECT " + Columns + " FROM " + s.table
 		if err := conn.Exec(ctx, feed); err != nil {
 			return fmt.Errorf("create view %s: %w", s.feed, err)
 		}

@@ -24,7 +24,9 @@ type Row struct {
 	Body        []byte
 }
 
-const columns = "type, id, id_hash, seq, last_updated, deleted, patients, body"
+// Columns are the columns of the versions table and the change log, in
+// the order inserts name them.
+const Columns = "type, id, id_hash, seq, last_updated, deleted, patients, body"
 
 // Insert writes rows to the versions table of their shards, at once, and
 // returns when every shard holds its rows (on replicated shards, a majority
@@ -80,7 +82,7 @@ func (s *Store) insert(ctx context.Context, sh *shard, table string, rows []Row)
 const codeQuorumForPreviousWrite = 286
 
 func (s *Store) insertOnce(ctx context.Context, sh *shard, table string, rows []Row) error {
-	b, err := sh.conn.PrepareBatch(ctx, "INSERT INTO "+table+" ("+columns+")")
+	b, err := sh.conn.PrepareBatch(ctx, "INSERT INTO "+table+" ("+Columns+")")
 	if err != nil {
 		return fmt.Errorf("prepare insert into %s: %w", table, err)
 	}
@@ -166,7 +168,7 @@ func (s *Store) CompleteChangeLog(ctx context.Context, seqs []uint64, stamp uint
 			list[i] = strconv.FormatUint(q, 10)
 		}
 		in := " WHERE last_updated > ? AND seq IN (" + strings.Join(list, ",") + ")"
-		q := "INSERT INTO " + s.changes + " (" + columns + ") SELECT " + columns + " FROM " + s.table + in +
+		q := "INSERT INTO " + s.changes + " (" + Columns + ") SELECT " + Columns + " FROM " + s.table + in +
 			" AND (seq, type, id) NOT IN (SELECT seq, type, id FROM " + s.changes + in + ")"
 		if err := s.eachShard(func(sh *shard) error {
 			if err := sh.conn.Exec(s.writeCtx(ctx, sh), q, stamp, stamp); err != nil {
