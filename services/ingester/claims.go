@@ -415,6 +415,14 @@ func (c *claims) unbalanced(n int) bool {
 	return false
 }
 
+// holds reports whether this ingester holds partition p.
+func (c *claims) holds(p int) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	_, ok := c.held[p]
+	return ok
+}
+
 // heldList is the partitions held, in order.
 func (c *claims) heldList() []int {
 	c.mu.Lock()
@@ -459,9 +467,11 @@ func (c *claims) lowest() (wm streams.Watermark, ok bool) {
 }
 
 // publishGlobal keeps the global watermark, which readers wait on, at the
-// lowest partition watermark, until ctx ends. Every ingester does, so the
-// last partition to move is always seen; the key only ever moves up.
-func (c *claims) publishGlobal(ctx context.Context, published func(streams.Watermark)) {
+// lowest partition watermark, until ctx ends. The holder of partition 0
+// does it (one writer, no contention), from the watch, so the last
+// partition to move is always seen; the key only ever moves up. Whoever
+// takes partition 0 over takes this over too.
+func (c *claims) publishGlobal(ctx context.Context) {
 	var cur streams.Watermark
 	var rev uint64
 	loaded := false
@@ -470,6 +480,10 @@ func (c *claims) publishGlobal(ctx context.Context, published func(streams.Water
 		case <-ctx.Done():
 			return
 		case <-c.moved:
+		}
+		if !c.holds(0) {
+			loaded = false
+			continue
 		}
 		for ctx.Err() == nil {
 			low, ok := c.lowest()
@@ -511,7 +525,6 @@ func (c *claims) publishGlobal(ctx context.Context, published func(streams.Water
 				continue
 			}
 			cur, rev = low, next
-			published(low)
 		}
 	}
 }

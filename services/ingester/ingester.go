@@ -63,8 +63,9 @@ type Ingester struct {
 	tracer   trace.Tracer
 	ingested metric.Int64Counter
 	rejected metric.Int64Counter
-	// committed is the stamp of the global watermark in microseconds,
-	// and pending the changes after the last one read, for the lag gauge.
+	// committed is the stamp of the watermark of this ingester's
+	// partitions in microseconds, and pending the changes after the last
+	// one read, for the lag gauge.
 	committed atomic.Int64
 	pending   atomic.Int64
 }
@@ -90,7 +91,7 @@ func New(cfg Config, deps Deps) (*Ingester, error) {
 		return nil, err
 	}
 	if _, err = m.Float64ObservableGauge("flatfhir.ingest.lag", metric.WithUnit("s"),
-		metric.WithDescription("now minus the watermark stamp while changes wait to be ingested; 0 when caught up"),
+		metric.WithDescription("now minus the watermark stamp of this ingester's partitions while changes wait to be ingested; 0 when caught up"),
 		metric.WithFloat64Callback(func(_ context.Context, o metric.Float64Observer) error {
 			lag := 0.0
 			if in.pending.Load() > 0 {
@@ -115,9 +116,7 @@ func (in *Ingester) Run(ctx context.Context) error {
 	c := newClaims(kv, in.cfg.LeaseTTL, in.deps.Log)
 	bg, stopBG := context.WithCancel(ctx)
 	var wg sync.WaitGroup
-	for _, fn := range []func(context.Context){c.watch, c.heartbeat, func(ctx context.Context) {
-		c.publishGlobal(ctx, func(wm streams.Watermark) { in.committed.Store(wm.Stamp.UnixMicro()) })
-	}} {
+	for _, fn := range []func(context.Context){c.watch, c.heartbeat, c.publishGlobal} {
 		wg.Add(1)
 		go func() { defer wg.Done(); fn(bg) }()
 	}
@@ -196,6 +195,7 @@ func (in *Ingester) follow(ctx context.Context, c *claims, held []int) error {
 			from = wm
 		}
 	}
+	in.committed.Store(from.Stamp.UnixMicro())
 	stored, err := in.deps.Store.Recover(ctx, from.Seq, chstore.Micros(from.Stamp))
 	if err != nil {
 		return err
@@ -229,7 +229,10 @@ func (in *Ingester) follow(ctx context.Context, c *claims, held []int) error {
 	commits := in.startCommitter(ctx, cancel, c, held, chstore.Micros(from.Stamp))
 	defer commits.close()
 
-	f := &follower{in: in, cons: cons, bodies: bodies, commits: commits, assigned: from, marks: marks, stored: stored}
+	f := &follower{in: in, cons: cons, bodies: bodies, commits: commits, assigned: from, marks: marks, stored: stored,
+		// A share of the partitions gets a share of each fetch's changes:
+		// fetch more, so that a busy ingester's inserts keep their size.
+		scale: streams.ChangePartitions / len(held)}
 	for ctx.Err() == nil {
 		if err := f.fetchOnce(ctx); err != nil {
 			return err
@@ -363,6 +366,7 @@ type follower struct {
 	cons      jetstream.Consumer
 	bodies    *bodyReader // nil when cons delivers bodies
 	commits   *committer
+	scale     int                         // a busy fetch takes up to BatchSize times scale changes
 	idle      bool                        // the last fetch found nothing
 	delivered uint64                      // the consumer's delivery sequence of the last message
 	assigned  streams.Watermark           // the position the stamps of the next messages follow
@@ -401,12 +405,15 @@ func (f *follower) takeRecovered() []uint64 {
 
 // fetch starts a fetch, and returns its batch with the function that ends
 // it. Busy, a fetch takes a batch of up to BatchSize changes, waiting up to
-// FlushInterval for it to fill. Idle (the last fetch found nothing), it
+// FlushInterval for it to fill; holding a share of the partitions, it takes
+// up to BatchSize times 16 / partitions held, so that its inserts keep
+// their size when it is behind. The wait stays FlushInterval: it is the
+// latency of a change that arrives while changes are being ingested. Idle (the last fetch found nothing), it
 // waits at the server for the next change and returns with it at once: an
 // idle ingester makes one request per streams.PullWait and writes nothing.
 func (f *follower) fetch(ctx context.Context) (jetstream.MessageBatch, context.CancelFunc, error) {
 	if !f.idle {
-		batch, err := f.cons.Fetch(f.in.cfg.BatchSize, jetstream.FetchMaxWait(f.in.cfg.FlushInterval))
+		batch, err := f.cons.Fetch(f.in.cfg.BatchSize*f.scale, jetstream.FetchMaxWait(f.in.cfg.FlushInterval))
 		return batch, func() {}, err
 	}
 	fctx, cancel := context.WithTimeout(ctx, streams.PullWait)
@@ -541,6 +548,7 @@ func (in *Ingester) commit(ctx context.Context, c *claims, held []int, p pending
 	if err := c.advance(ctx, held, p.next); err != nil {
 		return fmt.Errorf("advance the watermarks to %d: %w", p.next.Seq, err)
 	}
+	in.committed.Store(p.next.Stamp.UnixMicro())
 	return nil
 }
 
