@@ -15,10 +15,12 @@ func LoadWatermark(ctx context.Context, js jetstream.JetStream) (Watermark, uint
 	if err != nil {
 		return Watermark{}, 0, fmt.Errorf("open bucket %s: %w", BucketIngest, err)
 	}
-	return readWatermark(ctx, kv)
+	return ReadWatermark(ctx, kv)
 }
 
-func readWatermark(ctx context.Context, kv jetstream.KeyValue) (Watermark, uint64, error) {
+// ReadWatermark reads the ingest watermark and its KV revision (0 when no
+// change was ever ingested) from the ingest bucket kv.
+func ReadWatermark(ctx context.Context, kv jetstream.KeyValue) (Watermark, uint64, error) {
 	e, err := kv.Get(ctx, KeyWatermark)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		return Watermark{}, 0, nil
@@ -56,7 +58,7 @@ func AwaitWatermark(ctx context.Context, js jetstream.JetStream, seq uint64) (Wa
 		return Watermark{}, fmt.Errorf("open bucket %s: %w", BucketIngest, err)
 	}
 	reached := func(wm Watermark) bool { return wm.Seq >= seq && !wm.Stamp.IsZero() }
-	wm, _, err := readWatermark(ctx, kv)
+	wm, _, err := ReadWatermark(ctx, kv)
 	if err != nil && ctx.Err() == nil {
 		return Watermark{}, err
 	}

@@ -257,15 +257,8 @@ func (c *claims) claim(ctx context.Context, p int) error {
 	if v.present {
 		rev, err = c.kv.Update(ctx, streams.KeyPartition(p), streams.Encode(st), v.rev)
 	} else {
-		e, gerr := c.kv.Get(ctx, streams.KeyWatermark)
-		switch {
-		case errors.Is(gerr, jetstream.ErrKeyNotFound):
-		case gerr != nil:
-			return fmt.Errorf("read the global watermark: %w", gerr)
-		default:
-			if err := streams.Decode(e.Value(), &st.Watermark); err != nil {
-				return err
-			}
+		if st.Watermark, _, err = streams.ReadWatermark(ctx, c.kv); err != nil {
+			return err
 		}
 		rev, err = c.kv.Create(ctx, streams.KeyPartition(p), streams.Encode(st))
 	}
@@ -491,20 +484,11 @@ func (c *claims) publishGlobal(ctx context.Context) {
 				break
 			}
 			if !loaded {
-				e, err := c.kv.Get(ctx, streams.KeyWatermark)
-				switch {
-				case errors.Is(err, jetstream.ErrKeyNotFound):
-					cur, rev = streams.Watermark{}, 0
-				case err != nil:
+				var err error
+				if cur, rev, err = streams.ReadWatermark(ctx, c.kv); err != nil {
 					c.log.WarnContext(ctx, "read the global watermark", slog.Any("error", err))
 					time.Sleep(100 * time.Millisecond)
 					continue
-				default:
-					if err := streams.Decode(e.Value(), &cur); err != nil {
-						c.log.ErrorContext(ctx, "unreadable global watermark", slog.Any("error", err))
-						return
-					}
-					rev = e.Revision()
 				}
 				loaded = true
 				continue

@@ -27,8 +27,9 @@ type Config struct {
 	BatchBytes int
 	// FlushInterval is the longest a change waits for its batch to fill.
 	FlushInterval time.Duration
-	// LeaseTTL is how long the active ingester's lease outlives its last
-	// renewal: a standby takes over that long after the active one dies.
+	// LeaseTTL is how long a partition claim outlives its last renewal:
+	// another ingester takes a dead one's partitions over that long after
+	// it died (ADR 0008).
 	LeaseTTL time.Duration
 }
 

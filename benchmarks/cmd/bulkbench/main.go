@@ -25,7 +25,7 @@ func main() {
 	flag.IntVar(&opts.ClientRuns, "client-runs", 0, "system exports timed through a client that honours Retry-After exactly; 0 skips it")
 	flag.BoolVar(&opts.Gzip, "gzip", false, "send ingest bodies gzip-compressed")
 	flag.BoolVar(&opts.Keep, "keep", false, "keep the temporary directory (data, logs, binary)")
-	flag.IntVar(&opts.Ingesters, "ingesters", 1, "ingester processes (one inserts at a time; the others stand by)")
+	flag.IntVar(&opts.Ingesters, "ingesters", 1, "ingester processes (they share the 16 partitions of CHANGES and insert in parallel)")
 	flag.BoolVar(&opts.Cluster, "cluster", false, "run the engine on a local cluster as make run-cluster does (2x2 ClickHouse, 3 NATS nodes, a process per role)")
 	jsonPath := flag.String("json", "", "also write the figures as JSON to this file")
 	flag.Parse()
