@@ -27,6 +27,13 @@ type Config struct {
 	BatchBytes int
 	// FlushInterval is the longest a change waits for its batch to fill.
 	FlushInterval time.Duration
+	// InsertInterval spaces a busy ingester's inserts: one that inserted
+	// less than InsertInterval times the number of ingesters ago gathers
+	// what it reads meanwhile into its next insert (up to BatchSize times
+	// that number of rows, or BatchBytes). Few large inserts leave
+	// ClickHouse fewer parts to merge, however many ingesters share the
+	// work. The first insert after a pause is not delayed.
+	InsertInterval time.Duration
 	// LeaseTTL is how long a partition claim outlives its last renewal:
 	// another ingester takes a dead one's partitions over that long after
 	// it died (ADR 0008).
@@ -35,15 +42,16 @@ type Config struct {
 
 // Validate checks the configuration.
 func (c Config) Validate() error {
-	if c.BatchSize < 1 || c.BatchBytes < 1 || c.FlushInterval <= 0 || c.LeaseTTL <= 0 {
-		return fmt.Errorf("ingester batch size, batch bytes, flush interval and lease TTL must be positive")
+	if c.BatchSize < 1 || c.BatchBytes < 1 || c.FlushInterval <= 0 || c.InsertInterval <= 0 || c.LeaseTTL <= 0 {
+		return fmt.Errorf("ingester batch size, batch bytes, flush interval, insert interval and lease TTL must be positive")
 	}
 	return nil
 }
 
 // DefaultConfig returns sane defaults.
 func DefaultConfig() Config {
-	return Config{BatchSize: 10000, BatchBytes: 16 << 20, FlushInterval: 50 * time.Millisecond, LeaseTTL: 10 * time.Second}
+	return Config{BatchSize: 10000, BatchBytes: 16 << 20, FlushInterval: 50 * time.Millisecond,
+		InsertInterval: 250 * time.Millisecond, LeaseTTL: 10 * time.Second}
 }
 
 // Deps are what the ingester works with.
@@ -324,17 +332,41 @@ type committer struct {
 // crashed predecessor stored (their change log is completed first).
 type pendingCommit struct {
 	rows      []chstore.Row
+	bytes     int
 	next      streams.Watermark
 	recovered []uint64
 }
 
+// merge appends q, the batch after p, to p.
+func (p *pendingCommit) merge(q pendingCommit) {
+	p.rows = append(p.rows, q.rows...)
+	p.bytes += q.bytes
+	p.next = q.next
+	p.recovered = append(p.recovered, q.recovered...)
+}
+
+// maxInsertInterval caps the spacing of inserts, however many ingesters
+// share the partitions: well within a claim's renewal period.
+const maxInsertInterval = time.Second
+
 // startCommitter starts a committer that commits under ctx, for partitions
 // held, and cancels ctx on an error. from is the follow's starting stamp.
+// It spaces its inserts by InsertInterval times the ingesters' number
+// (16 / partitions held), gathering the batches that arrive meanwhile.
 func (in *Ingester) startCommitter(ctx context.Context, cancel context.CancelCauseFunc, c *claims, held []int, from uint64) *committer {
 	cm := &committer{ctx: ctx, commits: make(chan pendingCommit, 1), done: make(chan struct{})}
+	scale := streams.ChangePartitions / len(held)
+	interval := min(in.cfg.InsertInterval*time.Duration(scale), maxInsertInterval)
+	g := gatherer{in: cm.commits, maxRows: in.cfg.BatchSize * scale, maxBytes: in.cfg.BatchBytes}
 	go func() {
 		defer close(cm.done)
-		for p := range cm.commits {
+		var last time.Time
+		for {
+			p, ok := g.next(ctx, time.Until(last.Add(interval)))
+			if !ok {
+				return
+			}
+			last = time.Now()
 			if err := in.commit(ctx, c, held, p, from); err != nil {
 				cancel(err)
 				return
@@ -342,6 +374,57 @@ func (in *Ingester) startCommitter(ctx context.Context, cancel context.CancelCau
 		}
 	}()
 	return cm
+}
+
+// gatherer takes the batches sent to a committer and gathers them into
+// inserts.
+type gatherer struct {
+	in                chan pendingCommit
+	carry             *pendingCommit // a batch taken that the last insert had no room for
+	closed            bool
+	maxRows, maxBytes int
+}
+
+// next returns the next insert: the next batch, and those that arrive
+// within wait after it, while they fit. false when the batches have ended.
+// Batches gathered are never split: a message's versions go in one insert.
+func (g *gatherer) next(ctx context.Context, wait time.Duration) (pendingCommit, bool) {
+	var p pendingCommit
+	switch {
+	case g.carry != nil:
+		p, g.carry = *g.carry, nil
+	case g.closed:
+		return p, false
+	default:
+		var ok bool
+		if p, ok = <-g.in; !ok {
+			return p, false
+		}
+	}
+	if wait <= 0 || g.closed {
+		return p, true
+	}
+	timer := time.NewTimer(wait)
+	defer timer.Stop()
+	for len(p.rows) < g.maxRows && p.bytes < g.maxBytes {
+		select {
+		case q, ok := <-g.in:
+			if !ok {
+				g.closed = true // the follow ended: insert what it read at once
+				return p, true
+			}
+			if len(p.rows)+len(q.rows) > g.maxRows || p.bytes+q.bytes > g.maxBytes {
+				g.carry = &q
+				return p, true
+			}
+			p.merge(q)
+		case <-timer.C:
+			return p, true
+		case <-ctx.Done():
+			return p, true
+		}
+	}
+	return p, true
 }
 
 // send hands a batch to the committer; false if the follow ended first.
@@ -382,7 +465,7 @@ func (f *follower) fetchOnce(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("fetch changes: %w", err)
 	}
-	rows, next, err := f.read(ctx, batch)
+	rows, size, next, err := f.read(ctx, batch)
 	cancelFetch()
 	if err != nil {
 		return err
@@ -392,7 +475,7 @@ func (f *follower) fetchOnce(ctx context.Context) error {
 	}
 	f.idle = next.Seq == f.assigned.Seq
 	if !f.idle {
-		f.commits.send(pendingCommit{rows, next, f.takeRecovered()})
+		f.commits.send(pendingCommit{rows, size, next, f.takeRecovered()})
 		f.assigned = next
 	}
 	return nil
@@ -428,20 +511,20 @@ func (f *follower) fetch(ctx context.Context) (jetstream.MessageBatch, context.C
 
 // read stamps the messages of batch after f.assigned and turns those of
 // the partitions held into rows, sending what it has to the committer
-// whenever it reaches BatchBytes, and returns the rows left with the
-// position of the last message. A gap in the consumer's delivery sequence
-// is an error: a change was lost.
-func (f *follower) read(ctx context.Context, batch jetstream.MessageBatch) ([]chstore.Row, streams.Watermark, error) {
+// whenever it reaches BatchBytes, and returns the rows left, their bytes
+// of resource and the position of the last message. A gap in the
+// consumer's delivery sequence is an error: a change was lost.
+func (f *follower) read(ctx context.Context, batch jetstream.MessageBatch) ([]chstore.Row, int, streams.Watermark, error) {
 	rows := make([]chstore.Row, 0, 1024)
 	next := f.assigned
 	size := 0
 	for msg := range batch.Messages() {
 		md, err := msg.Metadata()
 		if err != nil {
-			return nil, next, fmt.Errorf("read change metadata: %w", err)
+			return nil, 0, next, fmt.Errorf("read change metadata: %w", err)
 		}
 		if md.Sequence.Consumer != f.delivered+1 {
-			return nil, next, fmt.Errorf("fetch changes: delivery %d follows %d: a change was lost on the way", md.Sequence.Consumer, f.delivered)
+			return nil, 0, next, fmt.Errorf("fetch changes: delivery %d follows %d: a change was lost on the way", md.Sequence.Consumer, f.delivered)
 		}
 		f.delivered = md.Sequence.Consumer
 		seq := md.Sequence.Stream
@@ -462,7 +545,7 @@ func (f *follower) read(ctx context.Context, batch jetstream.MessageBatch) ([]ch
 		body := msg
 		if f.bodies != nil {
 			if body, err = f.bodies.next(ctx, seq); err != nil {
-				return nil, next, err
+				return nil, 0, next, err
 			}
 		}
 		next = streams.Watermark{Seq: seq, Stamp: stamp}
@@ -486,13 +569,13 @@ func (f *follower) read(ctx context.Context, batch jetstream.MessageBatch) ([]ch
 		rows = append(rows, versions...)
 		if size >= f.in.cfg.BatchBytes {
 			// Insert what we have; the rest of the fetch continues the batch.
-			if !f.commits.send(pendingCommit{rows, next, f.takeRecovered()}) {
+			if !f.commits.send(pendingCommit{rows, size, next, f.takeRecovered()}) {
 				break
 			}
 			rows, size = make([]chstore.Row, 0, 1024), 0
 		}
 	}
-	return rows, next, nil
+	return rows, size, next, nil
 }
 
 // unstored leaves out of the versions of change seq those a crashed
