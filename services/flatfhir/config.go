@@ -3,6 +3,7 @@ package flatfhir
 import (
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -71,7 +72,10 @@ type Config struct {
 	TLSKey  string
 	// OTLPEndpoint receives traces and metrics when set.
 	OTLPEndpoint string
-	LogLevel     string
+	// DebugListen, when set, serves Go's runtime profiles
+	// (/debug/pprof/) on this address, without authentication.
+	DebugListen string
+	LogLevel    string
 }
 
 // FromEnv reads the configuration from the environment.
@@ -88,6 +92,7 @@ func FromEnv() (Config, error) {
 		TLSCert:            env("FLATFHIR_TLS_CERT", ""),
 		TLSKey:             env("FLATFHIR_TLS_KEY", ""),
 		OTLPEndpoint:       env("FLATFHIR_OTLP_ENDPOINT", ""),
+		DebugListen:        env("FLATFHIR_DEBUG_LISTEN", ""),
 		LogLevel:           env("FLATFHIR_LOG_LEVEL", "info"),
 	}
 	var errs []error
@@ -163,6 +168,11 @@ func (c Config) Validate() error {
 	}
 	if (c.TLSCert == "") != (c.TLSKey == "") {
 		return errors.New("FLATFHIR_TLS_CERT and FLATFHIR_TLS_KEY go together")
+	}
+	if c.DebugListen != "" {
+		if _, _, err := net.SplitHostPort(c.DebugListen); err != nil {
+			return fmt.Errorf("FLATFHIR_DEBUG_LISTEN=%q is not host:port (e.g. 127.0.0.1:6060): %w", c.DebugListen, err)
+		}
 	}
 	if c.AdminToken != "" && len(c.AdminToken) < 16 {
 		return errors.New("FLATFHIR_ADMIN_TOKEN must be at least 16 characters")

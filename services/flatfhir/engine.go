@@ -46,6 +46,7 @@ type Engine struct {
 	js      jetstream.JetStream
 	store   *chstore.Store
 	apiLn   net.Listener
+	debug   *debugServer
 	// runners are the services, each in its shutdown stage.
 	runners []runner
 }
@@ -80,6 +81,11 @@ func Start(ctx context.Context, cfg Config, tune Tuning, log *slog.Logger) (_ *E
 			e.close()
 		}
 	}()
+	if cfg.DebugListen != "" {
+		if e.debug, err = startDebug(cfg.DebugListen, log); err != nil {
+			return nil, err
+		}
+	}
 	if e.tel = tune.Telemetry; e.tel == nil {
 		if e.tel, err = telemetry.Setup(ctx, telemetry.Config{ServiceName: "flatfhir-" + cfg.Role, OTLPEndpoint: cfg.OTLPEndpoint, Insecure: true}); err != nil {
 			return nil, err
@@ -249,6 +255,15 @@ func (e *Engine) APIURL() string {
 	return "http://" + e.APIAddr()
 }
 
+// DebugAddr is the address of the profiles server (FLATFHIR_DEBUG_LISTEN),
+// or "" when there is none.
+func (e *Engine) DebugAddr() string {
+	if e.debug == nil {
+		return ""
+	}
+	return e.debug.Addr()
+}
+
 // APIAddr is where the API listens (role all or api).
 func (e *Engine) APIAddr() string {
 	if e.apiLn == nil {
@@ -298,6 +313,9 @@ func (e *Engine) Run(ctx context.Context) error {
 }
 
 func (e *Engine) close() {
+	if e.debug != nil {
+		e.debug.close()
+	}
 	if e.nc != nil {
 		// Every service has stopped: send what they queued (acks and naks
 		// of messages they gave up) before the connection and server go.
