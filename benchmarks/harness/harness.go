@@ -116,6 +116,11 @@ func (h *harness) setUp(ctx context.Context) error {
 			return err
 		}
 	}
+	if o.ProfileDir != "" {
+		if err := os.MkdirAll(o.ProfileDir, 0o755); err != nil {
+			return fmt.Errorf("profile directory: %w", err)
+		}
+	}
 	for _, sub := range []string{"bin", "logs", "clickhouse", "nats"} {
 		if err := os.MkdirAll(filepath.Join(h.dir, sub), 0o755); err != nil {
 			return err
@@ -179,10 +184,18 @@ func (h *harness) setUp(ctx context.Context) error {
 			"FLATFHIR_DATA_DIR":        filepath.Join(h.dir, "logs"),
 			"FLATFHIR_SAMPLE_PATIENTS": "0",
 		}
+		if o.ProfileDir != "" {
+			port, err := freePort()
+			if err != nil {
+				return err
+			}
+			env["FLATFHIR_DEBUG_LISTEN"] = "127.0.0.1:" + strconv.Itoa(port)
+		}
 		c, err := startChild(bin, role, env, filepath.Join(h.dir, "logs", role+".log"))
 		if err != nil {
 			return err
 		}
+		c.debug = env["FLATFHIR_DEBUG_LISTEN"]
 		h.children = append(h.children, c)
 	}
 	return h.waitReady(ctx)
@@ -316,18 +329,34 @@ func (h *harness) notReady(ctx context.Context) string {
 func (h *harness) measure(ctx context.Context) error {
 	o := h.opts
 	fmt.Fprintf(o.Progress, "bulkbench: generating and ingesting %d patients (about %s resources)\n", o.Patients, group(int64(h.report.Setup.EstimatedResources)))
-	in, err := h.ingest(ctx)
-	h.report.Ingest = in
+	err := h.measurePhase(ctx, "ingest", func(ctx context.Context) error {
+		in, err := h.ingest(ctx)
+		h.report.Ingest = in
+		return err
+	})
 	if err != nil {
 		return err
 	}
-	if h.report.Ingest.RawInsert, err = h.rawInsert(ctx); err != nil {
+	err = h.measurePhase(ctx, "raw insert", func(ctx context.Context) (err error) {
+		h.report.Ingest.RawInsert, err = h.rawInsert(ctx)
+		return err
+	})
+	if err != nil {
 		return fmt.Errorf("raw insert: %w", err)
 	}
 	h.report.Ingest.RatioQueryableToRawInsert = ratio(h.report.Ingest.Queryable.ResourcesPerSec, h.report.Ingest.RawInsert.ResourcesPerSec)
 	for run := 1; run <= o.Runs; run++ {
 		fmt.Fprintf(o.Progress, "bulkbench: export run %d of %d\n", run, o.Runs)
-		res, err := h.export(ctx, run)
+		var res RunResult
+		export := func(ctx context.Context) (err error) {
+			res, err = h.export(ctx, run)
+			return err
+		}
+		if run == 1 {
+			err = h.measurePhase(ctx, "export", export)
+		} else {
+			err = export(ctx)
+		}
 		if err != nil {
 			return fmt.Errorf("export run %d: %w", run, err)
 		}
@@ -335,7 +364,16 @@ func (h *harness) measure(ctx context.Context) error {
 			h.warn("run %d: releasing the export: %v", run, err)
 		}
 		fmt.Fprintf(o.Progress, "bulkbench: raw ClickHouse read %d of %d\n", run, o.Runs)
-		if res.Raw, err = h.rawRead(ctx); err != nil {
+		rawRead := func(ctx context.Context) (err error) {
+			res.Raw, err = h.rawRead(ctx)
+			return err
+		}
+		if run == 1 {
+			err = h.measurePhase(ctx, "raw read", rawRead)
+		} else {
+			err = rawRead(ctx)
+		}
+		if err != nil {
 			return fmt.Errorf("raw read %d: %w", run, err)
 		}
 		res.RatioManifest = ratio(res.ToManifest.ResourcesPerSec, res.Raw.ResourcesPerSec)

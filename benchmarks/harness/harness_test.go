@@ -9,6 +9,8 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -60,6 +62,7 @@ func TestRunTiny(t *testing.T) {
 	opts.ChangeFraction = 0.01 // about 15 changes, 3 of them deletes
 	opts.ChainRounds, opts.ChainChanges = 2, 20
 	opts.ClientRuns = 2
+	opts.ProfileDir = t.TempDir()
 	opts.Progress = &logWriter{t: t}
 	rep, err := Run(ctx, opts)
 	if err != nil {
@@ -155,11 +158,41 @@ func TestRunTiny(t *testing.T) {
 		}
 	}
 
+	// Every phase has every process's CPU time; the engine processes and
+	// the harness left a CPU profile of each phase that go tool pprof reads.
+	var phases []string
+	for _, ph := range rep.Phases {
+		phases = append(phases, ph.Name)
+		cpu := map[string]CPU{}
+		for _, c := range ph.CPU {
+			if c.Seconds < 0 {
+				t.Errorf("%s: %s spent %v CPU-seconds", ph.Name, c.Process, c.Seconds)
+			}
+			cpu[strings.Fields(c.Process)[len(strings.Fields(c.Process))-1]] = c
+		}
+		for _, p := range []string{"api", "ingester", "planner", "writer", "clickhouse-server", "client)"} {
+			c, ok := cpu[p]
+			if !ok {
+				t.Errorf("%s: no CPU time of %s in %+v", ph.Name, p, ph.CPU)
+				continue
+			}
+			if p == "clickhouse-server" {
+				continue // not a Go process
+			}
+			if _, err := os.Stat(c.Profile); c.Profile == "" || err != nil || filepath.Dir(c.Profile) != opts.ProfileDir {
+				t.Errorf("%s: profile of %s %q: %v", ph.Name, p, c.Profile, err)
+			}
+		}
+	}
+	if want := []string{"ingest", "raw insert", "export", "raw read"}; !slices.Equal(phases, want) {
+		t.Errorf("phases %q, want %q", phases, want)
+	}
+
 	var table bytes.Buffer
 	if err := rep.WriteTable(&table); err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"accepted", "queryable", "kick-off -> manifest", "raw ClickHouse read", "INCREMENTAL", "CHAINED EXPORTS", "VERIFIED", "flatfhir writer"} {
+	for _, want := range []string{"accepted", "queryable", "kick-off -> manifest", "raw ClickHouse read", "INCREMENTAL", "CHAINED EXPORTS", "VERIFIED", "flatfhir writer", "CPU during the ingest"} {
 		if !strings.Contains(table.String(), want) {
 			t.Errorf("table lacks %q:\n%s", want, table.String())
 		}
@@ -229,5 +262,63 @@ func TestDownloadVerifies(t *testing.T) {
 		if c.ok && (lines != 2 || n != int64(len(files[c.path]))) {
 			t.Errorf("%s: %d lines, %d bytes", c.path, lines, n)
 		}
+	}
+}
+
+// TestTopFunctionsNameTheCodeThatSpentTheCPU: a profile of a loop that
+// copies names the runtime's copy as the leaf, and the loop's function as
+// the code that spent the time.
+func TestTopFunctionsNameTheCodeThatSpentTheCPU(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "cpu.pprof")
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		t.Fatal(err)
+	}
+	before, err := cpuSeconds(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	copyFor(500 * time.Millisecond)
+	pprof.StopCPUProfile()
+	f.Close()
+	after, err := cpuSeconds(os.Getpid())
+	if err != nil || after-before < 0.2 {
+		t.Errorf("half a second of copying counted as %.2f CPU-seconds (%v)", after-before, err)
+	}
+	leaf, code, err := topFunctions(path, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(leaf) == 0 || len(code) == 0 {
+		t.Fatalf("no functions: %v %v", leaf, code)
+	}
+	if !stdlib(leaf[0].Function) {
+		t.Errorf("top leaf %q, want the runtime's copy or the standard library", leaf[0].Function)
+	}
+	if !strings.HasSuffix(code[0].Function, "harness.copyFor") || code[0].Percent < 50 {
+		t.Errorf("top code %+v, want harness.copyFor with most of the time", code)
+	}
+	for _, fn := range []string{"runtime.memmove", "encoding/json.checkValid", "internal/runtime/syscall/linux.Syscall6"} {
+		if !stdlib(fn) {
+			t.Errorf("%s is not counted as the standard library", fn)
+		}
+	}
+	for _, fn := range []string{"github.com/flatfhir/flatfhir/services/ingester.(*follower).read", "github.com/nats-io/nats-server/v2/server.(*fileStore).storeRawMsg"} {
+		if stdlib(fn) {
+			t.Errorf("%s is counted as the standard library", fn)
+		}
+	}
+}
+
+var sink []byte
+
+// copyFor copies a megabyte over and over for d.
+func copyFor(d time.Duration) {
+	src := bytes.Repeat([]byte("x"), 1<<20)
+	for end := time.Now().Add(d); time.Now().Before(end); {
+		sink = append(sink[:0], src...)
 	}
 }

@@ -60,6 +60,11 @@ type Options struct {
 	// shards × 2 replicas, 3 NATS nodes, one process per role instance
 	// (2 ingesters, 2 writer processes of Writers/2 writers each).
 	Cluster bool
+	// ProfileDir, when set, receives CPU profiles of the ingest and the
+	// first export run: the harness's own, and every engine process's
+	// (served on FLATFHIR_DEBUG_LISTEN), for go tool pprof; the report
+	// names each process's top functions.
+	ProfileDir string
 }
 
 // DefaultOptions are bulkbench's defaults: about a million resources.

@@ -62,6 +62,7 @@ type child struct {
 	role    string
 	cmd     *exec.Cmd
 	logPath string
+	debug   string // FLATFHIR_DEBUG_LISTEN, when profiling
 	done    chan struct{}
 	waitErr error // valid once done is closed
 }

@@ -131,6 +131,9 @@ type Report struct {
 	Runs      []RunResult  `json:"runs"`
 	Median    Medians      `json:"median"`
 	Memory    []Memory     `json:"peakMemory"`
+	// Phases are the CPU time of every process during the ingest and the
+	// first export run.
+	Phases []Phase `json:"phases"`
 	// Incremental is the _since measurement, when one was made.
 	Incremental *IncrementalResult `json:"incremental,omitempty"`
 	// Client is the real-client latency, when it was measured.
@@ -292,6 +295,27 @@ func (r *Report) WriteTable(w io.Writer) error {
 			c.Rounds, c.Seconds, group(int64(c.Changes)), c.Transactions, c.GroupChanges, group(int64(c.Concurrent)), c.Straddled, group(int64(c.Applied)), group(int64(c.Compared)))
 	}
 
+	for _, ph := range r.Phases {
+		fmt.Fprintf(w, "\nCPU during the %s (%.1f s; %d CPUs = %.1f CPU-seconds):\n", ph.Name, ph.Seconds, s.CPUs, ph.Seconds*float64(s.CPUs))
+		for _, c := range ph.CPU {
+			fmt.Fprintf(w, "  %-38s %9.1f s   %3.0f%% of a CPU\n", c.Process, c.Seconds, 100*c.Seconds/max(ph.Seconds, 1e-9))
+			for i := range max(len(c.Top), len(c.TopCode)) {
+				var leaf, code string
+				if i < len(c.Top) {
+					leaf = fmt.Sprintf("%5.1f%%  %s", c.Top[i].Percent, shortFunc(c.Top[i].Function))
+				}
+				if i < len(c.TopCode) {
+					code = fmt.Sprintf("%5.1f%%  %s", c.TopCode[i].Percent, shortFunc(c.TopCode[i].Function))
+				}
+				fmt.Fprintf(w, "      %-52s %s\n", leaf, code)
+			}
+		}
+	}
+
+	if r.profiled() {
+		fmt.Fprintf(w, "(profiled: left, leaf functions; right, the code that called the runtime and standard library)\n")
+	}
+
 	fmt.Fprintf(w, "\nPeak memory (VmHWM):\n")
 	for _, m := range r.Memory {
 		fmt.Fprintf(w, "  %-38s %9.1f MiB   (pid %d)\n", m.Process, m.PeakMiB, m.PID)
@@ -309,4 +333,26 @@ func (r *Report) WriteTable(w io.Writer) error {
 		fmt.Fprintf(w, "kept: %s (logs in %s)\n", r.KeptDir, r.KeptDir+"/logs")
 	}
 	return nil
+}
+
+// shortFunc drops the module path of a function's name:
+// github.com/flatfhir/flatfhir/services/ingester.(*follower).read becomes
+// ingester.(*follower).read.
+func shortFunc(fn string) string {
+	if i := strings.LastIndexByte(fn, '/'); i >= 0 {
+		return fn[i+1:]
+	}
+	return fn
+}
+
+// profiled reports whether the phases hold profiles.
+func (r *Report) profiled() bool {
+	for _, ph := range r.Phases {
+		for _, c := range ph.CPU {
+			if len(c.Top) > 0 {
+				return true
+			}
+		}
+	}
+	return false
 }

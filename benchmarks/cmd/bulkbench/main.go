@@ -27,6 +27,7 @@ func main() {
 	flag.BoolVar(&opts.Keep, "keep", false, "keep the temporary directory (data, logs, binary)")
 	flag.IntVar(&opts.Ingesters, "ingesters", 1, "ingester processes (they share the 16 partitions of CHANGES and insert in parallel)")
 	flag.BoolVar(&opts.Cluster, "cluster", false, "run the engine on a local cluster as make run-cluster does (2x2 ClickHouse, 3 NATS nodes, a process per role)")
+	flag.StringVar(&opts.ProfileDir, "profile", "", "write CPU profiles of the ingest and the first export (the harness and every engine process) into this directory, and name each process's top functions")
 	jsonPath := flag.String("json", "", "also write the figures as JSON to this file")
 	flag.Parse()
 	opts.Progress = os.Stderr
