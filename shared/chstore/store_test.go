@@ -281,3 +281,50 @@ func TestStorePointReadsTouchOneSmallGranule(t *testing.T) {
 		t.Errorf("reading one resource read %d rows, want 1 to %d", read, limit)
 	}
 }
+
+// TestStoreInsertIsOnePartHoweverManyBlocks: a large insert sends its rows
+// in blocks of a few megabytes, and the server still writes one part per
+// table for it: what was stored is read back whole, and nothing was merged
+// to get there (the part's level is 0).
+func TestStoreInsertIsOnePartHoweverManyBlocks(t *testing.T) {
+	cfg := testenv.ClickHouse(t)
+	s, err := chstore.Open(t.Context(), cfg, testenv.Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	body := `{"resourceType":"Patient","text":"` + strings.Repeat("x", 3<<20) + `"}`
+	var rows []chstore.Row
+	for i := range 5 { // 15 MiB: four blocks
+		id := fmt.Sprintf("big-%d", i)
+		rows = append(rows, chstore.Row{Type: "Patient", ID: id, Seq: uint64(i + 1), LastUpdated: uint64(10 * (i + 1)), Body: []byte(body)})
+	}
+	if err := s.Insert(t.Context(), rows); err != nil {
+		t.Fatal(err)
+	}
+	got := readAll(t, s, chstore.Range{Type: "Patient", HashHi: chstore.HashSpace, Until: 100}, false)
+	if len(got) != len(rows) {
+		t.Fatalf("read %d resources back, want %d", len(got), len(rows))
+	}
+	for id, b := range got {
+		if b != body {
+			t.Errorf("%s came back with %d bytes, want %d", id, len(b), len(body))
+		}
+	}
+	conn, err := clickhouse.Open(&clickhouse.Options{Addr: cfg.Addr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	for _, table := range []string{chstore.Table, chstore.ChangesTable} {
+		var parts, level, n uint64
+		err := conn.QueryRow(t.Context(), "SELECT count(), toUInt64(max(level)), sum(rows) FROM system.parts WHERE active AND database = ? AND table = ?",
+			cfg.Database, table).Scan(&parts, &level, &n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if parts != 1 || level != 0 || n != uint64(len(rows)) {
+			t.Errorf("%s: %d parts (highest level %d) holding %d rows; want one unmerged part of %d", table, parts, level, n, len(rows))
+		}
+	}
+}

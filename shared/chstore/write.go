@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unsafe"
 
 	"github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
@@ -86,6 +87,7 @@ func (s *Store) insertOnce(ctx context.Context, sh *shard, table string, rows []
 	if err != nil {
 		return fmt.Errorf("prepare insert into %s: %w", table, err)
 	}
+	block := 0
 	for i := range rows {
 		r := &rows[i]
 		var del uint8
@@ -96,15 +98,38 @@ func (s *Store) insertOnce(ctx context.Context, sh *shard, table string, rows []
 		if patients == nil {
 			patients = []string{}
 		}
-		if err := b.Append(r.Type, r.ID, IDHash(r.ID), r.Seq, r.LastUpdated, del, patients, string(r.Body)); err != nil {
+		// The driver copies the body into its column: no copy of our own.
+		if err := b.Append(r.Type, r.ID, IDHash(r.ID), r.Seq, r.LastUpdated, del, patients, bytesAsString(r.Body)); err != nil {
 			_ = b.Abort()
 			return fmt.Errorf("append row %s/%s to insert: %w", r.Type, r.ID, err)
+		}
+		// Send the block so far: the column buffers are reused instead
+		// of growing to the whole insert. The server squashes an insert's
+		// blocks into one part.
+		if block += len(r.Body); block >= insertBlockBytes {
+			if err := b.Flush(); err != nil {
+				_ = b.Abort()
+				return fmt.Errorf("insert %d rows into %s: %w", len(rows), table, err)
+			}
+			block = 0
 		}
 	}
 	if err := b.Send(); err != nil {
 		return fmt.Errorf("insert %d rows into %s: %w", len(rows), table, err)
 	}
 	return nil
+}
+
+// insertBlockBytes is how many bytes of resource an insert sends per block.
+const insertBlockBytes = 4 << 20
+
+// bytesAsString views b as a string without copying it; b must not change
+// while the string is in use.
+func bytesAsString(b []byte) string {
+	if len(b) == 0 {
+		return ""
+	}
+	return unsafe.String(&b[0], len(b))
 }
 
 // VersionKey names one stored version: a change's seq, and the resource
