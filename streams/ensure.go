@@ -17,7 +17,8 @@ type Config struct {
 	// published; the ingester must have consumed it by then.
 	ChangesMaxAge time.Duration
 	// TaskAckWait is how long a writer may hold a task without a heartbeat
-	// before it is handed to another writer.
+	// before it is handed to another writer: about how long a task of a
+	// writer that died waits. Writers send five heartbeats per ack wait.
 	TaskAckWait time.Duration
 	// TaskMaxDeliver bounds the attempts at one task.
 	TaskMaxDeliver int
@@ -27,7 +28,7 @@ type Config struct {
 
 // DefaultConfig is the one-machine configuration.
 func DefaultConfig() Config {
-	return Config{Replicas: 1, ChangesMaxAge: 7 * 24 * time.Hour, TaskAckWait: 60 * time.Second, TaskMaxDeliver: 8}
+	return Config{Replicas: 1, ChangesMaxAge: 7 * 24 * time.Hour, TaskAckWait: 5 * time.Second, TaskMaxDeliver: 8}
 }
 
 func (c Config) storage() jetstream.StorageType {

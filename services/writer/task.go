@@ -50,14 +50,23 @@ func (w *Writer) checkJob(ctx context.Context, task streams.Task) error {
 // watch keeps the task message alive and cancels the attempt promptly when
 // the job is cancelled.
 func (w *Writer) watch(ctx context.Context, cancel context.CancelCauseFunc, msg jetstream.Msg, task streams.Task) {
-	t := time.NewTicker(w.cfg.CheckEvery)
+	every := w.heartbeat
+	if every <= 0 {
+		every = w.cfg.CheckEvery
+	}
+	t := time.NewTicker(every)
 	defer t.Stop()
+	checked := time.Now()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 			_ = msg.InProgress()
+			if time.Since(checked) < w.cfg.CheckEvery {
+				continue
+			}
+			checked = time.Now()
 			if err := w.checkJob(ctx, task); errors.Is(err, errJobGone) {
 				cancel(errJobGone)
 				return

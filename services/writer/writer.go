@@ -20,8 +20,9 @@ import (
 type Config struct {
 	// Concurrency is how many tasks this writer runs at once.
 	Concurrency int
-	// CheckEvery is how often a running task checks for cancellation and
-	// tells JetStream it is alive.
+	// CheckEvery is how often a running task checks for cancellation. It
+	// tells JetStream it is alive five times per ack wait of the tasks'
+	// consumer (streams.Config.TaskAckWait), and at least this often.
 	CheckEvery time.Duration
 	// MaxDeliver must match the consumer's: the last attempt of a failing
 	// task fails the job (status 500 with an OperationOutcome naming the
@@ -61,6 +62,7 @@ type Writer struct {
 	duration  metric.Float64Histogram
 	jobs      streams.Jobs
 	files     jetstream.ObjectStore
+	heartbeat time.Duration // how often a running task tells JetStream it is alive
 }
 
 // New builds a writer.
@@ -99,10 +101,21 @@ func (w *Writer) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("open consumer %s: %w", streams.ConsumerWriters, err)
 	}
+	w.heartbeat = heartbeatEvery(cons.CachedInfo().Config.AckWait, w.cfg.CheckEvery)
 	if err := streams.Work(ctx, cons, w.cfg.Concurrency, w.handle); err != nil {
 		return fmt.Errorf("consume %s: %w", streams.StreamExportTasks, err)
 	}
 	return nil
+}
+
+// heartbeatEvery is how often a task in progress is reported alive: five
+// times per ack wait, so that a task of a writer that died is handed to
+// another within one ack wait, and one lost heartbeat changes nothing.
+func heartbeatEvery(ackWait, checkEvery time.Duration) time.Duration {
+	if ackWait <= 0 {
+		return checkEvery
+	}
+	return min(checkEvery, max(ackWait/5, 100*time.Millisecond))
 }
 
 func (w *Writer) handle(ctx context.Context, msg jetstream.Msg) {
