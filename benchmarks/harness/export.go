@@ -29,6 +29,12 @@ type (
 
 // export runs one system-level export, downloads and verifies every file.
 func (h *harness) export(ctx context.Context, run int) (RunResult, error) {
+	return h.exportWith(ctx, run, nil)
+}
+
+// exportWith is export, calling during(start) in its own goroutine once the
+// export is kicked off; the export waits for it before it returns.
+func (h *harness) exportWith(ctx context.Context, run int, during func(start time.Time) error) (_ RunResult, err error) {
 	res := RunResult{Run: run}
 	start := time.Now()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, h.base+"/$export", nil)
@@ -47,6 +53,15 @@ func (h *harness) export(ctx context.Context, run int) (RunResult, error) {
 	res.StatusURL = resp.Header.Get("Content-Location")
 	if !strings.HasPrefix(res.StatusURL, h.base+"/") {
 		return res, fmt.Errorf("kick-off: Content-Location %q is not a URL on %s", res.StatusURL, h.base)
+	}
+	if during != nil {
+		done := make(chan error, 1)
+		go func() { done <- during(start) }()
+		defer func() {
+			if derr := <-done; derr != nil && err == nil {
+				err = derr
+			}
+		}()
 	}
 
 	m, polls, err := h.await(ctx, res.StatusURL)

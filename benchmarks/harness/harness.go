@@ -14,6 +14,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -45,6 +46,7 @@ type harness struct {
 	js       jetstream.JetStream
 	store    *chstore.Store
 	children []*child
+	childMu  sync.Mutex // guards children while one is replaced (the writer kill)
 	base     string
 
 	client         *http.Client // small requests
@@ -383,6 +385,15 @@ func (h *harness) measure(ctx context.Context) error {
 	h.report.computeMedians()
 	h.report.Verified = true
 
+	if o.KillWriter {
+		k, err := h.writerKill(ctx)
+		h.report.WriterKill = k
+		if err != nil {
+			h.report.Verified = false
+			return fmt.Errorf("export with the writer killed: %w", err)
+		}
+	}
+
 	// Before any change, so that each export holds what was ingested.
 	if o.ClientRuns > 0 {
 		cr, err := h.clientExports(ctx, o.ClientRuns)
@@ -452,6 +463,8 @@ func (h *harness) warn(format string, a ...any) {
 
 // childrenAlive fails when an engine process has exited.
 func (h *harness) childrenAlive() error {
+	h.childMu.Lock()
+	defer h.childMu.Unlock()
 	for _, c := range h.children {
 		if err := c.exited(); err != nil {
 			return err

@@ -63,6 +63,7 @@ func TestRunTiny(t *testing.T) {
 	opts.ChainRounds, opts.ChainChanges = 2, 20
 	opts.ClientRuns = 2
 	opts.ProfileDir = t.TempDir()
+	opts.KillWriter = true
 	opts.Progress = &logWriter{t: t}
 	rep, err := Run(ctx, opts)
 	if err != nil {
@@ -140,6 +141,10 @@ func TestRunTiny(t *testing.T) {
 		t.Errorf("incremental ratio %v against full %v (median %v)", inc.RatioToFull, inc.FullMedianToDownloaded, rep.Median.ToDownloaded.Seconds)
 	}
 
+	if k := rep.WriterKill; k == nil || !k.Verified || k.KilledAfter <= 0 || k.ToManifest <= k.KilledAfter || k.ToDownloaded < k.ToManifest {
+		t.Errorf("writer kill: %+v, want a verified export that ended after the kill", k)
+	}
+
 	if c := rep.Chain; c == nil || c.Rounds != 2 || c.Changes == 0 || c.Compared == 0 || c.Applied == 0 {
 		t.Errorf("chained exports: %+v", rep.Chain)
 	}
@@ -192,7 +197,7 @@ func TestRunTiny(t *testing.T) {
 	if err := rep.WriteTable(&table); err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"accepted", "queryable", "kick-off -> manifest", "raw ClickHouse read", "INCREMENTAL", "CHAINED EXPORTS", "VERIFIED", "flatfhir writer", "CPU during the ingest"} {
+	for _, want := range []string{"accepted", "queryable", "kick-off -> manifest", "raw ClickHouse read", "INCREMENTAL", "CHAINED EXPORTS", "VERIFIED", "flatfhir writer", "CPU during the ingest", "WRITER KILLED"} {
 		if !strings.Contains(table.String(), want) {
 			t.Errorf("table lacks %q:\n%s", want, table.String())
 		}

@@ -65,6 +65,11 @@ type Options struct {
 	// (served on FLATFHIR_DEBUG_LISTEN), for go tool pprof; the report
 	// names each process's top functions.
 	ProfileDir string
+	// KillWriter runs one more export after the timed ones, during which
+	// the writer process is killed with SIGKILL and started again at once,
+	// as a supervisor would: the report gives the export's extra seconds
+	// over the median, and the export is verified like the others.
+	KillWriter bool
 }
 
 // DefaultOptions are bulkbench's defaults: about a million resources.
@@ -131,6 +136,9 @@ func (o Options) Validate() error {
 	}
 	if o.PollInterval <= 0 || o.PollInterval > 200*time.Millisecond {
 		errs = append(errs, fmt.Errorf("poll interval must be in (0, 200ms], got %s", o.PollInterval))
+	}
+	if o.KillWriter && o.Cluster {
+		errs = append(errs, errors.New("the writer kill runs on one node; make test-cluster kills writers on a cluster"))
 	}
 	if o.ExportTimeout <= 0 {
 		errs = append(errs, errors.New("export timeout must be positive"))

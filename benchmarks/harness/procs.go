@@ -60,6 +60,8 @@ func buildEngine(ctx context.Context, root, out string) error {
 // child is one engine process playing one role.
 type child struct {
 	role    string
+	bin     string
+	env     map[string]string
 	cmd     *exec.Cmd
 	logPath string
 	debug   string // FLATFHIR_DEBUG_LISTEN, when profiling
@@ -93,7 +95,7 @@ func startChild(bin, role string, env map[string]string, logPath string) (*child
 		logf.Close()
 		return nil, fmt.Errorf("start %s (role %s): %w", bin, role, err)
 	}
-	c := &child{role: role, cmd: cmd, logPath: logPath, done: make(chan struct{})}
+	c := &child{role: role, bin: bin, env: env, cmd: cmd, logPath: logPath, done: make(chan struct{})}
 	go func() {
 		c.waitErr = cmd.Wait()
 		logf.Close()

@@ -138,6 +138,9 @@ type Report struct {
 	Incremental *IncrementalResult `json:"incremental,omitempty"`
 	// Client is the real-client latency, when it was measured.
 	Client *ClientResult `json:"client,omitempty"`
+	// WriterKill is the export during which the writer was killed, when
+	// one was run.
+	WriterKill *KillResult `json:"writerKill,omitempty"`
 	// Chain is the chained-export check, when one was run.
 	Chain *chain.Report `json:"chain,omitempty"`
 	// Verified is true when every run's files matched their manifest
@@ -288,6 +291,15 @@ func (r *Report) WriteTable(w io.Writer) error {
 		fmt.Fprintf(w, "\nA CLIENT HONOURING Retry-After (strict JSON; median of %d system exports)\n", c.Runs)
 		fmt.Fprintf(w, "  %-38s %9.2f s   (%d polls, %d throttled)\n", "kick-off -> manifest", c.ToManifest, c.Polls, c.Throttled)
 		fmt.Fprintf(w, "  %-38s %9.2f s\n", "kick-off -> last file downloaded", c.ToDownloaded)
+	}
+
+	if k := r.WriterKill; k != nil {
+		fmt.Fprintf(w, "\nWRITER KILLED (SIGKILL %.2f s after kick-off, started again at once)\n", k.KilledAfter)
+		fmt.Fprintf(w, "  %-38s %9.2f s   %+.2f s over the median export\n", "kick-off -> manifest", k.ToManifest, k.ExtraSeconds)
+		fmt.Fprintf(w, "  %-38s %9.2f s\n", "kick-off -> all files downloaded", k.ToDownloaded)
+		if k.Verified {
+			fmt.Fprintf(w, "  verified: every file matched its manifest count and the export held exactly the ingested resources.\n")
+		}
 	}
 
 	if c := r.Chain; c != nil {

@@ -28,6 +28,7 @@ func main() {
 	flag.IntVar(&opts.Ingesters, "ingesters", 1, "ingester processes (they share the 16 partitions of CHANGES and insert in parallel)")
 	flag.BoolVar(&opts.Cluster, "cluster", false, "run the engine on a local cluster as make run-cluster does (2x2 ClickHouse, 3 NATS nodes, a process per role)")
 	flag.StringVar(&opts.ProfileDir, "profile", "", "write CPU profiles of the ingest and the first export (the harness and every engine process) into this directory, and name each process's top functions")
+	flag.BoolVar(&opts.KillWriter, "kill-writer", false, "after the timed exports, run one during which the writer process is killed (SIGKILL) and started again, and report its extra seconds")
 	jsonPath := flag.String("json", "", "also write the figures as JSON to this file")
 	flag.Parse()
 	opts.Progress = os.Stderr
