@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -365,7 +366,7 @@ func (h *harness) measure(ctx context.Context) error {
 		if err := h.release(ctx, res.StatusURL); err != nil {
 			h.warn("run %d: releasing the export: %v", run, err)
 		}
-		fmt.Fprintf(o.Progress, "bulkbench: raw ClickHouse read %d of %d\n", run, o.Runs)
+		fmt.Fprintf(o.Progress, "bulkbench: raw reads %d of %d (Go scan, clickhouse-client)\n", run, o.Runs)
 		rawRead := func(ctx context.Context) (err error) {
 			res.Raw, err = h.rawRead(ctx)
 			return err
@@ -378,8 +379,28 @@ func (h *harness) measure(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("raw read %d: %w", run, err)
 		}
+		rawClient := func(ctx context.Context) (err error) {
+			res.RawClient, err = h.rawReadClient(ctx)
+			return err
+		}
+		if run == 1 {
+			err = h.measurePhase(ctx, "raw read, clickhouse-client", rawClient)
+		} else {
+			err = rawClient(ctx)
+		}
+		var noClient errNoClient
+		switch {
+		case errors.As(err, &noClient):
+			if run == 1 {
+				h.warn("raw read with clickhouse-client not measured: %v", noClient.error)
+			}
+		case err != nil:
+			return fmt.Errorf("raw read %d with clickhouse-client: %w", run, err)
+		}
 		res.RatioManifest = ratio(res.ToManifest.ResourcesPerSec, res.Raw.ResourcesPerSec)
 		res.RatioDownloaded = ratio(res.ToDownloaded.ResourcesPerSec, res.Raw.ResourcesPerSec)
+		res.RatioManifestClient = ratio(res.ToManifest.ResourcesPerSec, res.RawClient.ResourcesPerSec)
+		res.RatioDownloadedClient = ratio(res.ToDownloaded.ResourcesPerSec, res.RawClient.ResourcesPerSec)
 		h.report.Runs = append(h.report.Runs, res)
 	}
 	h.report.computeMedians()

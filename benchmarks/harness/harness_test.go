@@ -108,7 +108,8 @@ func TestRunTiny(t *testing.T) {
 		t.Errorf("run: %+v", run)
 	}
 	for name, r := range map[string]Rate{
-		"run to manifest": run.ToManifest, "run to downloaded": run.ToDownloaded, "run raw": run.Raw,
+		"run to manifest": run.ToManifest, "run to downloaded": run.ToDownloaded, "run raw": run.Raw, "run raw client": run.RawClient,
+		"median raw client":  rep.Median.RawClient,
 		"median to manifest": rep.Median.ToManifest, "median to downloaded": rep.Median.ToDownloaded, "median raw": rep.Median.Raw,
 	} {
 		positive(t, name, r)
@@ -116,7 +117,8 @@ func TestRunTiny(t *testing.T) {
 	if run.ToDownloaded.Seconds < run.ToManifest.Seconds {
 		t.Errorf("downloaded after %.3fs, before the manifest at %.3fs", run.ToDownloaded.Seconds, run.ToManifest.Seconds)
 	}
-	if run.RatioManifest <= 0 || run.RatioDownloaded <= 0 || rep.Median.RatioManifest <= 0 || rep.Median.RatioDownloaded <= 0 {
+	if run.RatioManifest <= 0 || run.RatioDownloaded <= 0 || rep.Median.RatioManifest <= 0 || rep.Median.RatioDownloaded <= 0 ||
+		run.RatioManifestClient <= 0 || rep.Median.RatioDownloadedClient <= 0 {
 		t.Errorf("ratios not positive: run %+v, median %+v", run, rep.Median)
 	}
 
@@ -189,7 +191,7 @@ func TestRunTiny(t *testing.T) {
 			}
 		}
 	}
-	if want := []string{"ingest", "raw insert", "export", "raw read"}; !slices.Equal(phases, want) {
+	if want := []string{"ingest", "raw insert", "export", "raw read", "raw read, clickhouse-client"}; !slices.Equal(phases, want) {
 		t.Errorf("phases %q, want %q", phases, want)
 	}
 
@@ -197,7 +199,7 @@ func TestRunTiny(t *testing.T) {
 	if err := rep.WriteTable(&table); err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"accepted", "queryable", "kick-off -> manifest", "raw ClickHouse read", "INCREMENTAL", "CHAINED EXPORTS", "VERIFIED", "flatfhir writer", "CPU during the ingest", "WRITER KILLED"} {
+	for _, want := range []string{"accepted", "queryable", "kick-off -> manifest", "raw read, Go scan", "raw read, clickhouse-client TSVRaw", "INCREMENTAL", "CHAINED EXPORTS", "VERIFIED", "flatfhir writer", "CPU during the ingest", "WRITER KILLED"} {
 		if !strings.Contains(table.String(), want) {
 			t.Errorf("table lacks %q:\n%s", want, table.String())
 		}

@@ -1,8 +1,11 @@
 package harness
 
 import (
+	"bytes"
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -24,29 +27,21 @@ func (h *harness) rawInsert(ctx context.Context) (Rate, error) {
 		h.warn("raw insert not measured on a cluster (it would need one client per shard)")
 		return Rate{}, nil
 	}
-	client, args := "clickhouse-client", []string{}
-	if _, err := exec.LookPath(client); err != nil {
-		client, args = "clickhouse", []string{"client"} // current releases: one binary
-		if _, err := exec.LookPath(client); err != nil {
-			h.warn("raw insert not measured: no clickhouse-client on PATH")
-			return Rate{}, nil
-		}
-	}
-	host, port, err := net.SplitHostPort(h.ch.Addr())
+	client, err := h.clickhouseClient()
 	if err != nil {
-		return Rate{}, err
+		h.warn("raw insert not measured: %v", err)
+		return Rate{}, nil
 	}
 	run := func(query, in, out string) error {
-		cmd := exec.CommandContext(ctx, client, append(args, "--host", host, "--port", port, "--query", query)...)
-		var stderr strings.Builder
-		cmd.Stderr = &stderr
+		var stdin io.Reader
+		var stdout io.Writer
 		if in != "" {
 			f, err := os.Open(in)
 			if err != nil {
 				return err
 			}
 			defer f.Close()
-			cmd.Stdin = f
+			stdin = f
 		}
 		if out != "" {
 			f, err := os.Create(out)
@@ -54,12 +49,9 @@ func (h *harness) rawInsert(ctx context.Context) (Rate, error) {
 				return err
 			}
 			defer f.Close()
-			cmd.Stdout = f
+			stdout = f
 		}
-		if err := cmd.Run(); err != nil {
-			return fmt.Errorf("clickhouse-client %q: %w: %s", query, err, strings.TrimSpace(stderr.String()))
-		}
-		return nil
+		return client(ctx, query, stdin, stdout)
 	}
 	dump := filepath.Join(h.dir, "versions.native")
 	defer os.Remove(dump)
@@ -102,4 +94,65 @@ func (h *harness) rawInsert(ctx context.Context) (Rate, error) {
 		rates = append(rates, newRate(d, h.report.Ingest.Resources, info.Size()))
 	}
 	return medianRate(rates), nil
+}
+
+// clickhouseClient returns a function that runs one query with
+// clickhouse-client on the harness's server, with stdin and stdout (either
+// may be nil), or an error when there is no client.
+func (h *harness) clickhouseClient() (func(ctx context.Context, query string, stdin io.Reader, stdout io.Writer) error, error) {
+	if h.ch == nil {
+		return nil, errors.New("on a cluster it would need one client per shard")
+	}
+	client, args := "clickhouse-client", []string{}
+	if _, err := exec.LookPath(client); err != nil {
+		client, args = "clickhouse", []string{"client"} // current releases: one binary
+		if _, err := exec.LookPath(client); err != nil {
+			return nil, errors.New("no clickhouse-client on PATH")
+		}
+	}
+	host, port, err := net.SplitHostPort(h.ch.Addr())
+	if err != nil {
+		return nil, err
+	}
+	return func(ctx context.Context, query string, stdin io.Reader, stdout io.Writer) error {
+		cmd := exec.CommandContext(ctx, client, append(args, "--host", host, "--port", port, "--query", query)...)
+		var stderr strings.Builder
+		cmd.Stdin, cmd.Stdout, cmd.Stderr = stdin, stdout, &stderr
+		if err := cmd.Run(); err != nil {
+			return fmt.Errorf("clickhouse-client %q: %w: %s", query, err, strings.TrimSpace(stderr.String()))
+		}
+		return nil
+	}, nil
+}
+
+// rawReadClient measures the read limit of an export: clickhouse-client
+// reads every body (SELECT body ... FORMAT TSVRaw, one line each, as in an
+// export file) into a sink that counts lines and bytes. One server only.
+func (h *harness) rawReadClient(ctx context.Context) (Rate, error) {
+	client, err := h.clickhouseClient()
+	if err != nil {
+		return Rate{}, errNoClient{err}
+	}
+	var sink lineCounter
+	start := time.Now()
+	if err := client(ctx, "SELECT body FROM "+h.store.TableName()+" FORMAT TSVRaw", nil, &sink); err != nil {
+		return Rate{}, err
+	}
+	d := time.Since(start)
+	if sink.lines != h.report.Ingest.Resources {
+		return Rate{}, fmt.Errorf("clickhouse-client read %d bodies, want the %d ingested", sink.lines, h.report.Ingest.Resources)
+	}
+	return newRate(d, sink.lines, sink.bytes), nil
+}
+
+// errNoClient says why the clickhouse-client read was not measured.
+type errNoClient struct{ error }
+
+// lineCounter counts the lines and bytes written to it.
+type lineCounter struct{ lines, bytes int64 }
+
+func (c *lineCounter) Write(p []byte) (int, error) {
+	c.bytes += int64(len(p))
+	c.lines += int64(bytes.Count(p, []byte{'\n'}))
+	return len(p), nil
 }

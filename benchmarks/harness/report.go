@@ -101,19 +101,27 @@ type RunResult struct {
 	// Raw is SELECT id, body of the whole table straight from ClickHouse;
 	// Bytes count each body plus a newline, as in an export file.
 	Raw Rate `json:"rawRead"`
+	// RawClient is clickhouse-client reading every body as TSVRaw into a
+	// sink: the read limit, without a Go driver's decoding.
+	RawClient Rate `json:"rawReadClient"`
 	// The ratios are export resources/s divided by raw resources/s.
-	RatioManifest   float64 `json:"ratioManifestToRaw"`
-	RatioDownloaded float64 `json:"ratioDownloadedToRaw"`
-	Verified        bool    `json:"verified"`
+	RatioManifest         float64 `json:"ratioManifestToRaw"`
+	RatioDownloaded       float64 `json:"ratioDownloadedToRaw"`
+	RatioManifestClient   float64 `json:"ratioManifestToRawClient"`
+	RatioDownloadedClient float64 `json:"ratioDownloadedToRawClient"`
+	Verified              bool    `json:"verified"`
 }
 
 // Medians are the medians over the runs.
 type Medians struct {
-	ToManifest      Rate    `json:"kickoffToManifest"`
-	ToDownloaded    Rate    `json:"kickoffToDownloaded"`
-	Raw             Rate    `json:"rawRead"`
-	RatioManifest   float64 `json:"ratioManifestToRaw"`
-	RatioDownloaded float64 `json:"ratioDownloadedToRaw"`
+	ToManifest            Rate    `json:"kickoffToManifest"`
+	ToDownloaded          Rate    `json:"kickoffToDownloaded"`
+	Raw                   Rate    `json:"rawRead"`
+	RawClient             Rate    `json:"rawReadClient"`
+	RatioManifest         float64 `json:"ratioManifestToRaw"`
+	RatioDownloaded       float64 `json:"ratioDownloadedToRaw"`
+	RatioManifestClient   float64 `json:"ratioManifestToRawClient"`
+	RatioDownloadedClient float64 `json:"ratioDownloadedToRawClient"`
 }
 
 // Memory is the peak resident memory of one process.
@@ -191,13 +199,17 @@ func ratio(a, b float64) float64 {
 
 // computeMedians fills r.Median from r.Runs.
 func (r *Report) computeMedians() {
-	var man, dl, raw []Rate
+	var man, dl, raw, rawClient []Rate
 	for _, run := range r.Runs {
 		man, dl, raw = append(man, run.ToManifest), append(dl, run.ToDownloaded), append(raw, run.Raw)
+		rawClient = append(rawClient, run.RawClient)
 	}
-	r.Median = Medians{ToManifest: medianRate(man), ToDownloaded: medianRate(dl), Raw: medianRate(raw)}
-	r.Median.RatioManifest = ratio(r.Median.ToManifest.ResourcesPerSec, r.Median.Raw.ResourcesPerSec)
-	r.Median.RatioDownloaded = ratio(r.Median.ToDownloaded.ResourcesPerSec, r.Median.Raw.ResourcesPerSec)
+	m := Medians{ToManifest: medianRate(man), ToDownloaded: medianRate(dl), Raw: medianRate(raw), RawClient: medianRate(rawClient)}
+	m.RatioManifest = ratio(m.ToManifest.ResourcesPerSec, m.Raw.ResourcesPerSec)
+	m.RatioDownloaded = ratio(m.ToDownloaded.ResourcesPerSec, m.Raw.ResourcesPerSec)
+	m.RatioManifestClient = ratio(m.ToManifest.ResourcesPerSec, m.RawClient.ResourcesPerSec)
+	m.RatioDownloadedClient = ratio(m.ToDownloaded.ResourcesPerSec, m.RawClient.ResourcesPerSec)
+	r.Median = m
 }
 
 // WriteJSON writes the report as indented JSON to path.
@@ -258,19 +270,23 @@ func (r *Report) WriteTable(w io.Writer) error {
 	row("queryable (all rows in ClickHouse)", r.Ingest.Queryable, fmt.Sprintf("%.2fx the raw insert", r.Ingest.RatioQueryableToRawInsert))
 	row("raw insert (clickhouse-client, Native)", r.Ingest.RawInsert, "1.00x")
 	fmt.Fprintln(w)
-	fmt.Fprintf(w, head, fmt.Sprintf("EXPORT (median of %d runs)", len(r.Runs)), "seconds", "resources/s", "MB/s", "vs raw read")
-	row("kick-off -> manifest", r.Median.ToManifest, fmt.Sprintf("%.2fx", r.Median.RatioManifest))
-	row("kick-off -> all files downloaded", r.Median.ToDownloaded, fmt.Sprintf("%.2fx", r.Median.RatioDownloaded))
-	row("raw ClickHouse read (SELECT id, body)", r.Median.Raw, "1.00x")
+	fmt.Fprintf(w, head, fmt.Sprintf("EXPORT (median of %d runs)", len(r.Runs)), "seconds", "resources/s", "MB/s", "vs Go scan  vs clickhouse-client")
+	row("kick-off -> manifest", r.Median.ToManifest, fmt.Sprintf("%9.2fx  %9.2fx", r.Median.RatioManifest, r.Median.RatioManifestClient))
+	row("kick-off -> all files downloaded", r.Median.ToDownloaded, fmt.Sprintf("%9.2fx  %9.2fx", r.Median.RatioDownloaded, r.Median.RatioDownloadedClient))
+	row("raw read, Go scan (SELECT id, body)", r.Median.Raw, fmt.Sprintf("%9.2fx", 1.0))
+	if r.Median.RawClient.Seconds > 0 {
+		row("raw read, clickhouse-client TSVRaw", r.Median.RawClient, fmt.Sprintf("%22.2fx", 1.0))
+	}
 
 	fmt.Fprintf(w, "\nEach run (seconds; resources/s):\n")
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintf(tw, "run\tfiles\tto manifest\t\tto downloaded\t\traw read\t\tdownloaded/raw\t\n")
+	fmt.Fprintf(tw, "run\tfiles\tto manifest\t\tto downloaded\t\tGo scan\t\tclickhouse-client\t\tdownloaded/client\t\n")
 	for _, run := range r.Runs {
-		fmt.Fprintf(tw, "%d\t%d\t%.2f\t%s\t%.2f\t%s\t%.2f\t%s\t%.2fx\t\n", run.Run, run.Files,
+		fmt.Fprintf(tw, "%d\t%d\t%.2f\t%s\t%.2f\t%s\t%.2f\t%s\t%.2f\t%s\t%.2fx\t\n", run.Run, run.Files,
 			run.ToManifest.Seconds, group(int64(run.ToManifest.ResourcesPerSec+0.5)),
 			run.ToDownloaded.Seconds, group(int64(run.ToDownloaded.ResourcesPerSec+0.5)),
-			run.Raw.Seconds, group(int64(run.Raw.ResourcesPerSec+0.5)), run.RatioDownloaded)
+			run.Raw.Seconds, group(int64(run.Raw.ResourcesPerSec+0.5)),
+			run.RawClient.Seconds, group(int64(run.RawClient.ResourcesPerSec+0.5)), run.RatioDownloadedClient)
 	}
 	if err := tw.Flush(); err != nil {
 		return err
