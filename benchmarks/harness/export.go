@@ -14,6 +14,7 @@ import (
 
 	"github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+	"github.com/klauspost/compress/gzip"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/flatfhir/flatfhir/shared/bulkclient"
@@ -76,7 +77,9 @@ func (h *harness) exportWith(ctx context.Context, run int, during func(start tim
 	}
 	res.Files = len(m.Output)
 
+	h.wireBytes.Store(0)
 	exported, bytes, err := h.downloadAll(ctx, m)
+	res.WireBytes = h.wireBytes.Load()
 	if err != nil {
 		return res, fmt.Errorf("export %s: %w", res.StatusURL, err)
 	}
@@ -184,6 +187,9 @@ func (h *harness) download(ctx context.Context, it manifestItem) (lines, n int64
 	if err != nil {
 		return 0, 0, err
 	}
+	// As real clients do: the server sends files stored compressed as
+	// they are (docs/adr/0009), and this client decompresses them.
+	req.Header.Set("Accept-Encoding", "gzip")
 	resp, err := h.downloadClient.Do(req)
 	if err != nil {
 		return 0, 0, fmt.Errorf("GET %s: %w", it.URL, err)
@@ -196,10 +202,24 @@ func (h *harness) download(ctx context.Context, it manifestItem) (lines, n int64
 	if ct := resp.Header.Get("Content-Type"); ct != "application/fhir+ndjson" {
 		return 0, 0, fmt.Errorf("GET %s: Content-Type %q, want application/fhir+ndjson", it.URL, ct)
 	}
+	wire := &countingReader{r: resp.Body}
+	defer func() { h.wireBytes.Add(wire.n) }()
+	var body io.Reader = wire
+	switch enc := resp.Header.Get("Content-Encoding"); enc {
+	case "":
+	case "gzip":
+		zr, err := gzip.NewReader(wire)
+		if err != nil {
+			return 0, 0, fmt.Errorf("GET %s: Content-Encoding gzip: %w", it.URL, err)
+		}
+		body = zr
+	default:
+		return 0, 0, fmt.Errorf("GET %s: Content-Encoding %q, asked for gzip", it.URL, enc)
+	}
 	buf := make([]byte, 256<<10)
 	prev := byte('\n') // the byte before the current position
 	for {
-		k, rerr := resp.Body.Read(buf)
+		k, rerr := body.Read(buf)
 		chunk := buf[:k]
 		for len(chunk) > 0 {
 			if prev == '\n' && chunk[0] != '{' {
@@ -364,4 +384,16 @@ func readAll(ctx context.Context, conn driver.Conn, q string) (n, bytes int64, e
 		return 0, 0, fmt.Errorf("%s: %w", q, err)
 	}
 	return n, bytes, nil
+}
+
+// countingReader counts the bytes read through it.
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	k, err := c.r.Read(p)
+	c.n += int64(k)
+	return k, err
 }

@@ -16,6 +16,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -48,7 +49,9 @@ type harness struct {
 	store    *chstore.Store
 	children []*child
 	childMu  sync.Mutex // guards children while one is replaced (the writer kill)
-	base     string
+	// wireBytes counts the bytes downloads received, compressed or not.
+	wireBytes atomic.Int64
+	base      string
 
 	client         *http.Client // small requests
 	ingestClient   *http.Client

@@ -101,6 +101,8 @@ type RunResult struct {
 	// Raw is SELECT id, body of the whole table straight from ClickHouse;
 	// Bytes count each body plus a newline, as in an export file.
 	Raw Rate `json:"rawRead"`
+	// WireBytes is what the downloads received: the files gzip-encoded.
+	WireBytes int64 `json:"wireBytes"`
 	// RawClient is clickhouse-client reading every body as TSVRaw into a
 	// sink: the read limit, without a Go driver's decoding.
 	RawClient Rate `json:"rawReadClient"`
@@ -276,6 +278,12 @@ func (r *Report) WriteTable(w io.Writer) error {
 	row("raw read, Go scan (SELECT id, body)", r.Median.Raw, fmt.Sprintf("%9.2fx", 1.0))
 	if r.Median.RawClient.Seconds > 0 {
 		row("raw read, clickhouse-client TSVRaw", r.Median.RawClient, fmt.Sprintf("%22.2fx", 1.0))
+	}
+
+	if len(r.Runs) > 0 && r.Runs[0].WireBytes > 0 {
+		run := r.Runs[0]
+		fmt.Fprintf(w, "  downloads: %.1f MB of NDJSON as %.1f MB on the wire (Accept-Encoding: gzip; %.1fx smaller)\n",
+			float64(run.ToDownloaded.Bytes)/MB, float64(run.WireBytes)/MB, float64(run.ToDownloaded.Bytes)/float64(run.WireBytes))
 	}
 
 	fmt.Fprintf(w, "\nEach run (seconds; resources/s):\n")

@@ -2,7 +2,7 @@ package api
 
 import (
 	"bufio"
-	"compress/gzip"
+
 	"context"
 	"errors"
 	"fmt"
@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/gofiber/fiber/v2"
+	"github.com/klauspost/compress/gzip"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/flatfhir/flatfhir/shared/fhir"
@@ -27,7 +28,10 @@ const leaseEvery = 30 * time.Second
 
 // file streams one output file of a complete export. It honours a single
 // byte Range (206, or 416 when unsatisfiable) and Accept-Encoding: gzip
-// (for whole-file requests).
+// (for whole-file requests). A file stored compressed (docs/adr/0009) goes
+// as stored to a client that accepts gzip, and decompressed to one that
+// does not and to byte ranges, which count the NDJSON's bytes; a file
+// stored plain is compressed on the way to a client that accepts gzip.
 func (s *Server) file(c *fiber.Ctx) error {
 	job, err := s.loadJob(c)
 	if err != nil {
@@ -49,10 +53,22 @@ func (s *Server) file(c *fiber.Ctx) error {
 		obj.Close()
 		return transient("file %s of export %s could not be read; retry: %v", name, job.JobID, err)
 	}
-	size := int64(info.Size)
-	body := &leasedReader{r: obj, renew: func() { s.renewLease(job.JobID) }}
-	body.renew()
-	body.last = time.Now()
+	form, err := streams.FileFormOf(info)
+	if err != nil {
+		obj.Close()
+		return transient("file %s of export %s could not be read: %v", name, job.JobID, err)
+	}
+	size := form.Size
+	lease := &leasedReader{r: obj, renew: func() { s.renewLease(job.JobID) }}
+	lease.renew()
+	lease.last = time.Now()
+	// plain is the file's NDJSON, decompressed when stored compressed.
+	plain := func() (io.Reader, error) {
+		if !form.Gzip {
+			return lease, nil
+		}
+		return gzip.NewReader(lease)
+	}
 
 	c.Set(fiber.HeaderContentType, "application/fhir+ndjson")
 	c.Set(fiber.HeaderAcceptRanges, "bytes")
@@ -65,7 +81,11 @@ func (s *Server) file(c *fiber.Ctx) error {
 				c.Set(fiber.HeaderContentRange, fmt.Sprintf("bytes */%d", size))
 				return &problem{fiber.StatusRequestedRangeNotSatisfiable, fhir.SeverityError, fhir.CodeInvalid, fmt.Sprintf("range %q is outside the file's %d bytes", rh, size)}
 			}
-			if _, err := io.CopyN(io.Discard, body, start); err != nil {
+			body, err := plain()
+			if err == nil {
+				_, err = io.CopyN(io.Discard, body, start)
+			}
+			if err != nil {
 				obj.Close()
 				return transient("file %s of export %s could not be read; retry: %v", name, job.JobID, err)
 			}
@@ -76,11 +96,23 @@ func (s *Server) file(c *fiber.Ctx) error {
 		}
 		// A multi-range or malformed Range is ignored: the whole file follows.
 	}
-	if !acceptsGzip(c.Get(fiber.HeaderAcceptEncoding)) {
+	gz := acceptsGzip(c.Get(fiber.HeaderAcceptEncoding))
+	if gz && form.Gzip {
+		// As stored: the download is a copy.
+		c.Set(fiber.HeaderContentEncoding, "gzip")
+		c.Context().SetBodyStream(readCloser{lease, obj}, int(form.Stored))
+		return nil
+	}
+	body, err := plain()
+	if err != nil {
+		obj.Close()
+		return transient("file %s of export %s could not be read; retry: %v", name, job.JobID, err)
+	}
+	if !gz {
 		c.Context().SetBodyStream(readCloser{body, obj}, int(size))
 		return nil
 	}
-	// Compress while streaming: the file is never held whole.
+	// A file stored plain: compress while streaming, never holding it whole.
 	c.Set(fiber.HeaderContentEncoding, "gzip")
 	c.Context().SetBodyStreamWriter(func(w *bufio.Writer) {
 		defer obj.Close()

@@ -10,6 +10,8 @@ import (
 	"io"
 	"strconv"
 
+	"github.com/klauspost/compress/gzip"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/flatfhir/flatfhir/streams"
@@ -17,7 +19,7 @@ import (
 
 // fileSet writes the NDJSON files of one task attempt, one open file per
 // kind of output at a time, streaming each into the object store as it is
-// written.
+// written, gzip-compressed (docs/adr/0009).
 type fileSet struct {
 	store   jetstream.ObjectStore
 	task    streams.Task
@@ -35,6 +37,7 @@ type file struct {
 	kind  string // streams.KindOutput or KindDeleted
 	typ   string
 	pw    *io.PipeWriter
+	gz    *gzip.Writer
 	buf   *bufio.Writer
 	done  chan error
 	count int
@@ -80,7 +83,7 @@ func (s *fileSet) write(ctx context.Context, typ, kind string, line []byte) erro
 	f.bytes += int64(len(line)) + 1
 	if f.count >= s.task.MaxFileResources || f.bytes >= s.task.MaxFileBytes {
 		delete(s.open, key)
-		return s.finish(f)
+		return s.finish(ctx, f)
 	}
 	return nil
 }
@@ -94,21 +97,33 @@ func (s *fileSet) writeDeleted(ctx context.Context, typ, id string) error {
 	return s.write(ctx, typ, streams.KindDeleted, line)
 }
 
+// gzipLevel is the compression of stored files: the fastest, which still
+// shrinks FHIR JSON several times over.
+const gzipLevel = gzip.BestSpeed
+
 func (s *fileSet) start(ctx context.Context, name, kind, typ string) *file {
 	pr, pw := io.Pipe()
-	f := &file{name: name, kind: kind, typ: typ, pw: pw, buf: bufio.NewWriterSize(pw, 256<<10), done: make(chan error, 1)}
+	gz, _ := gzip.NewWriterLevel(pw, gzipLevel) // a valid level never errs
+	f := &file{name: name, kind: kind, typ: typ, pw: pw, gz: gz, buf: bufio.NewWriterSize(gz, 256<<10), done: make(chan error, 1)}
 	obj := streams.ObjectName(s.task.JobID, name)
 	s.written = append(s.written, obj)
 	go func() {
-		_, err := s.store.Put(ctx, jetstream.ObjectMeta{Name: obj}, pr)
+		meta := jetstream.ObjectMeta{Name: obj, Headers: nats.Header{streams.HeaderContentEncoding: []string{"gzip"}}}
+		_, err := s.store.Put(ctx, meta, pr)
 		pr.CloseWithError(err) // unblocks the writer side if Put stopped early
 		f.done <- err
 	}()
 	return f
 }
 
-func (s *fileSet) finish(f *file) error {
+// finish ends a file and stores its decompressed size with it. Until then
+// the object cannot be served (its size is missing), but no result names
+// it yet either.
+func (s *fileSet) finish(ctx context.Context, f *file) error {
 	err := f.buf.Flush()
+	if err == nil {
+		err = f.gz.Close()
+	}
 	if err != nil {
 		f.pw.CloseWithError(err)
 	} else {
@@ -119,6 +134,14 @@ func (s *fileSet) finish(f *file) error {
 	}
 	if err != nil {
 		return fmt.Errorf("write %s: %w", f.name, err)
+	}
+	obj := streams.ObjectName(s.task.JobID, f.name)
+	meta := jetstream.ObjectMeta{Name: obj, Headers: nats.Header{
+		streams.HeaderContentEncoding: []string{"gzip"},
+		streams.HeaderIdentityLength:  []string{strconv.FormatInt(f.bytes, 10)},
+	}}
+	if err := s.store.UpdateMeta(ctx, obj, meta); err != nil {
+		return fmt.Errorf("store the size of %s: %w", f.name, err)
 	}
 	s.files = append(s.files, streams.File{Name: f.name, Kind: f.kind, Type: f.typ, Count: f.count, Bytes: f.bytes})
 	return nil
@@ -149,10 +172,10 @@ func (s *fileSet) writeIndex(ctx context.Context, ids []string) error {
 }
 
 // close finishes every open file.
-func (s *fileSet) close(context.Context) error {
+func (s *fileSet) close(ctx context.Context) error {
 	for key, f := range s.open {
 		delete(s.open, key)
-		if err := s.finish(f); err != nil {
+		if err := s.finish(ctx, f); err != nil {
 			return err
 		}
 	}

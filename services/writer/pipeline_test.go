@@ -56,7 +56,7 @@ func runPipeline(t *testing.T, task streams.Task, source, deleted reader) (map[s
 	}
 	got := map[string][]string{}
 	for _, f := range out.files {
-		b, err := bus.Files.GetBytes(ctx, streams.ObjectName(task.JobID, f.Name))
+		b, err := streams.ReadFile(ctx, bus.Files, streams.ObjectName(task.JobID, f.Name))
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -243,12 +243,20 @@ func readResults(t testing.TB, e env, tasks []streams.Task) []exportedFile {
 				t.Errorf("file name %s listed twice", f.Name)
 			}
 			names[f.Name] = true
-			raw, err := e.Files.GetBytes(t.Context(), streams.ObjectName(task.JobID, f.Name))
+			// Stored compressed, with its decompressed size; ReadFile
+			// checks that the two agree.
+			raw, err := streams.ReadFile(t.Context(), e.Files, streams.ObjectName(task.JobID, f.Name))
 			if err != nil {
 				t.Fatalf("file %s of task %s: %v", f.Name, task.TaskID, err)
 			}
 			if int64(len(raw)) != f.Bytes {
 				t.Errorf("%s: %d bytes stored, result says %d", f.Name, len(raw), f.Bytes)
+			}
+			info, err := e.Files.GetInfo(t.Context(), streams.ObjectName(task.JobID, f.Name))
+			if err != nil || info.Headers.Get(streams.HeaderContentEncoding) != "gzip" {
+				t.Errorf("%s: stored with headers %v (%v), want gzip", f.Name, info.Headers, err)
+			} else if f.Bytes >= 64<<10 && int64(info.Size)*2 > f.Bytes {
+				t.Errorf("%s: %d bytes stored for %d, want less than half", f.Name, info.Size, f.Bytes)
 			}
 			if len(raw) > 0 && raw[len(raw)-1] != '\n' {
 				t.Errorf("%s does not end with a newline", f.Name)
