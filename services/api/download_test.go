@@ -99,8 +99,8 @@ func TestAPIServesFilesStoredPlainOrCompressed(t *testing.T) {
 				t.Errorf("gzip GET decompresses to %d bytes (%v), want the NDJSON", len(got), err)
 			}
 			for rng, want := range map[string]string{
-				"bytes=3-20":  ndjson[3:21],
-				"bytes=-17":   ndjson[len(ndjson)-17:],
+				"bytes=3-20":   ndjson[3:21],
+				"bytes=-17":    ndjson[len(ndjson)-17:],
 				"bytes=40000-": ndjson[40000:],
 			} {
 				resp, b := get("GET", url, "Range", rng, "Accept-Encoding", "gzip")
