@@ -372,7 +372,8 @@ func readAll(ctx context.Context, conn driver.Conn, q string) (n, bytes int64, e
 		return 0, 0, fmt.Errorf("%s: %w", q, err)
 	}
 	defer rows.Close()
-	var id, body string
+	var id string
+	var body []byte // as the writers scan
 	for rows.Next() {
 		if err := rows.Scan(&id, &body); err != nil {
 			return 0, 0, fmt.Errorf("%s: scan: %w", q, err)

@@ -113,7 +113,7 @@ func (h *harness) setUp(ctx context.Context) error {
 		Patients: o.Patients, EstimatedResources: synth.Estimate(synth.Config{Patients: o.Patients, Seed: o.Seed}),
 		Writers: o.Writers, Ingesters: o.Ingesters, Runs: o.Runs, Gzip: o.Gzip, ChunkResources: o.ChunkResources,
 		DownloadParallel: o.DownloadParallel, PollIntervalMillis: o.PollInterval.Milliseconds(),
-		GoVersion: runtime.Version(), CPUs: runtime.NumCPU(),
+		GoVersion: runtime.Version(), CPUs: runtime.NumCPU(), FileGzip: o.FileGzip,
 	}
 	root := o.RepoRoot
 	if root == "" {
@@ -190,6 +190,7 @@ func (h *harness) setUp(ctx context.Context) error {
 			"FLATFHIR_DATA_DIR":        filepath.Join(h.dir, "logs"),
 			"FLATFHIR_SAMPLE_PATIENTS": "0",
 		}
+		env["FLATFHIR_FILE_COMPRESSION"] = fileCompression(o.FileGzip)
 		if o.ProfileDir != "" {
 			port, err := freePort()
 			if err != nil {
@@ -222,7 +223,7 @@ func (h *harness) setUpCluster(ctx context.Context, bin string) error {
 		Writers: 2, Ingesters: max(2, h.opts.Ingesters),
 		Env: []string{
 			"FLATFHIR_WRITERS=" + strconv.Itoa(max(1, h.opts.Writers/2)), "FLATFHIR_LOG_LEVEL=warn",
-			"FLATFHIR_POLL_RATE=0", "FLATFHIR_SAMPLE_PATIENTS=0",
+			"FLATFHIR_POLL_RATE=0", "FLATFHIR_SAMPLE_PATIENTS=0", "FLATFHIR_FILE_COMPRESSION=" + fileCompression(h.opts.FileGzip),
 		},
 	}, h.log)
 	if err != nil {
@@ -562,4 +563,12 @@ func randomHex(n int) string {
 		return strconv.FormatInt(time.Now().UnixNano(), 16)
 	}
 	return hex.EncodeToString(b)
+}
+
+// fileCompression is FLATFHIR_FILE_COMPRESSION for the option.
+func fileCompression(gz bool) string {
+	if gz {
+		return "gzip"
+	}
+	return "none"
 }

@@ -70,6 +70,9 @@ type Options struct {
 	// as a supervisor would: the report gives the export's extra seconds
 	// over the median, and the export is verified like the others.
 	KillWriter bool
+	// FileGzip has the writers store export files gzip-compressed
+	// (FLATFHIR_FILE_COMPRESSION=gzip, docs/adr/0009).
+	FileGzip bool
 }
 
 // DefaultOptions are bulkbench's defaults: about a million resources.

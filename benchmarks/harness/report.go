@@ -56,6 +56,8 @@ type Setup struct {
 	BuildSeconds       float64 `json:"buildSeconds"`
 	GoVersion          string  `json:"goVersion"`
 	CPUs               int     `json:"cpus"`
+	// FileGzip: the writers stored the files gzip-compressed.
+	FileGzip bool `json:"fileGzip"`
 	// Cluster is the layout of a -cluster run: ClickHouse shards (";")
 	// of replicas (","); empty on one server.
 	Cluster string `json:"cluster,omitempty"`
@@ -249,8 +251,12 @@ func (r *Report) WriteTable(w io.Writer) error {
 		gz = "on"
 	}
 	fmt.Fprintf(w, "\nflatfhir bulk benchmark  (%s, %d CPUs, ClickHouse %s)\n", s.GoVersion, s.CPUs, s.ClickHouseVersion)
-	fmt.Fprintf(w, "  %d patients -> %s resources (estimate %s), %.1f MB NDJSON; gzip %s; %d writers; %d ingesters; %d export runs\n",
-		s.Patients, group(r.Ingest.Resources), group(int64(s.EstimatedResources)), float64(r.Ingest.NDJSONBytes)/MB, gz, s.Writers, s.Ingesters, s.Runs)
+	stored := "plain"
+	if s.FileGzip {
+		stored = "gzip"
+	}
+	fmt.Fprintf(w, "  %d patients -> %s resources (estimate %s), %.1f MB NDJSON; gzip %s; %d writers; %d ingesters; %d export runs; files stored %s\n",
+		s.Patients, group(r.Ingest.Resources), group(int64(s.EstimatedResources)), float64(r.Ingest.NDJSONBytes)/MB, gz, s.Writers, s.Ingesters, s.Runs, stored)
 	if s.Cluster != "" {
 		fmt.Fprintf(w, "  engine built in %.1f s; API %s; a cluster: NATS %s; ClickHouse shards %s, database %s\n\n",
 			s.BuildSeconds, s.APIBase, s.NATSURL, s.Cluster, s.Database)

@@ -72,6 +72,9 @@ type Config struct {
 	TLSKey  string
 	// OTLPEndpoint receives traces and metrics when set.
 	OTLPEndpoint string
+	// FileCompression is how writers store export files: "none" or
+	// "gzip" (FLATFHIR_FILE_COMPRESSION, docs/adr/0009).
+	FileCompression string
 	// DebugListen, when set, serves Go's runtime profiles
 	// (/debug/pprof/) on this address, without authentication.
 	DebugListen string
@@ -93,6 +96,7 @@ func FromEnv() (Config, error) {
 		TLSKey:             env("FLATFHIR_TLS_KEY", ""),
 		OTLPEndpoint:       env("FLATFHIR_OTLP_ENDPOINT", ""),
 		DebugListen:        env("FLATFHIR_DEBUG_LISTEN", ""),
+		FileCompression:    env("FLATFHIR_FILE_COMPRESSION", "none"),
 		LogLevel:           env("FLATFHIR_LOG_LEVEL", "info"),
 	}
 	var errs []error
@@ -168,6 +172,11 @@ func (c Config) Validate() error {
 	}
 	if (c.TLSCert == "") != (c.TLSKey == "") {
 		return errors.New("FLATFHIR_TLS_CERT and FLATFHIR_TLS_KEY go together")
+	}
+	switch c.FileCompression {
+	case "", "none", "gzip":
+	default:
+		return fmt.Errorf("FLATFHIR_FILE_COMPRESSION=%q is not none or gzip", c.FileCompression)
 	}
 	if c.DebugListen != "" {
 		if _, _, err := net.SplitHostPort(c.DebugListen); err != nil {

@@ -27,11 +27,12 @@ func TestLauncherConfigFromEnv(t *testing.T) {
 		t.Errorf("config %+v", c)
 	}
 	bad := map[string]string{
-		"FLATFHIR_RETENTION":    "forever",
-		"FLATFHIR_POLL_RATE":    "-1",
-		"FLATFHIR_WRITERS":      "two",
-		"FLATFHIR_ROLE":         "janitor",
-		"FLATFHIR_DEBUG_LISTEN": "6060",
+		"FLATFHIR_RETENTION":        "forever",
+		"FLATFHIR_POLL_RATE":        "-1",
+		"FLATFHIR_WRITERS":          "two",
+		"FLATFHIR_ROLE":             "janitor",
+		"FLATFHIR_DEBUG_LISTEN":     "6060",
+		"FLATFHIR_FILE_COMPRESSION": "zstd",
 		// Shorter than a day would drop the month being written.
 		"FLATFHIR_CHANGE_LOG_RETENTION": "1h",
 	}

@@ -19,17 +19,19 @@ import (
 
 // fileSet writes the NDJSON files of one task attempt, one open file per
 // kind of output at a time, streaming each into the object store as it is
-// written, gzip-compressed (docs/adr/0009).
+// written, plain or gzip-compressed (docs/adr/0009).
 type fileSet struct {
 	store   jetstream.ObjectStore
 	task    streams.Task
 	attempt uint64
-	token   string
-	open    map[string]*file // by file prefix
-	parts   map[string]int
-	files   []streams.File
-	index   string   // the attachment index's name within the job, if any
-	written []string // object names, for abort
+	// compress stores the files gzip-compressed (docs/adr/0009).
+	compress bool
+	token    string
+	open     map[string]*file // by file prefix
+	parts    map[string]int
+	files    []streams.File
+	index    string   // the attachment index's name within the job, if any
+	written  []string // object names, for abort
 }
 
 type file struct {
@@ -37,15 +39,15 @@ type file struct {
 	kind  string // streams.KindOutput or KindDeleted
 	typ   string
 	pw    *io.PipeWriter
-	gz    *gzip.Writer
+	gz    *gzip.Writer // nil when stored plain
 	buf   *bufio.Writer
 	done  chan error
 	count int
 	bytes int64
 }
 
-func newFileSet(store jetstream.ObjectStore, task streams.Task, attempt uint64) *fileSet {
-	return &fileSet{store: store, task: task, attempt: attempt, token: attemptToken(),
+func newFileSet(store jetstream.ObjectStore, task streams.Task, attempt uint64, compress bool) *fileSet {
+	return &fileSet{store: store, task: task, attempt: attempt, compress: compress, token: attemptToken(),
 		open: map[string]*file{}, parts: map[string]int{}}
 }
 
@@ -103,12 +105,18 @@ const gzipLevel = gzip.BestSpeed
 
 func (s *fileSet) start(ctx context.Context, name, kind, typ string) *file {
 	pr, pw := io.Pipe()
-	gz, _ := gzip.NewWriterLevel(pw, gzipLevel) // a valid level never errs
-	f := &file{name: name, kind: kind, typ: typ, pw: pw, gz: gz, buf: bufio.NewWriterSize(gz, 256<<10), done: make(chan error, 1)}
+	f := &file{name: name, kind: kind, typ: typ, pw: pw, done: make(chan error, 1)}
 	obj := streams.ObjectName(s.task.JobID, name)
+	meta := jetstream.ObjectMeta{Name: obj}
+	if s.compress {
+		f.gz, _ = gzip.NewWriterLevel(pw, gzipLevel) // a valid level never errs
+		f.buf = bufio.NewWriterSize(f.gz, 256<<10)
+		meta.Headers = nats.Header{streams.HeaderContentEncoding: []string{"gzip"}}
+	} else {
+		f.buf = bufio.NewWriterSize(pw, 256<<10)
+	}
 	s.written = append(s.written, obj)
 	go func() {
-		meta := jetstream.ObjectMeta{Name: obj, Headers: nats.Header{streams.HeaderContentEncoding: []string{"gzip"}}}
 		_, err := s.store.Put(ctx, meta, pr)
 		pr.CloseWithError(err) // unblocks the writer side if Put stopped early
 		f.done <- err
@@ -116,12 +124,12 @@ func (s *fileSet) start(ctx context.Context, name, kind, typ string) *file {
 	return f
 }
 
-// finish ends a file and stores its decompressed size with it. Until then
-// the object cannot be served (its size is missing), but no result names
-// it yet either.
+// finish ends a file and, when it is compressed, stores its decompressed
+// size with it. Until then the object cannot be served (its size is
+// missing), but no result names it yet either.
 func (s *fileSet) finish(ctx context.Context, f *file) error {
 	err := f.buf.Flush()
-	if err == nil {
+	if err == nil && f.gz != nil {
 		err = f.gz.Close()
 	}
 	if err != nil {
@@ -135,13 +143,15 @@ func (s *fileSet) finish(ctx context.Context, f *file) error {
 	if err != nil {
 		return fmt.Errorf("write %s: %w", f.name, err)
 	}
-	obj := streams.ObjectName(s.task.JobID, f.name)
-	meta := jetstream.ObjectMeta{Name: obj, Headers: nats.Header{
-		streams.HeaderContentEncoding: []string{"gzip"},
-		streams.HeaderIdentityLength:  []string{strconv.FormatInt(f.bytes, 10)},
-	}}
-	if err := s.store.UpdateMeta(ctx, obj, meta); err != nil {
-		return fmt.Errorf("store the size of %s: %w", f.name, err)
+	if f.gz != nil {
+		obj := streams.ObjectName(s.task.JobID, f.name)
+		meta := jetstream.ObjectMeta{Name: obj, Headers: nats.Header{
+			streams.HeaderContentEncoding: []string{"gzip"},
+			streams.HeaderIdentityLength:  []string{strconv.FormatInt(f.bytes, 10)},
+		}}
+		if err := s.store.UpdateMeta(ctx, obj, meta); err != nil {
+			return fmt.Errorf("store the size of %s: %w", f.name, err)
+		}
 	}
 	s.files = append(s.files, streams.File{Name: f.name, Kind: f.kind, Type: f.typ, Count: f.count, Bytes: f.bytes})
 	return nil

@@ -50,7 +50,7 @@ func runPipeline(t *testing.T, task streams.Task, source, deleted reader) (map[s
 	if deleted != nil {
 		p.deleted, p.deletedAs = deleted, deletedAs(task)
 	}
-	out := newFileSet(bus.Files, task, 1)
+	out := newFileSet(bus.Files, task, 1, true)
 	if err := p.writeTo(ctx, out); err != nil {
 		t.Fatalf("writeTo: %v", err)
 	}

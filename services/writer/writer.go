@@ -24,6 +24,12 @@ type Config struct {
 	// tells JetStream it is alive five times per ack wait of the tasks'
 	// consumer (streams.Config.TaskAckWait), and at least this often.
 	CheckEvery time.Duration
+	// CompressFiles stores export files gzip-compressed (ADR 0009): the
+	// object store holds and moves a fraction of the bytes, and the API
+	// sends them as stored to clients that accept gzip. It costs the
+	// writers the compression; on one machine, where everything shares
+	// the CPUs, exports measured slower with it (benchmarks/README.md).
+	CompressFiles bool
 	// MaxDeliver must match the consumer's: the last attempt of a failing
 	// task fails the job (status 500 with an OperationOutcome naming the
 	// type, the id-hash range and the last error), never a partial export.
@@ -196,7 +202,7 @@ func (w *Writer) run(ctx context.Context, msg jetstream.Msg, task streams.Task, 
 	if err != nil {
 		return err
 	}
-	out := newFileSet(w.files, task, attempt)
+	out := newFileSet(w.files, task, attempt, w.cfg.CompressFiles)
 	if err := p.writeTo(ctx, out); err != nil {
 		out.abort(context.WithoutCancel(ctx))
 		if cause := context.Cause(ctx); errors.Is(cause, errJobGone) {

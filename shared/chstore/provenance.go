@@ -138,13 +138,14 @@ func (s *Store) provenanceTargeting(ctx context.Context, sh *shard, q string, un
 		return fmt.Errorf("read Provenances targeting %d resources: %w", len(set), err)
 	}
 	defer rows.Close()
-	var id, body string
+	var id string
+	var body []byte
 	var seq uint64
 	for rows.Next() {
 		if err := rows.Scan(&id, &seq, &body); err != nil {
 			return fmt.Errorf("scan Provenance row: %w", err)
 		}
-		if err := fn(id, seq, []byte(body)); err != nil {
+		if err := fn(id, seq, body); err != nil {
 			return err
 		}
 	}

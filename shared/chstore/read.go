@@ -233,12 +233,13 @@ func (s *Store) stream(ctx context.Context, sh *shard, r Range, q string, args [
 		return fmt.Errorf("read %s range [%d, %d): %w", r.Type, r.HashLo, r.HashHi, err)
 	}
 	defer rows.Close()
-	var id, body string
+	var id string
+	var body []byte // the driver hands the row's own copy, without another
 	for rows.Next() {
 		if err := rows.Scan(&id, &body); err != nil {
 			return fmt.Errorf("scan %s row: %w", r.Type, err)
 		}
-		if err := fn(id, []byte(body)); err != nil {
+		if err := fn(id, body); err != nil {
 			return err
 		}
 	}

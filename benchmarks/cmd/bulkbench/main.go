@@ -29,6 +29,7 @@ func main() {
 	flag.BoolVar(&opts.Cluster, "cluster", false, "run the engine on a local cluster as make run-cluster does (2x2 ClickHouse, 3 NATS nodes, a process per role)")
 	flag.StringVar(&opts.ProfileDir, "profile", "", "write CPU profiles of the ingest and the first export (the harness and every engine process) into this directory, and name each process's top functions")
 	flag.BoolVar(&opts.KillWriter, "kill-writer", false, "after the timed exports, run one during which the writer process is killed (SIGKILL) and started again, and report its extra seconds")
+	flag.BoolVar(&opts.FileGzip, "file-gzip", false, "writers store export files gzip-compressed (FLATFHIR_FILE_COMPRESSION=gzip)")
 	jsonPath := flag.String("json", "", "also write the figures as JSON to this file")
 	flag.Parse()
 	opts.Progress = os.Stderr
