@@ -213,7 +213,7 @@ func (h *harness) waitQueryable(ctx context.Context, total int64) error {
 		case int64(n) == total:
 			return nil
 		case int64(n) > total:
-			return fmt.Errorf("%s holds %d rows, more than the %d resources ingested: rows were inserted twice", h.store.TableName(), n, total)
+			return fmt.Errorf("%s holds %d rows, more than the %d resources ingested: rows were inserted twice (%s)", h.store.TableName(), n, total, h.twiceStored(ctx))
 		}
 		if n != last {
 			last = n
@@ -228,4 +228,30 @@ func (h *harness) waitQueryable(ctx context.Context, total int64) error {
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
+}
+
+// twiceStored names a few versions stored more than once, with the parts
+// holding them, for the failure message.
+func (h *harness) twiceStored(ctx context.Context) string {
+	q := "SELECT seq, type, id, groupArray(_part) FROM " + h.store.TableName() +
+		" GROUP BY seq, type, id HAVING count() > 1 ORDER BY seq LIMIT 5"
+	var out []string
+	for i, conn := range h.store.ShardConns() {
+		rows, err := conn.Query(ctx, q)
+		if err != nil {
+			return err.Error()
+		}
+		for rows.Next() {
+			var seq uint64
+			var typ, id string
+			var parts []string
+			if err := rows.Scan(&seq, &typ, &id, &parts); err != nil {
+				rows.Close()
+				return err.Error()
+			}
+			out = append(out, fmt.Sprintf("shard %d: change %d %s/%s in parts %v", i+1, seq, typ, id, parts))
+		}
+		rows.Close()
+	}
+	return strings.Join(out, "; ")
 }

@@ -45,7 +45,7 @@ func (s *Store) TrimChangeLog(ctx context.Context, cutoff time.Time, grace time.
 	}
 	for _, sh := range s.shards {
 		for _, p := range drops[sh.index] {
-			if err := sh.conn.Exec(s.writeCtx(ctx, sh), "ALTER TABLE "+s.changes+" DROP PARTITION "+p); err != nil {
+			if err := sh.wconn.Exec(s.writeCtx(ctx, sh), "ALTER TABLE "+s.changes+" DROP PARTITION "+p); err != nil {
 				return nil, fmt.Errorf("shard %d: drop partition %s of %s: %w", sh.index+1, p, s.changes, err)
 			}
 			if err := s.markTrimmed(ctx, sh, p); err != nil {
@@ -103,7 +103,7 @@ func (s *Store) raiseHorizon(ctx context.Context, sh *shard, cutoff time.Time) (
 	if len(drop) == 0 {
 		return nil, nil
 	}
-	if err := sh.conn.Exec(s.writeCtx(ctx, sh), fmt.Sprintf("INSERT INTO %s.%s (horizon) SELECT toUInt64(%d)", s.cfg.Database, horizonTable, horizon)); err != nil {
+	if err := sh.wconn.Exec(s.writeCtx(ctx, sh), fmt.Sprintf("INSERT INTO %s.%s (horizon) SELECT toUInt64(%d)", s.cfg.Database, horizonTable, horizon)); err != nil {
 		return nil, fmt.Errorf("raise the change log horizon: %w", err)
 	}
 	sh.hmu.Lock()

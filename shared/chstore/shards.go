@@ -18,7 +18,12 @@ import (
 type shard struct {
 	index    int
 	replicas []string
-	conn     driver.Conn
+	conn     driver.Conn // reads: caught-up replicas only
+	// wconn writes. Any reachable replica takes an insert: the quorum,
+	// not the replica, makes it durable. A replica fetching the parts of
+	// other inserts is not caught up for reads, and under a steady load
+	// every replica often is.
+	wconn driver.Conn
 	// quorum is how many replicas an insert must reach before it returns:
 	// a majority of them when the tables are replicated, else 0 (none asked).
 	quorum int

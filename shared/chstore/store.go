@@ -202,10 +202,18 @@ func (s *Store) openShard(ctx context.Context, i int, replicas []string) (*shard
 	if err != nil {
 		return nil, fmt.Errorf("open clickhouse %v: %w", replicas, err)
 	}
-	sh.conn = conn
+	sh.conn, sh.wconn = conn, conn
 	if err := conn.Ping(ctx); err != nil {
 		conn.Close()
 		return nil, fmt.Errorf("ping clickhouse %v: %w", replicas, err)
+	}
+	if s.replicated {
+		wopts := *opts
+		wopts.DialStrategy = nil // round robin over every replica, skipping those that refuse
+		if sh.wconn, err = clickhouse.Open(&wopts); err != nil {
+			conn.Close()
+			return nil, fmt.Errorf("open clickhouse %v: %w", replicas, err)
+		}
 	}
 	if i == 0 {
 		sv, err := conn.ServerVersion()
@@ -226,6 +234,9 @@ func (s *Store) Close() error {
 	var errs []error
 	for _, sh := range s.shards {
 		errs = append(errs, sh.conn.Close())
+		if sh.wconn != sh.conn {
+			errs = append(errs, sh.wconn.Close())
+		}
 		for _, r := range sh.health {
 			if r.conn != nil {
 				errs = append(errs, r.conn.Close())

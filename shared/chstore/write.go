@@ -59,15 +59,58 @@ func (s *Store) Insert(ctx context.Context, rows []Row) error {
 
 // insert writes rows to table on shard sh. On a replicated shard of
 // ClickHouse before insert_quorum_parallel, a quorum insert is refused while
-// another's quorum is pending (ingesters insert in parallel, ADR 0008); the
-// refusal comes before anything is written, so the insert waits and tries
-// again, until ctx ends.
+// another's quorum is pending (ingesters insert in parallel, ADR 0008). The
+// refusal writes nothing to the table it comes from, but it may come from
+// the change log's feed after the versions table took the rows (one part,
+// whole or not at all): then only their change log copy is missing, and
+// inserting again would store them twice. So after a refusal the insert
+// looks for its rows first, completes their change log if they are there,
+// and otherwise waits and tries again, until ctx ends.
 func (s *Store) insert(ctx context.Context, sh *shard, table string, rows []Row) error {
+	return retryQuorum(ctx, func() error {
+		err := s.insertOnce(ctx, sh, table, rows)
+		if !isQuorumRefusal(err) || table != s.table {
+			return err
+		}
+		stored, serr := s.holds(ctx, sh, rows)
+		if serr != nil || !stored {
+			return err // try again
+		}
+		seqs := make([]uint64, 0, len(rows))
+		lowest := rows[0].LastUpdated
+		for _, r := range rows {
+			if n := len(seqs); n == 0 || seqs[n-1] != r.Seq {
+				seqs = append(seqs, r.Seq)
+			}
+			lowest = min(lowest, r.LastUpdated)
+		}
+		return s.completeChangeLog(ctx, sh, seqs, lowest-1)
+	})
+}
+
+// holds reports whether the versions table of sh holds the first and the
+// last of rows, as a read sees it: an insert is stored whole or not at all.
+func (s *Store) holds(ctx context.Context, sh *shard, rows []Row) (bool, error) {
+	for _, r := range []Row{rows[0], rows[len(rows)-1]} {
+		var n uint64
+		q := "SELECT count() FROM " + s.table + " WHERE type = ? AND id_hash = ? AND id = ? AND seq = ?"
+		if err := sh.conn.QueryRow(s.readCtx(ctx, nil), q, r.Type, IDHash(r.ID), r.ID, r.Seq).Scan(&n); err != nil {
+			return false, err
+		}
+		if n == 0 {
+			return false, nil
+		}
+	}
+	return true, nil
+}
+
+// retryQuorum runs fn until it does not fail with a quorum refusal (see
+// insert), waiting longer each time, up to 200 ms, until ctx ends.
+func retryQuorum(ctx context.Context, fn func() error) error {
 	wait := 5 * time.Millisecond
 	for {
-		err := s.insertOnce(ctx, sh, table, rows)
-		var ex *clickhouse.Exception
-		if err == nil || !errors.As(err, &ex) || ex.Code != codeQuorumForPreviousWrite {
+		err := fn()
+		if !isQuorumRefusal(err) {
 			return err
 		}
 		select {
@@ -79,11 +122,18 @@ func (s *Store) insert(ctx context.Context, sh *shard, table string, rows []Row)
 	}
 }
 
+// isQuorumRefusal reports whether err is ClickHouse refusing a quorum
+// insert while another's quorum is pending.
+func isQuorumRefusal(err error) bool {
+	var ex *clickhouse.Exception
+	return errors.As(err, &ex) && ex.Code == codeQuorumForPreviousWrite
+}
+
 // codeQuorumForPreviousWrite is ClickHouse's UNSATISFIED_QUORUM_FOR_PREVIOUS_WRITE.
 const codeQuorumForPreviousWrite = 286
 
 func (s *Store) insertOnce(ctx context.Context, sh *shard, table string, rows []Row) error {
-	b, err := sh.conn.PrepareBatch(ctx, "INSERT INTO "+table+" ("+Columns+")")
+	b, err := sh.wconn.PrepareBatch(ctx, "INSERT INTO "+table+" ("+Columns+")")
 	if err != nil {
 		return fmt.Errorf("prepare insert into %s: %w", table, err)
 	}
@@ -185,6 +235,12 @@ func (s *Store) Recover(ctx context.Context, seq, stamp uint64) (map[VersionKey]
 // before it skips them; no other ingester stores those changes. Copying
 // again changes nothing.
 func (s *Store) CompleteChangeLog(ctx context.Context, seqs []uint64, stamp uint64) error {
+	return s.eachShard(func(sh *shard) error { return s.completeChangeLog(ctx, sh, seqs, stamp) })
+}
+
+// completeChangeLog is CompleteChangeLog on one shard. The copy reads the
+// versions table, so it runs on a caught-up replica.
+func (s *Store) completeChangeLog(ctx context.Context, sh *shard, seqs []uint64, stamp uint64) error {
 	const chunk = 2000 // seqs per statement, far below the server's query size limit
 	for len(seqs) > 0 {
 		n := min(chunk, len(seqs))
@@ -195,13 +251,9 @@ func (s *Store) CompleteChangeLog(ctx context.Context, seqs []uint64, stamp uint
 		in := " WHERE last_updated > ? AND seq IN (" + strings.Join(list, ",") + ")"
 		q := "INSERT INTO " + s.changes + " (" + Columns + ") SELECT " + Columns + " FROM " + s.table + in +
 			" AND (seq, type, id) NOT IN (SELECT seq, type, id FROM " + s.changes + in + ")"
-		if err := s.eachShard(func(sh *shard) error {
-			if err := sh.conn.Exec(s.writeCtx(ctx, sh), q, stamp, stamp); err != nil {
-				return fmt.Errorf("copy the versions of %d changes into %s: %w", n, s.changes, err)
-			}
-			return nil
-		}); err != nil {
-			return err
+		err := retryQuorum(ctx, func() error { return sh.conn.Exec(s.writeCtx(ctx, sh), q, stamp, stamp) })
+		if err != nil {
+			return fmt.Errorf("copy the versions of %d changes into %s: %w", n, s.changes, err)
 		}
 		seqs = seqs[n:]
 	}
