@@ -275,12 +275,22 @@ func (r *Report) WriteTable(w io.Writer) error {
 		wire = fmt.Sprintf("%.1f MB on the wire", float64(r.Ingest.WireBytes)/MB)
 	}
 	row("accepted (last POST answered)", r.Ingest.Accepted, wire)
-	row("queryable (all rows in ClickHouse)", r.Ingest.Queryable, fmt.Sprintf("%.2fx the raw insert", r.Ingest.RatioQueryableToRawInsert))
-	row("raw insert (clickhouse-client, Native)", r.Ingest.RawInsert, "1.00x")
+	if r.Ingest.RawInsert.Seconds > 0 {
+		row("queryable (all rows in ClickHouse)", r.Ingest.Queryable, fmt.Sprintf("%.2fx the raw insert", r.Ingest.RatioQueryableToRawInsert))
+		row("raw insert (clickhouse-client, Native)", r.Ingest.RawInsert, "1.00x")
+	} else {
+		row("queryable (all rows in ClickHouse)", r.Ingest.Queryable, "(raw insert not measured)")
+	}
 	fmt.Fprintln(w)
 	fmt.Fprintf(w, head, fmt.Sprintf("EXPORT (median of %d runs)", len(r.Runs)), "seconds", "resources/s", "MB/s", "vs Go scan  vs clickhouse-client")
-	row("kick-off -> manifest", r.Median.ToManifest, fmt.Sprintf("%9.2fx  %9.2fx", r.Median.RatioManifest, r.Median.RatioManifestClient))
-	row("kick-off -> all files downloaded", r.Median.ToDownloaded, fmt.Sprintf("%9.2fx  %9.2fx", r.Median.RatioDownloaded, r.Median.RatioDownloadedClient))
+	ratios := func(goScan, client float64) string {
+		if r.Median.RawClient.Seconds == 0 {
+			return fmt.Sprintf("%9.2fx", goScan)
+		}
+		return fmt.Sprintf("%9.2fx  %9.2fx", goScan, client)
+	}
+	row("kick-off -> manifest", r.Median.ToManifest, ratios(r.Median.RatioManifest, r.Median.RatioManifestClient))
+	row("kick-off -> all files downloaded", r.Median.ToDownloaded, ratios(r.Median.RatioDownloaded, r.Median.RatioDownloadedClient))
 	row("raw read, Go scan (SELECT id, body)", r.Median.Raw, fmt.Sprintf("%9.2fx", 1.0))
 	if r.Median.RawClient.Seconds > 0 {
 		row("raw read, clickhouse-client TSVRaw", r.Median.RawClient, fmt.Sprintf("%22.2fx", 1.0))
