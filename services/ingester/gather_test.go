@@ -41,11 +41,8 @@ func TestGathererSpacesInserts(t *testing.T) {
 		t.Fatalf("a full insert waited for the interval")
 	}
 
-	go func() {
-		time.Sleep(20 * time.Millisecond)
-		in <- batch(5, 1)
-		close(in)
-	}()
+	in <- batch(5, 1)
+	close(in) // the follow ended
 	p, ok = g.next(ctx, time.Minute)
 	if !ok || p.next.Seq != 5 || len(p.rows) != 6 {
 		t.Fatalf("after the carried batch: seq %d, %d rows, %v; want seq 5, 6 rows", p.next.Seq, len(p.rows), ok)
