@@ -2,7 +2,6 @@ package api
 
 import (
 	"bufio"
-
 	"context"
 	"errors"
 	"fmt"
