@@ -308,6 +308,9 @@ func (c *Cluster) startRole(ctx context.Context, name string) error {
 		"FLATFHIR_LISTEN=" + c.cfg.Listen,
 		"FLATFHIR_WRITERS=1",
 		"FLATFHIR_AUTH=off",
+		// NATS keeps every file three times: store them compressed
+		// (ADR 0009; faster on the cluster, measured).
+		"FLATFHIR_FILE_COMPRESSION=gzip",
 	}, c.cfg.Env...)
 	c.add(name, &clusterProc{env: env, dir: filepath.Join(c.cfg.Dir, name)})
 	return c.launch(ctx, name, nil)
