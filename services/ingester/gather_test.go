@@ -9,9 +9,10 @@ import (
 	"github.com/flatfhir/flatfhir/streams"
 )
 
-// batch is a batch of n rows ending at change seq.
+// batch is a batch of n rows ending at change seq, read while more
+// changes waited in the stream.
 func batch(seq uint64, n int) pendingCommit {
-	return pendingCommit{rows: make([]chstore.Row, n), bytes: 10 * n, next: streams.Watermark{Seq: seq}}
+	return pendingCommit{rows: make([]chstore.Row, n), bytes: 10 * n, next: streams.Watermark{Seq: seq}, behind: true}
 }
 
 // TestGathererSpacesInserts: batches that arrive while an insert waits for
@@ -65,5 +66,33 @@ func TestGathererInsertsWhenTheWaitEnds(t *testing.T) {
 	}
 	if d := time.Since(start); d < 50*time.Millisecond {
 		t.Fatalf("inserted after %v, before the wait ended", d)
+	}
+}
+
+// TestGathererDoesNotDelayACaughtUpIngester: a batch read with nothing
+// more waiting in the stream goes at once, whatever the spacing, and a
+// gathered insert ends with the batch that caught up: a read that waits
+// for a write is not held up.
+func TestGathererDoesNotDelayACaughtUpIngester(t *testing.T) {
+	in := make(chan pendingCommit, 4)
+	g := gatherer{in: in, maxRows: 100, maxBytes: 1 << 20}
+	last := batch(1, 1)
+	last.behind = false
+	in <- last
+	start := time.Now()
+	if p, ok := g.next(context.Background(), time.Minute); !ok || p.next.Seq != 1 {
+		t.Fatalf("got seq %d, %v", p.next.Seq, ok)
+	}
+	in <- batch(2, 1)
+	caught := batch(3, 1)
+	caught.behind = false
+	in <- caught
+	in <- batch(4, 1) // the next insert's
+	p, _ := g.next(context.Background(), time.Minute)
+	if p.next.Seq != 3 || len(p.rows) != 2 || p.behind {
+		t.Errorf("gathered up to seq %d (%d rows, behind %v), want up to the batch that caught up, 3", p.next.Seq, len(p.rows), p.behind)
+	}
+	if d := time.Since(start); d > 30*time.Second {
+		t.Errorf("a caught-up ingester waited %v", d)
 	}
 }

@@ -27,12 +27,14 @@ type Config struct {
 	BatchBytes int
 	// FlushInterval is the longest a change waits for its batch to fill.
 	FlushInterval time.Duration
-	// InsertInterval spaces a busy ingester's inserts: one that inserted
-	// less than InsertInterval times the number of ingesters ago gathers
-	// what it reads meanwhile into its next insert (up to BatchSize times
-	// that number of rows, or BatchBytes). Few large inserts leave
-	// ClickHouse fewer parts to merge, however many ingesters share the
-	// work. The first insert after a pause is not delayed.
+	// InsertInterval spaces the inserts of an ingester that is behind
+	// (more changes wait in the stream): one that inserted less than
+	// InsertInterval times the number of ingesters ago gathers what it
+	// reads meanwhile into its next insert (up to BatchSize times that
+	// number of rows, or BatchBytes). Few large inserts leave ClickHouse
+	// fewer parts to merge, however many ingesters share the work. An
+	// ingester that has read everything inserts at once: a write that a
+	// read waits for is not delayed.
 	InsertInterval time.Duration
 	// LeaseTTL is how long a partition claim outlives its last renewal:
 	// another ingester takes a dead one's partitions over that long after
@@ -335,6 +337,8 @@ type pendingCommit struct {
 	bytes     int
 	next      streams.Watermark
 	recovered []uint64
+	// behind: more changes waited in the stream when the batch was read.
+	behind bool
 }
 
 // merge appends q, the batch after p, to p.
@@ -343,6 +347,7 @@ func (p *pendingCommit) merge(q pendingCommit) {
 	p.bytes += q.bytes
 	p.next = q.next
 	p.recovered = append(p.recovered, q.recovered...)
+	p.behind = q.behind
 }
 
 // maxInsertInterval caps the spacing of inserts, however many ingesters
@@ -385,9 +390,10 @@ type gatherer struct {
 	maxRows, maxBytes int
 }
 
-// next returns the next insert: the next batch, and those that arrive
-// within wait after it, while they fit. false when the batches have ended.
-// Batches gathered are never split: a message's versions go in one insert.
+// next returns the next insert: the next batch, and, while the ingester is
+// behind, those that arrive within wait after it, while they fit. false
+// when the batches have ended. Batches gathered are never split: a
+// message's versions go in one insert.
 func (g *gatherer) next(ctx context.Context, wait time.Duration) (pendingCommit, bool) {
 	var p pendingCommit
 	switch {
@@ -401,7 +407,7 @@ func (g *gatherer) next(ctx context.Context, wait time.Duration) (pendingCommit,
 			return p, false
 		}
 	}
-	if wait <= 0 || g.closed {
+	if wait <= 0 || g.closed || !p.behind {
 		return p, true
 	}
 	timer := time.NewTimer(wait)
@@ -418,6 +424,9 @@ func (g *gatherer) next(ctx context.Context, wait time.Duration) (pendingCommit,
 				return p, true
 			}
 			p.merge(q)
+			if !p.behind {
+				return p, true // caught up: nothing more is coming soon
+			}
 		case <-timer.C:
 			return p, true
 		case <-ctx.Done():
@@ -475,7 +484,7 @@ func (f *follower) fetchOnce(ctx context.Context) error {
 	}
 	f.idle = next.Seq == f.assigned.Seq
 	if !f.idle {
-		f.commits.send(pendingCommit{rows, size, next, f.takeRecovered()})
+		f.commits.send(pendingCommit{rows: rows, bytes: size, next: next, recovered: f.takeRecovered(), behind: f.in.pending.Load() > 0})
 		f.assigned = next
 	}
 	return nil
@@ -569,7 +578,7 @@ func (f *follower) read(ctx context.Context, batch jetstream.MessageBatch) ([]ch
 		rows = append(rows, versions...)
 		if size >= f.in.cfg.BatchBytes {
 			// Insert what we have; the rest of the fetch continues the batch.
-			if !f.commits.send(pendingCommit{rows, size, next, f.takeRecovered()}) {
+			if !f.commits.send(pendingCommit{rows: rows, bytes: size, next: next, recovered: f.takeRecovered(), behind: true}) {
 				break
 			}
 			rows, size = make([]chstore.Row, 0, 1024), 0
