@@ -65,7 +65,8 @@ func (s *Store) Insert(ctx context.Context, rows []Row) error {
 // whole or not at all): then only their change log copy is missing, and
 // inserting again would store them twice. So after a refusal the insert
 // looks for its rows first, completes their change log if they are there,
-// and otherwise waits and tries again, until ctx ends.
+// fails when it cannot tell (the caller replays from its watermark), and
+// otherwise waits and tries again, until ctx ends.
 func (s *Store) insert(ctx context.Context, sh *shard, table string, rows []Row) error {
 	return retryQuorum(ctx, func() error {
 		err := s.insertOnce(ctx, sh, table, rows)
@@ -73,7 +74,13 @@ func (s *Store) insert(ctx context.Context, sh *shard, table string, rows []Row)
 			return err
 		}
 		stored, serr := s.holds(ctx, sh, rows)
-		if serr != nil || !stored {
+		if serr != nil {
+			// Inserting again could store the rows twice: fail, and let
+			// the caller replay from its watermark (Recover names what
+			// was stored).
+			return fmt.Errorf("%w; whether the rows were stored could not be read: %v", errUnknownInsert, serr)
+		}
+		if !stored {
 			return err // try again
 		}
 		seqs := make([]uint64, 0, len(rows))
@@ -87,6 +94,9 @@ func (s *Store) insert(ctx context.Context, sh *shard, table string, rows []Row)
 		return s.completeChangeLog(ctx, sh, seqs, lowest-1)
 	})
 }
+
+// errUnknownInsert: a refused insert whose rows may have been stored.
+var errUnknownInsert = errors.New("a quorum insert was refused after the versions table may have taken its rows")
 
 // holds reports whether the versions table of sh holds the first and the
 // last of rows, as a read sees it: an insert is stored whole or not at all.
