@@ -11,10 +11,12 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// Export files are stored gzip-compressed (docs/adr/0009): a writer sends
-// the object store a fraction of the bytes, and the API hands them as they
+// Writers may store export files gzip-compressed (docs/adr/0009, the
+// writer option CompressFiles, FLATFHIR_FILE_COMPRESSION=gzip): the object
+// store then holds a fraction of the bytes, and the API hands them as they
 // are to clients that accept gzip. An object says so in its headers; one
-// without them (written before, or the planner's small files) is plain.
+// without them (stored plain, written before, or the planner's small
+// files) is plain.
 const (
 	// HeaderContentEncoding is "gzip" on an object stored compressed.
 	HeaderContentEncoding = "Content-Encoding"

@@ -23,9 +23,14 @@
 //     the manifest and the ingested total. A mismatch is an error, never a
 //     figure. After each run the export is deleted (untimed).
 //  4. After each export it reads SELECT id, body of the whole table with
-//     clickhouse-go (max_block_size 2048, the engine's own block size), the
-//     ceiling an export could reach, and reports export rate / raw rate.
-//  5. It reads VmHWM (peak resident memory) of every child, of the
+//     clickhouse-go (max_block_size 2048, the engine's own block size), and
+//     the bodies with clickhouse-client (FORMAT TSVRaw), the ceilings an
+//     export could reach, and reports export rate / raw rate for both.
+//  5. It records every process's CPU seconds during the ingest, the raw
+//     insert, the first export and the raw reads, with Options.ProfileDir
+//     their CPU profiles too, and with Options.KillWriter it times one more
+//     export during which the writer process is killed and restarted.
+//  6. It reads VmHWM (peak resident memory) of every child, of the
 //     ClickHouse server and of this process (which hosts NATS and the
 //     generator) before stopping them.
 //

@@ -336,7 +336,7 @@ func (h *harness) notReady(ctx context.Context) string {
 func (h *harness) measure(ctx context.Context) error {
 	o := h.opts
 	fmt.Fprintf(o.Progress, "bulkbench: generating and ingesting %d patients (about %s resources)\n", o.Patients, group(int64(h.report.Setup.EstimatedResources)))
-	err := h.measurePhase(ctx, "ingest", func(ctx context.Context) error {
+	err := h.measurePhase(ctx, "ingest", true, func(ctx context.Context) error {
 		in, err := h.ingest(ctx)
 		h.report.Ingest = in
 		return err
@@ -344,7 +344,7 @@ func (h *harness) measure(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	err = h.measurePhase(ctx, "raw insert", func(ctx context.Context) (err error) {
+	err = h.measurePhase(ctx, "raw insert", true, func(ctx context.Context) (err error) {
 		h.report.Ingest.RawInsert, err = h.rawInsert(ctx)
 		return err
 	})
@@ -355,15 +355,10 @@ func (h *harness) measure(ctx context.Context) error {
 	for run := 1; run <= o.Runs; run++ {
 		fmt.Fprintf(o.Progress, "bulkbench: export run %d of %d\n", run, o.Runs)
 		var res RunResult
-		export := func(ctx context.Context) (err error) {
+		err := h.measurePhase(ctx, "export", run == 1, func(ctx context.Context) (err error) {
 			res, err = h.export(ctx, run)
 			return err
-		}
-		if run == 1 {
-			err = h.measurePhase(ctx, "export", export)
-		} else {
-			err = export(ctx)
-		}
+		})
 		if err != nil {
 			return fmt.Errorf("export run %d: %w", run, err)
 		}
@@ -371,27 +366,17 @@ func (h *harness) measure(ctx context.Context) error {
 			h.warn("run %d: releasing the export: %v", run, err)
 		}
 		fmt.Fprintf(o.Progress, "bulkbench: raw reads %d of %d (Go scan, clickhouse-client)\n", run, o.Runs)
-		rawRead := func(ctx context.Context) (err error) {
+		err = h.measurePhase(ctx, "raw read", run == 1, func(ctx context.Context) (err error) {
 			res.Raw, err = h.rawRead(ctx)
 			return err
-		}
-		if run == 1 {
-			err = h.measurePhase(ctx, "raw read", rawRead)
-		} else {
-			err = rawRead(ctx)
-		}
+		})
 		if err != nil {
 			return fmt.Errorf("raw read %d: %w", run, err)
 		}
-		rawClient := func(ctx context.Context) (err error) {
+		err = h.measurePhase(ctx, "raw read, clickhouse-client", run == 1, func(ctx context.Context) (err error) {
 			res.RawClient, err = h.rawReadClient(ctx)
 			return err
-		}
-		if run == 1 {
-			err = h.measurePhase(ctx, "raw read, clickhouse-client", rawClient)
-		} else {
-			err = rawClient(ctx)
-		}
+		})
 		var noClient errNoClient
 		switch {
 		case errors.As(err, &noClient):
