@@ -99,12 +99,24 @@ func (s *Store) insert(ctx context.Context, sh *shard, table string, rows []Row)
 var errUnknownInsert = errors.New("a quorum insert was refused after the versions table may have taken its rows")
 
 // holds reports whether the versions table of sh holds the first and the
-// last of rows, as a read sees it: an insert is stored whole or not at all.
+// last of rows, as a sequentially consistent read sees it: an insert is
+// stored whole or not at all. It asks a caught-up replica, or, when every
+// replica is busy fetching (as under parallel inserts), any replica that
+// answers a sequentially consistent read, which holds the last insert to
+// complete its quorum. Only when no replica answers does the insert fail.
 func (s *Store) holds(ctx context.Context, sh *shard, rows []Row) (bool, error) {
+	stored, err := s.holdsOn(ctx, sh.conn, rows)
+	if err != nil && sh.wconn != sh.conn {
+		stored, err = s.holdsOn(ctx, sh.wconn, rows)
+	}
+	return stored, err
+}
+
+func (s *Store) holdsOn(ctx context.Context, conn driver.Conn, rows []Row) (bool, error) {
 	for _, r := range []Row{rows[0], rows[len(rows)-1]} {
 		var n uint64
 		q := "SELECT count() FROM " + s.table + " WHERE type = ? AND id_hash = ? AND id = ? AND seq = ?"
-		if err := sh.conn.QueryRow(s.readCtx(ctx, nil), q, r.Type, IDHash(r.ID), r.ID, r.Seq).Scan(&n); err != nil {
+		if err := conn.QueryRow(s.readCtx(ctx, nil), q, r.Type, IDHash(r.ID), r.ID, r.Seq).Scan(&n); err != nil {
 			return false, err
 		}
 		if n == 0 {
