@@ -261,7 +261,7 @@ func (s *Store) CompleteChangeLog(ctx context.Context, seqs []uint64, stamp uint
 }
 
 // completeChangeLog is CompleteChangeLog on one shard. The copy reads the
-// versions table, so it runs on a caught-up replica.
+// versions table, so it runs on a caught-up replica when there is one.
 func (s *Store) completeChangeLog(ctx context.Context, sh *shard, seqs []uint64, stamp uint64) error {
 	const chunk = 2000 // seqs per statement, far below the server's query size limit
 	for len(seqs) > 0 {
@@ -273,7 +273,16 @@ func (s *Store) completeChangeLog(ctx context.Context, sh *shard, seqs []uint64,
 		in := " WHERE last_updated > ? AND seq IN (" + strings.Join(list, ",") + ")"
 		q := "INSERT INTO " + s.changes + " (" + Columns + ") SELECT " + Columns + " FROM " + s.table + in +
 			" AND (seq, type, id) NOT IN (SELECT seq, type, id FROM " + s.changes + in + ")"
-		err := retryQuorum(ctx, func() error { return sh.conn.Exec(s.writeCtx(ctx, sh), q, stamp, stamp) })
+		err := retryQuorum(ctx, func() error {
+			err := sh.conn.Exec(s.writeCtx(ctx, sh), q, stamp, stamp)
+			if err != nil && sh.wconn != sh.conn {
+				// Every replica busy fetching (see holds): any replica
+				// that answers sequentially consistent reads. Copying
+				// again changes nothing.
+				err = sh.wconn.Exec(s.writeCtx(ctx, sh), q, stamp, stamp)
+			}
+			return err
+		})
 		if err != nil {
 			return fmt.Errorf("copy the versions of %d changes into %s: %w", n, s.changes, err)
 		}
