@@ -7,12 +7,17 @@ package testenv
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -57,12 +62,29 @@ var (
 	dbSeq  atomic.Int64
 )
 
+// chDirPrefix names the data directories of the test binaries' ClickHouse
+// servers; the test process's pid follows it.
+const chDirPrefix = "flatfhir-clickhouse-"
+
+// Main runs a package's tests; call it from TestMain. When they are done it
+// stops the ClickHouse server they shared and removes its data directory.
+func Main(m *testing.M) {
+	code := m.Run()
+	if chSrv != nil {
+		_ = chSrv.Stop()
+		_ = os.RemoveAll(chSrv.Config().Dir)
+	}
+	os.Exit(code)
+}
+
 // ClickHouseAddr starts (once per test binary) a local ClickHouse server and
-// returns its address. The server dies with the test process.
+// returns its address. The server dies with the test process; Main removes
+// its data, and the next start removes what a killed test binary left.
 func ClickHouseAddr(t testing.TB) string {
 	t.Helper()
 	chOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "flatfhir-clickhouse-")
+		removeStaleDirs(os.TempDir())
+		dir, err := os.MkdirTemp("", fmt.Sprintf("%s%d-", chDirPrefix, os.Getpid()))
 		if err != nil {
 			chErr = err
 			return
@@ -75,6 +97,24 @@ func ClickHouseAddr(t testing.TB) string {
 		t.Fatalf("start clickhouse: %v", chErr)
 	}
 	return chSrv.Addr()
+}
+
+// removeStaleDirs removes the ClickHouse data directories in tmp whose test
+// process no longer runs: a test binary killed at its timeout never reaches
+// Main's clean-up.
+func removeStaleDirs(tmp string) {
+	dirs, _ := filepath.Glob(filepath.Join(tmp, chDirPrefix+"*-*"))
+	for _, dir := range dirs {
+		pid, err := strconv.Atoi(strings.SplitN(strings.TrimPrefix(filepath.Base(dir), chDirPrefix), "-", 2)[0])
+		if err != nil || pid <= 0 {
+			continue
+		}
+		// ESRCH: no such process. Anything else (alive, or another
+		// user's) leaves the directory alone.
+		if errors.Is(syscall.Kill(pid, 0), syscall.ESRCH) {
+			_ = os.RemoveAll(dir)
+		}
+	}
 }
 
 // ClickHouse returns a store config pointing at a fresh, empty database.
