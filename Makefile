@@ -1,6 +1,6 @@
 # flatfhir: make help lists the targets.
 SHELL := /bin/bash
-MODULES := streams shared services/api services/ingester services/planner services/writer services/flatfhir benchmarks
+MODULES := streams shared services/api services/ingester services/planner services/writer services/flatfhir benchmarks deployments
 BIN := bin/flatfhir
 export FLATFHIR_DATA_DIR ?= $(CURDIR)/var
 GO_TEST_FLAGS ?= -count=1 -timeout 20m

@@ -82,60 +82,66 @@ type Config struct {
 }
 
 // FromEnv reads the configuration from the environment.
-func FromEnv() (Config, error) {
+func FromEnv() (Config, error) { return FromLookup(os.LookupEnv) }
+
+// FromLookup reads the configuration from settings looked up by name, as
+// os.LookupEnv looks up the environment's (a deployment's checks read a
+// container's environment so).
+func FromLookup(lookup func(key string) (string, bool)) (Config, error) {
+	l := settings(lookup)
 	c := Config{
-		Role:               env("FLATFHIR_ROLE", RoleAll),
-		DataDir:            env("FLATFHIR_DATA_DIR", "var"),
-		Listen:             env("FLATFHIR_LISTEN", "127.0.0.1:8080"),
-		BaseURL:            env("FLATFHIR_BASE_URL", ""),
-		NATSURL:            env("FLATFHIR_NATS_URL", ""),
-		ClickHouseAddr:     env("FLATFHIR_CLICKHOUSE_ADDR", ""),
-		ClickHouseDatabase: env("FLATFHIR_CLICKHOUSE_DATABASE", "flatfhir"),
-		AdminToken:         env("FLATFHIR_ADMIN_TOKEN", ""),
-		TLSCert:            env("FLATFHIR_TLS_CERT", ""),
-		TLSKey:             env("FLATFHIR_TLS_KEY", ""),
-		OTLPEndpoint:       env("FLATFHIR_OTLP_ENDPOINT", ""),
-		DebugListen:        env("FLATFHIR_DEBUG_LISTEN", ""),
-		FileCompression:    env("FLATFHIR_FILE_COMPRESSION", "none"),
-		LogLevel:           env("FLATFHIR_LOG_LEVEL", "info"),
+		Role:               l.str("FLATFHIR_ROLE", RoleAll),
+		DataDir:            l.str("FLATFHIR_DATA_DIR", "var"),
+		Listen:             l.str("FLATFHIR_LISTEN", "127.0.0.1:8080"),
+		BaseURL:            l.str("FLATFHIR_BASE_URL", ""),
+		NATSURL:            l.str("FLATFHIR_NATS_URL", ""),
+		ClickHouseAddr:     l.str("FLATFHIR_CLICKHOUSE_ADDR", ""),
+		ClickHouseDatabase: l.str("FLATFHIR_CLICKHOUSE_DATABASE", "flatfhir"),
+		AdminToken:         l.str("FLATFHIR_ADMIN_TOKEN", ""),
+		TLSCert:            l.str("FLATFHIR_TLS_CERT", ""),
+		TLSKey:             l.str("FLATFHIR_TLS_KEY", ""),
+		OTLPEndpoint:       l.str("FLATFHIR_OTLP_ENDPOINT", ""),
+		DebugListen:        l.str("FLATFHIR_DEBUG_LISTEN", ""),
+		FileCompression:    l.str("FLATFHIR_FILE_COMPRESSION", "none"),
+		LogLevel:           l.str("FLATFHIR_LOG_LEVEL", "info"),
 	}
 	var errs []error
-	switch v := strings.ToLower(env("FLATFHIR_AUTH", "on")); v {
+	switch v := strings.ToLower(l.str("FLATFHIR_AUTH", "on")); v {
 	case "on", "true", "1":
 		c.Auth = true
 	case "off", "false", "0":
 	default:
 		errs = append(errs, fmt.Errorf("FLATFHIR_AUTH=%q is not on or off", v))
 	}
-	if v := env("FLATFHIR_CLICKHOUSE_SHARDS", ""); v != "" {
+	if v := l.str("FLATFHIR_CLICKHOUSE_SHARDS", ""); v != "" {
 		shards, err := chstore.ParseShards(v)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("FLATFHIR_CLICKHOUSE_SHARDS: %w", err))
 		}
 		c.ClickHouseShards = shards
 	}
-	c.NATSPort = envInt("FLATFHIR_NATS_PORT", 4222, &errs)
-	c.ClickHousePort = envInt("FLATFHIR_CLICKHOUSE_PORT", 19000, &errs)
-	c.SamplePatients = envInt("FLATFHIR_SAMPLE_PATIENTS", 200, &errs)
-	c.Writers = envInt("FLATFHIR_WRITERS", 2, &errs)
-	c.TaskRows = envInt("FLATFHIR_TASK_ROWS", 0, &errs)
-	c.MaxFileResources = envInt("FLATFHIR_MAX_FILE_RESOURCES", 0, &errs)
-	c.Replicas = envInt("FLATFHIR_REPLICAS", 1, &errs)
-	if v := env("FLATFHIR_POLL_RATE", "2"); v != "" {
+	c.NATSPort = l.int("FLATFHIR_NATS_PORT", 4222, &errs)
+	c.ClickHousePort = l.int("FLATFHIR_CLICKHOUSE_PORT", 19000, &errs)
+	c.SamplePatients = l.int("FLATFHIR_SAMPLE_PATIENTS", 200, &errs)
+	c.Writers = l.int("FLATFHIR_WRITERS", 2, &errs)
+	c.TaskRows = l.int("FLATFHIR_TASK_ROWS", 0, &errs)
+	c.MaxFileResources = l.int("FLATFHIR_MAX_FILE_RESOURCES", 0, &errs)
+	c.Replicas = l.int("FLATFHIR_REPLICAS", 1, &errs)
+	if v := l.str("FLATFHIR_POLL_RATE", "2"); v != "" {
 		f, err := strconv.ParseFloat(v, 64)
 		if err != nil || f < 0 {
 			errs = append(errs, fmt.Errorf("FLATFHIR_POLL_RATE=%q is not a non-negative number", v))
 		}
 		c.PollRate = f
 	}
-	if v := env("FLATFHIR_RETENTION", "24h"); v != "" {
+	if v := l.str("FLATFHIR_RETENTION", "24h"); v != "" {
 		d, err := time.ParseDuration(v)
 		if err != nil || d <= 0 {
 			errs = append(errs, fmt.Errorf("FLATFHIR_RETENTION=%q is not a positive duration (e.g. 24h, 90m)", v))
 		}
 		c.Retention = d
 	}
-	if v := env("FLATFHIR_CHANGE_LOG_RETENTION", "0"); v != "0" {
+	if v := l.str("FLATFHIR_CHANGE_LOG_RETENTION", "0"); v != "0" {
 		d, err := time.ParseDuration(v)
 		if err != nil || d < 24*time.Hour {
 			errs = append(errs, fmt.Errorf("FLATFHIR_CHANGE_LOG_RETENTION=%q is not 0 or a duration of at least 24h (e.g. 2160h for 90 days)", v))
@@ -191,15 +197,24 @@ func (c Config) Validate() error {
 
 func (c Config) dir(sub string) string { return filepath.Join(c.DataDir, sub) }
 
-func env(key, def string) string {
-	if v, ok := os.LookupEnv(key); ok && strings.TrimSpace(v) != "" {
+// settings looks a setting up by name.
+type settings func(key string) (string, bool)
+
+// str is the setting key, trimmed, or def when it is unset or blank.
+func (l settings) str(key, def string) string {
+	if v, ok := l(key); ok && strings.TrimSpace(v) != "" {
 		return strings.TrimSpace(v)
 	}
 	return def
 }
 
-func envInt(key string, def int, errs *[]error) int {
-	v := env(key, "")
+// env is the environment variable key, trimmed, or def.
+func env(key, def string) string { return settings(os.LookupEnv).str(key, def) }
+
+// int is the setting key as a whole number, or def when it is unset; a
+// value that is not one is added to errs.
+func (l settings) int(key string, def int, errs *[]error) int {
+	v := l.str(key, "")
 	if v == "" {
 		return def
 	}
