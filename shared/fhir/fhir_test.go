@@ -17,6 +17,14 @@ func TestFHIRInspect(t *testing.T) {
 		{`{"resourceType":"Patient"}`, "id is missing", true},
 		{`not json`, "not valid JSON", true},
 		{`[1,2]`, "not a JSON object", true},
+		// What the ingester's meta rewrite and a client could read
+		// differently (found by FuzzInspectSetMeta).
+		{`{"resourceType":"Patient","id":"p1","id":"p2"}`, `member "id" appears twice`, true},
+		{`{"resourceType":"Patient","id":"p1","m\u0065ta":{}}`, `member name "m\u0065ta" is written with escapes`, true},
+		{`{"resourceType":"Patient","meta":{"versionId":"1","versionId":"2"}}`, `meta: member "versionId" appears twice`, false},
+		{`{"resourceType":"Patient","meta":{"v\u0065rsionId":"9"}}`, `meta: member name "v\u0065rsionId" is written with escapes`, false},
+		{`{"resourceType":"Patient","meta":5}`, "meta is not a JSON object", false},
+		{`{"resourceType":"Patient","meta":null}`, "", false},
 		{`{"id":"x"}`, "resourceType is missing", true},
 		{`{"resourceType":"Patiant","id":"x"}`, `"Patiant" is not an R4 resource type`, true},
 		{`{"resourceType":"Patient","id":"a/b"}`, "not a valid FHIR id", true},

@@ -130,10 +130,27 @@ func Inspect(body []byte, requireID bool) (Header, error) {
 	if err != nil {
 		return Header{}, err
 	}
+	if err := checkMembers(body, fields, ""); err != nil {
+		return Header{}, err
+	}
 	var h Header
 	var haveType, haveID bool
 	for _, f := range fields {
 		switch string(f.key(body)) {
+		case "meta":
+			// The ingester rewrites meta: it must be an object whose
+			// members it reads as every client will (or null).
+			meta := body[f.vs:f.ve]
+			if bytes.Equal(meta, []byte("null")) {
+				continue
+			}
+			mf, err := topLevel(meta)
+			if err != nil {
+				return Header{}, errors.New("meta is not a JSON object")
+			}
+			if err := checkMembers(meta, mf, "meta: "); err != nil {
+				return Header{}, err
+			}
 		case "resourceType":
 			if err := json.Unmarshal(body[f.vs:f.ve], &h.ResourceType); err != nil {
 				return Header{}, errors.New("resourceType is not a string")
@@ -157,6 +174,26 @@ func Inspect(body []byte, requireID bool) (Header, error) {
 		return Header{}, fmt.Errorf("id %q is not a valid FHIR id ([A-Za-z0-9-.]{1,64})", h.ID)
 	}
 	return h, nil
+}
+
+// checkMembers refuses the member names that a rewrite, which compares
+// names as written, and a client, which unescapes them, could read
+// differently: a name written with escapes (FHIR element names are plain
+// ASCII, so none needs one), and a name that appears twice (decoders keep
+// either the first or the last).
+func checkMembers(b []byte, fields []field, where string) error {
+	for i, f := range fields {
+		k := f.key(b)
+		if bytes.IndexByte(k, '\\') >= 0 {
+			return fmt.Errorf("%smember name %s is written with escapes; FHIR element names need none", where, b[f.ks:f.ke])
+		}
+		for _, g := range fields[:i] {
+			if bytes.Equal(g.key(b), k) {
+				return fmt.Errorf("%smember %q appears twice", where, k)
+			}
+		}
+	}
+	return nil
 }
 
 // SetMeta returns body with meta.versionId and meta.lastUpdated set,

@@ -14,6 +14,7 @@ package sampledata
 
 import (
 	"bufio"
+	"bytes"
 	"compress/gzip"
 	"context"
 	"fmt"
@@ -179,4 +180,40 @@ func write(dir string, patients int) (err error) {
 		_, err := tf.zw.Write([]byte{'\n'})
 		return err
 	})
+}
+
+// Seeds returns up to perType lines of each resource type of [Any]: real
+// resources for the seed corpora of fuzz targets, read at run time (the
+// Synthea set is never copied into the repository).
+func Seeds(tb testing.TB, perType int) [][]byte {
+	tb.Helper()
+	var out [][]byte
+	for _, file := range Any(tb).Files(tb) {
+		lines, err := firstLines(file, perType)
+		if err != nil {
+			tb.Fatalf("read %s: %v", file, err)
+		}
+		out = append(out, lines...)
+	}
+	return out
+}
+
+// firstLines reads the first n lines of a gzipped NDJSON file.
+func firstLines(file string, n int) ([][]byte, error) {
+	f, err := os.Open(file)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	zr, err := gzip.NewReader(f)
+	if err != nil {
+		return nil, err
+	}
+	sc := bufio.NewScanner(zr)
+	sc.Buffer(make([]byte, 0, 1<<20), 64<<20)
+	var out [][]byte
+	for len(out) < n && sc.Scan() {
+		out = append(out, bytes.Clone(sc.Bytes()))
+	}
+	return out, sc.Err()
 }
