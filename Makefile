@@ -7,7 +7,7 @@ GO_TEST_FLAGS ?= -count=1 -timeout 20m
 GOLANGCI_LINT_VERSION := v2.15.0
 GOLANGCI_LINT := bin/tools/golangci-lint-$(GOLANGCI_LINT_VERSION)
 
-.PHONY: help deps build run run-cluster test test-cluster vet lint fmt fmt-check bench clean
+.PHONY: help deps build run run-cluster test test-cluster fuzz vet lint fmt fmt-check bench clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-13s %s\n", $$1, $$2}'
@@ -47,6 +47,14 @@ test: deps ## Run every module's tests against real NATS and ClickHouse
 
 test-cluster: deps ## The cluster tier: round trip, chained exports and chaos on the make run-cluster topology
 	cd services/flatfhir && go test -tags clustertest $(GO_TEST_FLAGS) -run TestCluster -v .
+
+# Each fuzz target runs FUZZTIME with FUZZ_PARALLEL workers. The engine's
+# targets start an engine (and a ClickHouse server) in every worker.
+FUZZTIME ?= 30s
+FUZZ_PARALLEL ?= 1
+
+fuzz: deps ## Run every fuzz target (func Fuzz* in *_test.go) for FUZZTIME each; crashers land in the package's testdata/fuzz
+	@set -e; for f in $$(grep -rl --include='*_test.go' '^func Fuzz' $(MODULES) | sort); do 		d=$$(dirname $$f); 		for fz in $$(sed -n 's/^func \(Fuzz[A-Za-z0-9_]*\)(.*/\1/p' $$f); do 			echo "== fuzz $$d $$fz for $(FUZZTIME)"; 			(cd $$d && go test -run '^$$' -fuzz "^$$fz\$$" -fuzztime $(FUZZTIME) -parallel $(FUZZ_PARALLEL) .); 		done; 	done
 
 vet: lint ## go vet and golangci-lint (.golangci.yml) every module
 	@for m in $(MODULES); do (cd $$m && go vet -tags clustertest ./...) || exit 1; done

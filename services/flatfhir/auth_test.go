@@ -20,7 +20,7 @@ import (
 const e2eAdminToken = "e2e-operator-credential-0123456789"
 
 // cli runs a flatfhir subcommand as a person would and returns its output.
-func cli(t *testing.T, args ...string) string {
+func cli(t testing.TB, args ...string) string {
 	t.Helper()
 	var out, errOut bytes.Buffer
 	if code := flatfhir.Command(t.Context(), args, &out, &errOut); code != 0 {
@@ -32,7 +32,7 @@ func cli(t *testing.T, args ...string) string {
 // startAuthorizedEngine runs the whole engine with authorization on and
 // the operator credential e2eAdminToken, with default tuning, and returns
 // its base URL and configuration.
-func startAuthorizedEngine(t *testing.T) (string, flatfhir.Config) {
+func startAuthorizedEngine(t testing.TB) (string, flatfhir.Config) {
 	t.Helper()
 	ch := testenv.ClickHouse(t)
 	cfg := flatfhir.Config{

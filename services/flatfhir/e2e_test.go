@@ -27,13 +27,13 @@ import (
 
 // startEngine runs every service in-process on real NATS and ClickHouse
 // with small tasks and files, so that splitting and rollover happen.
-func startEngine(t *testing.T) string {
+func startEngine(t testing.TB) string {
 	t.Helper()
 	return startEngineWith(t, nil)
 }
 
 // startEngineWith lets a test adjust the tuning first.
-func startEngineWith(t *testing.T, adjust func(*flatfhir.Tuning)) string {
+func startEngineWith(t testing.TB, adjust func(*flatfhir.Tuning)) string {
 	t.Helper()
 	ch := testenv.ClickHouse(t)
 	cfg := flatfhir.Config{
@@ -55,7 +55,7 @@ func startEngineWith(t *testing.T, adjust func(*flatfhir.Tuning)) string {
 
 // runEngine starts the engine and returns its base URL and a stop that
 // shuts it down and checks it stopped cleanly.
-func runEngine(t *testing.T, cfg flatfhir.Config, tune flatfhir.Tuning) (base string, stop func()) {
+func runEngine(t testing.TB, cfg flatfhir.Config, tune flatfhir.Tuning) (base string, stop func()) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	e, err := flatfhir.Start(ctx, cfg, tune, testenv.Logger(t))

@@ -20,8 +20,14 @@ import (
 // maxJWKSBytes bounds a fetched JWK Set.
 const maxJWKSBytes = 256 << 10
 
-// minRSABits is the smallest RSA modulus accepted.
-const minRSABits = 2048
+// minRSABits is the smallest RSA modulus accepted, maxRSABits the
+// largest: a verification's cost grows with the square of the modulus, and a
+// client's key set, fetched from its own URL, must not make each of its
+// token requests cost seconds.
+const (
+	minRSABits = 2048
+	maxRSABits = 8192
+)
 
 // setKey is one JWK of a set: its raw JSON and the members used to select
 // it.
@@ -63,8 +69,8 @@ func (k setKey) publicKey() (any, error) {
 	}
 	switch pub := jwk.Key().(type) {
 	case *rsa.PublicKey:
-		if pub.N.BitLen() < minRSABits {
-			return nil, fmt.Errorf("RSA key of %d bits; at least %d are required", pub.N.BitLen(), minRSABits)
+		if pub.N.BitLen() < minRSABits || pub.N.BitLen() > maxRSABits {
+			return nil, fmt.Errorf("RSA key of %d bits; %d to %d are accepted", pub.N.BitLen(), minRSABits, maxRSABits)
 		}
 		return pub, nil
 	case *ecdsa.PublicKey:
