@@ -9,8 +9,10 @@ package flatfhir_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
@@ -143,7 +145,14 @@ func TestCluster(t *testing.T) {
 		},
 	} {
 		t.Run(k.name, func(t *testing.T) {
+			start := time.Now()
 			d, rep := runChain(t, c, fmt.Sprintf("zk%d", i+1), &k)
+			if d-baseline > time.Minute {
+				// Not a failure (every round was verified), but the cause
+				// of a slow recovery is in what the engine logged.
+				t.Logf("%s: the run took %.0fs longer than without failures; what the engine warned of meanwhile:\n%s",
+					k.name, (d - baseline).Seconds(), engineWarnings(c, cfg.Dir, start))
+			}
 			t.Logf("%s: the chained run took %.1fs, %.1fs more than without failures (the outage lasted %s); "+
 				"%d requests sent again after 503 or 429, %d transient status answers waited out; every round verified",
 				k.name, d.Seconds(), (d - baseline).Seconds(), outage, rep.Retried, rep.Transient)
@@ -159,6 +168,37 @@ func TestCluster(t *testing.T) {
 			t.Errorf("an export after the restart holds %d resources, %d before", after, before)
 		}
 	})
+}
+
+// engineWarnings is what the engine's processes logged at WARN or ERROR
+// since start, the last 30 lines of each.
+func engineWarnings(c *flatfhir.Cluster, dir string, start time.Time) string {
+	var b strings.Builder
+	for _, name := range c.Processes() {
+		data, err := os.ReadFile(filepath.Join(dir, "logs", name+".log"))
+		if err != nil {
+			continue
+		}
+		var lines []string
+		for line := range strings.Lines(string(data)) {
+			// The engine logs JSON lines (shared/telemetry).
+			var e struct {
+				Time  time.Time
+				Level string
+			}
+			if json.Unmarshal([]byte(line), &e) != nil || e.Level != "WARN" && e.Level != "ERROR" || e.Time.Before(start) {
+				continue
+			}
+			lines = append(lines, line)
+		}
+		if len(lines) > 30 {
+			lines = lines[len(lines)-30:]
+		}
+		if len(lines) > 0 {
+			fmt.Fprintf(&b, "== %s\n%s", name, strings.Join(lines, ""))
+		}
+	}
+	return b.String()
 }
 
 // exportedCount runs a system export and counts the resources in its
