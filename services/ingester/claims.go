@@ -57,6 +57,14 @@ type claims struct {
 	ready   chan struct{}     // closed once the watch delivered the current values
 	viewed  chan struct{}     // a claim or a member changed
 	moved   chan struct{}     // a partition watermark moved
+
+	// The watch's liveness. A watch can stop delivering without ending
+	// (its consumer lost with a NATS node), which would freeze the view:
+	// the other ingesters' renewals unseen, the global watermark stuck. This
+	// ingester's own member key writes must come back through it.
+	wroteRev    uint64    // the revision of its last member key write
+	seenRev     uint64    // the highest revision of that key the watch delivered
+	unseenSince time.Time // when the oldest write not delivered yet was made
 }
 
 type partView struct {
@@ -91,18 +99,16 @@ func signal(ch chan struct{}) {
 }
 
 // watch keeps the view up to date until ctx ends, and closes ready once it
-// holds the current values.
+// holds the current values. A watch that ends, or that stops delivering
+// this ingester's own writes, is replaced by a new one, which delivers the
+// current values first.
 func (c *claims) watch(ctx context.Context) {
+	check := time.NewTicker(c.ttl / 8)
+	defer check.Stop()
 	for ctx.Err() == nil {
 		w, err := c.kv.WatchFiltered(ctx, streams.KeysIngestCoordination())
 		if err == nil {
-			for e := range w.Updates() {
-				if e == nil {
-					c.markReady()
-					continue
-				}
-				c.apply(e)
-			}
+			c.follow(ctx, w, check.C)
 			_ = w.Stop()
 		} else if ctx.Err() == nil {
 			c.log.WarnContext(ctx, "watch ingest partitions", slog.Any("error", err))
@@ -112,6 +118,59 @@ func (c *claims) watch(ctx context.Context) {
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
+}
+
+// follow applies the updates of watch w until it ends, ctx ends, or it is
+// found stale on a tick of check.
+func (c *claims) follow(ctx context.Context, w jetstream.KeyWatcher, check <-chan time.Time) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case e, ok := <-w.Updates():
+			if !ok {
+				return
+			}
+			if e == nil {
+				c.markReady()
+				continue
+			}
+			c.apply(e)
+		case <-check:
+			if late := c.watchLate(); late > 0 {
+				c.log.WarnContext(ctx, "the watch of the ingest bucket stopped delivering; watching anew",
+					slog.Duration("ownWriteUnseenFor", late))
+				return
+			}
+		}
+	}
+}
+
+// watchLate is how long this ingester's oldest member key write has gone
+// undelivered by the watch, when that is over TTL/4 (0 otherwise), and
+// starts the count anew: the next watch gets its time to deliver.
+func (c *claims) watchLate() time.Duration {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.unseenSince.IsZero() || time.Since(c.unseenSince) <= c.ttl/4 {
+		return 0
+	}
+	late := time.Since(c.unseenSince)
+	c.unseenSince = time.Now()
+	return late
+}
+
+// wroteMember notes a write of this ingester's member key at rev.
+func (c *claims) wroteMember(rev uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if rev <= c.seenRev {
+		return // the watch was faster
+	}
+	if c.unseenSince.IsZero() {
+		c.unseenSince = time.Now()
+	}
+	c.wroteRev = rev
 }
 
 func (c *claims) markReady() {
@@ -149,6 +208,12 @@ func (c *claims) apply(e jetstream.KeyValueEntry) {
 		return
 	}
 	if id, ok := streams.ParseMemberKey(e.Key()); ok {
+		if id == c.id && e.Revision() > c.seenRev {
+			c.seenRev = e.Revision()
+			if c.seenRev >= c.wroteRev {
+				c.unseenSince = time.Time{}
+			}
+		}
 		if !put {
 			delete(c.members, id)
 		} else if m := c.members[id]; e.Revision() > m.rev {
@@ -164,8 +229,10 @@ func (c *claims) heartbeat(ctx context.Context) {
 	tick := time.NewTicker(c.ttl / 8)
 	defer tick.Stop()
 	for {
-		if _, err := c.kv.Put(ctx, streams.KeyMember(c.id), []byte(c.owner)); err != nil && ctx.Err() == nil {
+		if rev, err := c.kv.Put(ctx, streams.KeyMember(c.id), []byte(c.owner)); err != nil && ctx.Err() == nil {
 			c.log.WarnContext(ctx, "renew ingester membership", slog.Any("error", err))
+		} else if err == nil {
+			c.wroteMember(rev)
 		}
 		c.mu.Lock()
 		var gone []string
