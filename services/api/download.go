@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"regexp"
 	"strconv"
 	"strings"
@@ -40,18 +41,29 @@ func (s *Server) file(c *fiber.Ctx) error {
 	if job.Status != streams.JobComplete || !fileName.MatchString(name) {
 		return notFound("export %s has no file %q", job.JobID, name)
 	}
-	obj, err := s.files.Get(c.UserContext(), streams.ObjectName(job.JobID, name))
+	object := streams.ObjectName(job.JobID, name)
+	// The object's reads last as long as the download, after this handler
+	// returns. Their context needs a deadline of its own: without one the
+	// object store gives them its API timeout (5 s), and a download that
+	// took longer failed with "nats: timeout".
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(c.UserContext()), maxDownload)
+	open := func() (jetstream.ObjectResult, error) { return s.files.Get(rctx, object) }
+	first, err := open()
 	if errors.Is(err, jetstream.ErrObjectNotFound) {
+		cancel()
 		return notFound("export %s has no file %q", job.JobID, name)
 	}
 	if err != nil {
+		cancel()
 		return transient("file %s of export %s could not be read; retry: %v", name, job.JobID, err)
 	}
-	info, err := obj.Info()
+	info, err := first.Info()
 	if err != nil {
-		obj.Close()
+		first.Close()
+		cancel()
 		return transient("file %s of export %s could not be read; retry: %v", name, job.JobID, err)
 	}
+	obj := newResumingReader(first, info.NUID, open, cancel, s.deps.Log.With("job", job.JobID, "file", name))
 	form, err := streams.FileFormOf(info)
 	if err != nil {
 		obj.Close()
@@ -194,6 +206,76 @@ func (l *leasedReader) Read(p []byte) (int, error) {
 		l.renew()
 	}
 	return l.r.Read(p)
+}
+
+// resumeAttempts bounds how often one download opens its object again.
+const resumeAttempts = 3
+
+// maxDownload bounds one download's time.
+const maxDownload = 24 * time.Hour
+
+// resumingReader reads a stored file. When a read fails midway (a NATS
+// reconnect ends the consumer that delivers the object's chunks: "nats:
+// timeout"), it opens the object again, skips what it already delivered,
+// and carries on, so that the client's download does not end short.
+type resumingReader struct {
+	cur   jetstream.ObjectResult
+	nuid  string // the object's identity: a resumed read must be of the same one
+	open  func() (jetstream.ObjectResult, error)
+	done  context.CancelFunc // ends the reads' context
+	log   *slog.Logger
+	off   int64 // bytes delivered
+	tries int
+}
+
+func newResumingReader(obj jetstream.ObjectResult, nuid string, open func() (jetstream.ObjectResult, error), done context.CancelFunc, log *slog.Logger) *resumingReader {
+	return &resumingReader{cur: obj, nuid: nuid, open: open, done: done, log: log}
+}
+
+func (r *resumingReader) Read(p []byte) (int, error) {
+	for {
+		n, err := r.cur.Read(p)
+		r.off += int64(n)
+		if err == nil || errors.Is(err, io.EOF) || n > 0 {
+			return n, err // a failure after n > 0 bytes recurs on the next read
+		}
+		if r.tries >= resumeAttempts {
+			return 0, err
+		}
+		r.tries++
+		r.log.Warn("file read failed midway; reading it again from the same byte",
+			slog.Int64("offset", r.off), slog.Int("attempt", r.tries), slog.Any("error", err))
+		if rerr := r.resume(); rerr != nil {
+			return 0, fmt.Errorf("%w; reading it again: %w", err, rerr)
+		}
+	}
+}
+
+// resume opens the object again and skips the bytes already delivered.
+func (r *resumingReader) resume() error {
+	_ = r.cur.Close()
+	time.Sleep(time.Duration(r.tries) * 500 * time.Millisecond) // a reconnect takes a moment
+	obj, err := r.open()
+	if err != nil {
+		return err
+	}
+	r.cur = obj
+	info, err := obj.Info()
+	if err != nil {
+		return err
+	}
+	if info.NUID != r.nuid {
+		return errors.New("the file was replaced")
+	}
+	_, err = io.CopyN(io.Discard, obj, r.off)
+	return err
+}
+
+func (r *resumingReader) Info() (*jetstream.ObjectInfo, error) { return r.cur.Info() }
+
+func (r *resumingReader) Close() error {
+	defer r.done()
+	return r.cur.Close()
 }
 
 // readCloser reads from r and closes c when the server is done with it.
