@@ -16,6 +16,7 @@ import (
 	"github.com/gofiber/fiber/v2/middleware/recover"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/valyala/fasthttp"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/trace"
@@ -60,11 +61,27 @@ type Config struct {
 	// (TLS 1.2 or later) with that certificate.
 	TLSCertFile string
 	TLSKeyFile  string
+	// RequestTimeout bounds the reading of a request: its headers, and the
+	// body of any request but a write's. A client sending slower (one byte
+	// a second) is cut off, so that it holds a connection no longer.
+	RequestTimeout time.Duration
+	// WriteBodyTimeout bounds the reading of the body of a POST or PUT,
+	// $ingest's included, once its headers are read.
+	WriteBodyTimeout time.Duration
+	// MaxHeaderBytes bounds a request's line and headers (the URL of a
+	// GET kick-off with long _typeFilter values included); beyond it the
+	// answer is 431.
+	MaxHeaderBytes int
+	// MaxConnsPerIP bounds the connections one client address holds at
+	// once; 0 leaves them unbounded (clients behind one NAT gateway share
+	// an address).
+	MaxConnsPerIP int
 }
 
 // DefaultConfig returns the defaults.
 func DefaultConfig() Config {
-	return Config{Listen: "127.0.0.1:8080", RetryAfter: 5 * time.Second, StatusHold: time.Second, PollRate: 2, PollBurst: 20}
+	return Config{Listen: "127.0.0.1:8080", RetryAfter: 5 * time.Second, StatusHold: time.Second, PollRate: 2, PollBurst: 20,
+		RequestTimeout: time.Minute, WriteBodyTimeout: 30 * time.Minute, MaxHeaderBytes: 64 << 10, MaxConnsPerIP: 256}
 }
 
 // Validate checks the configuration.
@@ -92,6 +109,12 @@ func (c Config) Validate() error {
 	}
 	if c.AdminToken != "" && len(c.AdminToken) < 16 {
 		return errors.New("api admin token must be at least 16 characters")
+	}
+	if c.RequestTimeout <= 0 || c.WriteBodyTimeout < c.RequestTimeout {
+		return errors.New("api request timeout must be positive, and the write body timeout at least as long")
+	}
+	if c.MaxHeaderBytes < 4096 || c.MaxConnsPerIP < 0 {
+		return errors.New("api header limit must be at least 4096 bytes, and the connections per address not negative")
 	}
 	return nil
 }
@@ -171,9 +194,13 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Server, error) {
 		// Every body names its own media type; an empty one has none
 		// (fasthttp would otherwise label it text/plain).
 		DisableDefaultContentType: true,
-		ReadTimeout:               30 * time.Minute, // a large ingest body takes a while
-		IdleTimeout:               2 * time.Minute,
+		// Headers, and the bodies of reads, within RequestTimeout; writes'
+		// bodies get longer (readTimeouts).
+		ReadTimeout:    cfg.RequestTimeout,
+		ReadBufferSize: cfg.MaxHeaderBytes,
+		IdleTimeout:    2 * time.Minute,
 	})
+	s.app.Server().HeaderReceived = s.readTimeouts
 	s.routes()
 	return s, nil
 }
@@ -243,11 +270,25 @@ func (s *Server) Run(ctx context.Context) error {
 	return s.Serve(ctx, ln)
 }
 
+// readTimeouts gives a write's body (POST or PUT: $ingest, Bundles,
+// resources) WriteBodyTimeout from the end of its headers; every other
+// request keeps RequestTimeout for the whole of it.
+func (s *Server) readTimeouts(h *fasthttp.RequestHeader) fasthttp.RequestConfig {
+	if h.IsPost() || h.IsPut() {
+		return fasthttp.RequestConfig{ReadTimeout: s.cfg.WriteBodyTimeout}
+	}
+	return fasthttp.RequestConfig{}
+}
+
 // Serve serves on ln until ctx is done: HTTPS (TLS 1.2 or later) when a
 // certificate is configured, else plain HTTP.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	if s.tls != nil {
 		ln = tls.NewListener(ln, s.tls)
+	}
+	if s.cfg.MaxConnsPerIP > 0 {
+		// Over TLS, the refusal goes through the handshake too.
+		ln = newPerIPListener(ln, s.cfg.MaxConnsPerIP, s.deps.Log)
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- s.app.Listener(ln) }()

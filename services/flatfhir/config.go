@@ -56,6 +56,10 @@ type Config struct {
 	Replicas int
 	// PollRate is the status polls per second allowed per export (0: no limit).
 	PollRate float64
+	// MaxConnsPerIP bounds the API connections one client address holds at
+	// once (FLATFHIR_MAX_CONNS_PER_IP, 256; 0 leaves them unbounded); more
+	// get 429 with Retry-After.
+	MaxConnsPerIP int
 	// Retention is how long a completed export's files stay available.
 	Retention time.Duration
 	// ChangeLogRetention is how long versions stay in the change log that
@@ -127,6 +131,7 @@ func FromLookup(lookup func(key string) (string, bool)) (Config, error) {
 	c.TaskRows = l.int("FLATFHIR_TASK_ROWS", 0, &errs)
 	c.MaxFileResources = l.int("FLATFHIR_MAX_FILE_RESOURCES", 0, &errs)
 	c.Replicas = l.int("FLATFHIR_REPLICAS", 1, &errs)
+	c.MaxConnsPerIP = l.int("FLATFHIR_MAX_CONNS_PER_IP", 256, &errs)
 	if v := l.str("FLATFHIR_POLL_RATE", "2"); v != "" {
 		f, err := strconv.ParseFloat(v, 64)
 		if err != nil || f < 0 {
@@ -175,6 +180,9 @@ func (c Config) Validate() error {
 	}
 	if c.SamplePatients < 0 {
 		return errors.New("FLATFHIR_SAMPLE_PATIENTS must not be negative")
+	}
+	if c.MaxConnsPerIP < 0 {
+		return errors.New("FLATFHIR_MAX_CONNS_PER_IP must not be negative (0: unbounded)")
 	}
 	if (c.TLSCert == "") != (c.TLSKey == "") {
 		return errors.New("FLATFHIR_TLS_CERT and FLATFHIR_TLS_KEY go together")

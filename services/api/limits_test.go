@@ -1,0 +1,152 @@
+package api
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestAPILimitsHold: a client sending its headers one byte at a time
+// (slowloris) is cut off after RequestTimeout while others are served;
+// headers over MaxHeaderBytes get 431 and a long kick-off URL under it is
+// read; connections from one address beyond MaxConnsPerIP get 429 with an
+// OperationOutcome, and a slot comes back when a connection closes.
+func TestAPILimitsHold(t *testing.T) {
+	bus := newAuthBus(t)
+	base, _ := bus.startAPI(t, func(c *Config) {
+		c.Auth, c.RequestTimeout, c.MaxConnsPerIP = false, time.Second, 4
+	})
+	addr := strings.TrimPrefix(base, "http://")
+
+	t.Run("slowloris", func(t *testing.T) {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		start := time.Now()
+		closed := make(chan error, 1)
+		go func() {
+			_ = c.SetReadDeadline(time.Now().Add(30 * time.Second))
+			_, err := io.ReadAll(c) // the 408, then the close
+			closed <- err
+		}()
+		tick := time.NewTicker(100 * time.Millisecond)
+		defer tick.Stop()
+		header := []byte("GET /metadata HTTP/1.1\r\nHost: x\r\nX-Slow: " + strings.Repeat("a", 1000))
+	send:
+		for i, b := range header {
+			select {
+			case err := <-closed:
+				// EOF, or a reset over the bytes never read: closed.
+				var ne net.Error
+				if errors.As(err, &ne) && ne.Timeout() {
+					t.Fatalf("the connection was not closed: %v", err)
+				}
+				break send
+			case <-tick.C:
+				if _, err := c.Write([]byte{b}); err != nil {
+					break send // closed under us
+				}
+			}
+			if d := time.Since(start); d > 15*time.Second {
+				t.Fatalf("a client sending a byte every 100 ms still holds its connection after %s", d)
+			}
+			if i == 3 { // meanwhile a normal client is served
+				resp, err := http.Get(base + "/metadata")
+				if err != nil || resp.StatusCode != http.StatusOK {
+					t.Fatalf("a normal request during the slow one: %v %v", resp, err)
+				}
+				resp.Body.Close()
+			}
+		}
+	})
+
+	t.Run("header size", func(t *testing.T) {
+		long := base + "/$export?_typeFilter=" + strings.Repeat("Observation%3Fcode%3Dhttp%3A%2F%2Floinc.org%7C1234-5%2C", 150)
+		req, _ := http.NewRequest(http.MethodGet, long, nil)
+		req.Header.Set("Prefer", "respond-async")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode == http.StatusRequestHeaderFieldsTooLarge {
+			t.Fatalf("a kick-off URL of %d bytes was refused as too large", len(long))
+		}
+		req, _ = http.NewRequest(http.MethodGet, base+"/metadata", nil)
+		req.Header.Set("X-Huge", strings.Repeat("h", 70<<10))
+		resp, err = http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		checkOutcome(t, resp, http.StatusRequestHeaderFieldsTooLarge)
+	})
+
+	t.Run("connections per address", func(t *testing.T) {
+		var held []net.Conn
+		for range 4 {
+			c, err := net.Dial("tcp", addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			held = append(held, c)
+		}
+		// The fifth is answered 429 and closed.
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkOutcome(t, resp, http.StatusTooManyRequests)
+		if resp.Header.Get("Retry-After") == "" {
+			t.Error("429 without Retry-After")
+		}
+		c.Close()
+		// One closes: a new connection is served.
+		held[0].Close()
+		var ok bool
+		for range 50 {
+			client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+			r, err := client.Get(base + "/metadata")
+			if err == nil {
+				r.Body.Close()
+				if ok = r.StatusCode == http.StatusOK; ok {
+					break
+				}
+			}
+			<-time.After(20 * time.Millisecond)
+		}
+		if !ok {
+			t.Error("no connection was served after one of the four closed")
+		}
+		for _, c := range held[1:] {
+			c.Close()
+		}
+	})
+}
+
+// checkOutcome checks resp has status and an OperationOutcome body.
+func checkOutcome(t *testing.T, resp *http.Response, status int) {
+	t.Helper()
+	body, _ := io.ReadAll(resp.Body)
+	var oo struct {
+		ResourceType string
+		Issue        []struct{ Diagnostics string }
+	}
+	if resp.StatusCode != status || !strings.HasPrefix(resp.Header.Get("Content-Type"), "application/fhir+json") ||
+		json.Unmarshal(body, &oo) != nil || oo.ResourceType != "OperationOutcome" || len(oo.Issue) == 0 {
+		t.Fatalf("%d %q %s; want %d with an OperationOutcome", resp.StatusCode, resp.Header.Get("Content-Type"), body, status)
+	}
+}
