@@ -1,6 +1,7 @@
 package api
 
 import (
+	"crypto/rand"
 	"fmt"
 	"mime"
 	"net/url"
@@ -10,7 +11,6 @@ import (
 
 	"github.com/gofiber/fiber/v2"
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nuid"
 
 	"github.com/flatfhir/flatfhir/shared/fhir"
 	"github.com/flatfhir/flatfhir/shared/typefilter"
@@ -322,7 +322,10 @@ func (s *Server) accept(c *fiber.Ctx, lvl level, req kickoffRequest) error {
 	if err != nil {
 		return transient("the export could not be queued; retry: %v", err)
 	}
-	id := nuid.Next()
+	// 128 random bits (crypto/rand, 26 base32 characters): a job id is the
+	// key to its status and files, so no client may guess another's from
+	// its own (NUIDs, sequential within a process, would let it).
+	id := rand.Text()
 	// The manifest's request is the kick-off URL; for POST without the
 	// parameters, which were in the body.
 	requestURL := s.baseURL(c) + string(c.Request().URI().RequestURI())

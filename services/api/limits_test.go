@@ -150,3 +150,36 @@ func checkOutcome(t *testing.T, resp *http.Response, status int) {
 		t.Fatalf("%d %q %s; want %d with an OperationOutcome", resp.StatusCode, resp.Header.Get("Content-Type"), body, status)
 	}
 }
+
+// TestKickoffJobIDsAreUnguessable: a job id is the key to an export's
+// status and files, so a client must not infer another's from its own: each
+// is 26 base32 characters of crypto/rand (130 bits), and ids made one after
+// the other share no prefix or sequence (NUIDs, used before, shared a
+// 12-character prefix within a process and counted up).
+func TestKickoffJobIDsAreUnguessable(t *testing.T) {
+	bus := newAuthBus(t)
+	base, _ := bus.startAPI(t, func(c *Config) { c.Auth = false })
+	var ids []string
+	for _, typ := range []string{"Patient", "Observation", "Condition", "Encounter", "Procedure", "Immunization", "CarePlan", "Claim"} {
+		resp, body := kickoffWith(t, base, "", "?_type="+typ)
+		if resp.StatusCode != http.StatusAccepted {
+			t.Fatalf("kick-off: %d %s", resp.StatusCode, body)
+		}
+		loc := resp.Header.Get("Content-Location")
+		ids = append(ids, loc[strings.LastIndex(loc, "/")+1:])
+	}
+	for i, id := range ids {
+		if len(id) != 26 || strings.Trim(id, "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567") != "" {
+			t.Errorf("job id %q is not 26 base32 characters", id)
+		}
+		for _, other := range ids[:i] {
+			n := 0
+			for n < len(id) && n < len(other) && id[n] == other[n] {
+				n++
+			}
+			if n >= 6 {
+				t.Errorf("job ids %s and %s share a prefix of %d characters", other, id, n)
+			}
+		}
+	}
+}
