@@ -72,6 +72,12 @@ type Config struct {
 	// GET kick-off with long _typeFilter values included); beyond it the
 	// answer is 431.
 	MaxHeaderBytes int
+	// MaxDownloadsPerClient and MaxWritesPerClient bound the file
+	// downloads and the writes ($ingest, Bundles, resource writes) one
+	// client has in progress at once in this replica (0: unbounded); more
+	// get 429 with Retry-After.
+	MaxDownloadsPerClient int
+	MaxWritesPerClient    int
 	// MaxConnsPerIP bounds the connections one client address holds at
 	// once; 0 leaves them unbounded (clients behind one NAT gateway share
 	// an address).
@@ -81,7 +87,8 @@ type Config struct {
 // DefaultConfig returns the defaults.
 func DefaultConfig() Config {
 	return Config{Listen: "127.0.0.1:8080", RetryAfter: 5 * time.Second, StatusHold: time.Second, PollRate: 2, PollBurst: 20,
-		RequestTimeout: time.Minute, WriteBodyTimeout: 30 * time.Minute, MaxHeaderBytes: 64 << 10, MaxConnsPerIP: 256}
+		RequestTimeout: time.Minute, WriteBodyTimeout: 30 * time.Minute, MaxHeaderBytes: 64 << 10, MaxConnsPerIP: 256,
+		MaxDownloadsPerClient: 32, MaxWritesPerClient: 64}
 }
 
 // Validate checks the configuration.
@@ -113,8 +120,8 @@ func (c Config) Validate() error {
 	if c.RequestTimeout <= 0 || c.WriteBodyTimeout < c.RequestTimeout {
 		return errors.New("api request timeout must be positive, and the write body timeout at least as long")
 	}
-	if c.MaxHeaderBytes < 4096 || c.MaxConnsPerIP < 0 {
-		return errors.New("api header limit must be at least 4096 bytes, and the connections per address not negative")
+	if c.MaxHeaderBytes < 4096 || c.MaxConnsPerIP < 0 || c.MaxDownloadsPerClient < 0 || c.MaxWritesPerClient < 0 {
+		return errors.New("api header limit must be at least 4096 bytes, and the connection, download and write bounds not negative")
 	}
 	return nil
 }
@@ -143,6 +150,8 @@ type Server struct {
 	jobs   streams.Jobs
 	files  jetstream.ObjectStore
 	polls  *pollLimiter
+	// downloads and writes bound each client's requests in progress.
+	downloads, writes *inFlight
 	// indexes caches the attachment indexes of recent exports.
 	indexes *attachmentIndexes
 	auth    *auth.Authority
@@ -161,7 +170,8 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Server, error) {
 		deps.Now = time.Now
 	}
 	s := &Server{cfg: cfg, deps: deps, tracer: deps.Tracer.Tracer("flatfhir/api"), polls: newPollLimiter(cfg.PollRate, cfg.PollBurst),
-		indexes: newAttachmentIndexes()}
+		indexes:   newAttachmentIndexes(),
+		downloads: newInFlight("downloads", cfg.MaxDownloadsPerClient), writes: newInFlight("writes", cfg.MaxWritesPerClient)}
 	var err error
 	if s.jobs, err = streams.OpenJobs(ctx, deps.JS); err != nil {
 		return nil, err
@@ -223,7 +233,7 @@ func (s *Server) routes() {
 	// Every route below needs an access token when auth is on: register
 	// new routes here, never above.
 	s.app.Use(s.authenticate)
-	s.app.Post("/$ingest", s.needIngest, s.ingest)
+	s.app.Post("/$ingest", s.needIngest, s.writes.hold, s.ingest)
 	for _, lvl := range []struct {
 		path string
 		lvl  level
@@ -238,12 +248,12 @@ func (s *Server) routes() {
 	// Binaries the export's Attachment.url values name, authorized as its files.
 	s.app.Get("/files/:job/attachments/Binary/:id", s.attachment)
 	// Batch and transaction Bundles; each entry needs its permission.
-	s.app.Post("/", s.bundle)
+	s.app.Post("/", s.writes.hold, s.bundle)
 	// FHIR reads and writes; registered last, as they match any type.
 	s.app.Get("/:type/:id", s.need(auth.PermRead, ""), s.readResource)
-	s.app.Put("/:type/:id", s.need(auth.PermUpdate, ""), s.putResource)
-	s.app.Delete("/:type/:id", s.need(auth.PermDelete, ""), s.deleteResource)
-	s.app.Post("/:type", s.need(auth.PermCreate, ""), s.createResource)
+	s.app.Put("/:type/:id", s.need(auth.PermUpdate, ""), s.writes.hold, s.putResource)
+	s.app.Delete("/:type/:id", s.need(auth.PermDelete, ""), s.writes.hold, s.deleteResource)
+	s.app.Post("/:type", s.need(auth.PermCreate, ""), s.writes.hold, s.createResource)
 }
 
 // traceRequests starts a span per request, named after the route that

@@ -41,12 +41,18 @@ func (s *Server) file(c *fiber.Ctx) error {
 	if job.Status != streams.JobComplete || !fileName.MatchString(name) {
 		return notFound("export %s has no file %q", job.JobID, name)
 	}
+	release, err := s.downloads.acquire(c)
+	if err != nil {
+		return err
+	}
 	object := streams.ObjectName(job.JobID, name)
 	// The object's reads last as long as the download, after this handler
 	// returns. Their context needs a deadline of its own: without one the
 	// object store gives them its API timeout (5 s), and a download that
 	// took longer failed with "nats: timeout".
-	rctx, cancel := context.WithTimeout(context.WithoutCancel(c.UserContext()), maxDownload)
+	rctx, stop := context.WithTimeout(context.WithoutCancel(c.UserContext()), maxDownload)
+	// cancel ends the reads and gives the download's slot back.
+	cancel := func() { stop(); release() }
 	open := func() (jetstream.ObjectResult, error) { return s.files.Get(rctx, object) }
 	first, err := open()
 	if errors.Is(err, jetstream.ErrObjectNotFound) {

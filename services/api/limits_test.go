@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -182,4 +183,114 @@ func TestKickoffJobIDsAreUnguessable(t *testing.T) {
 			}
 		}
 	}
+}
+
+// TestAPIBoundsEachClientsDownloadsAndWrites: a client with its bound of
+// downloads (or writes) in progress gets 429 with Retry-After and an
+// OperationOutcome for the next, and is served again once one ends.
+func TestAPIBoundsEachClientsDownloadsAndWrites(t *testing.T) {
+	bus := newAuthBus(t)
+	base, _ := bus.startAPI(t, func(c *Config) {
+		c.Auth, c.MaxDownloadsPerClient, c.MaxWritesPerClient = false, 2, 1
+	})
+	addr := strings.TrimPrefix(base, "http://")
+	bigFile(t, bus, base, 12<<20)
+	file := base + "/files/long/Observation.ndjson"
+	// retried sends req (made anew by mk) until it is not a 429.
+	retried := func(mk func() *http.Request) *http.Response {
+		t.Helper()
+		for range 100 {
+			resp, err := (&http.Client{Timeout: 30 * time.Second}).Do(mk())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if resp.StatusCode != http.StatusTooManyRequests {
+				return resp
+			}
+			resp.Body.Close()
+			<-time.After(50 * time.Millisecond)
+		}
+		t.Fatal("still 429 after 5 s")
+		return nil
+	}
+
+	t.Run("downloads", func(t *testing.T) {
+		// Two downloads that read nothing: the server's sends block.
+		var held []net.Conn
+		for range 2 {
+			c, err := net.Dial("tcp", addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_ = c.(*net.TCPConn).SetReadBuffer(16 << 10)
+			if _, err := c.Write([]byte("GET /files/long/Observation.ndjson HTTP/1.1\r\nHost: x\r\n\r\n")); err != nil {
+				t.Fatal(err)
+			}
+			held = append(held, c)
+		}
+		var resp *http.Response
+		for range 100 { // until both are in progress
+			var err error
+			if resp, err = http.Get(file); err != nil {
+				t.Fatal(err)
+			}
+			if resp.StatusCode == http.StatusTooManyRequests {
+				break
+			}
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			<-time.After(20 * time.Millisecond)
+		}
+		checkOutcome(t, resp, http.StatusTooManyRequests)
+		resp.Body.Close()
+		if resp.Header.Get("Retry-After") == "" {
+			t.Error("429 without Retry-After")
+		}
+		held[0].Close()
+		resp = retried(func() *http.Request { r, _ := http.NewRequest(http.MethodGet, file, nil); return r })
+		n, _ := io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK || n < 12<<20 {
+			t.Errorf("after one download ended: %d, %d bytes", resp.StatusCode, n)
+		}
+		held[1].Close()
+	})
+
+	t.Run("writes", func(t *testing.T) {
+		// An $ingest whose large body never finishes arriving holds the one
+		// write (a small body is read whole before any handler runs).
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		line := `{"resourceType":"Patient","id":"w1"}` + "\n"
+		if _, err := fmt.Fprintf(c, "POST /$ingest HTTP/1.1\r\nHost: x\r\nContent-Type: application/fhir+ndjson\r\nContent-Length: %d\r\n\r\n%s",
+			64<<20, strings.Repeat(line, 30000)); err != nil {
+			t.Fatal(err)
+		}
+		ingest := func() *http.Request {
+			r, _ := http.NewRequest(http.MethodPost, base+"/$ingest", strings.NewReader(`{"resourceType":"Patient","id":"w2"}`+"\n"))
+			r.Header.Set("Content-Type", "application/fhir+ndjson")
+			return r
+		}
+		var resp *http.Response
+		for range 100 { // until the slow one holds its slot
+			if resp, err = http.DefaultClient.Do(ingest()); err != nil {
+				t.Fatal(err)
+			}
+			if resp.StatusCode == http.StatusTooManyRequests {
+				break
+			}
+			resp.Body.Close()
+			<-time.After(20 * time.Millisecond)
+		}
+		checkOutcome(t, resp, http.StatusTooManyRequests)
+		resp.Body.Close()
+		c.Close()
+		resp = retried(ingest)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Errorf("after the slow write ended: %d", resp.StatusCode)
+		}
+	})
 }

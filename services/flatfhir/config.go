@@ -60,6 +60,11 @@ type Config struct {
 	// once (FLATFHIR_MAX_CONNS_PER_IP, 256; 0 leaves them unbounded); more
 	// get 429 with Retry-After.
 	MaxConnsPerIP int
+	// MaxDownloadsPerClient and MaxWritesPerClient bound the file
+	// downloads (32) and writes (64) one client has in progress at once in
+	// an API process (FLATFHIR_MAX_DOWNLOADS_PER_CLIENT,
+	// FLATFHIR_MAX_WRITES_PER_CLIENT; 0: unbounded); more get 429.
+	MaxDownloadsPerClient, MaxWritesPerClient int
 	// Retention is how long a completed export's files stay available.
 	Retention time.Duration
 	// ChangeLogRetention is how long versions stay in the change log that
@@ -132,6 +137,8 @@ func FromLookup(lookup func(key string) (string, bool)) (Config, error) {
 	c.MaxFileResources = l.int("FLATFHIR_MAX_FILE_RESOURCES", 0, &errs)
 	c.Replicas = l.int("FLATFHIR_REPLICAS", 1, &errs)
 	c.MaxConnsPerIP = l.int("FLATFHIR_MAX_CONNS_PER_IP", 256, &errs)
+	c.MaxDownloadsPerClient = l.int("FLATFHIR_MAX_DOWNLOADS_PER_CLIENT", 32, &errs)
+	c.MaxWritesPerClient = l.int("FLATFHIR_MAX_WRITES_PER_CLIENT", 64, &errs)
 	if v := l.str("FLATFHIR_POLL_RATE", "2"); v != "" {
 		f, err := strconv.ParseFloat(v, 64)
 		if err != nil || f < 0 {
@@ -181,8 +188,8 @@ func (c Config) Validate() error {
 	if c.SamplePatients < 0 {
 		return errors.New("FLATFHIR_SAMPLE_PATIENTS must not be negative")
 	}
-	if c.MaxConnsPerIP < 0 {
-		return errors.New("FLATFHIR_MAX_CONNS_PER_IP must not be negative (0: unbounded)")
+	if c.MaxConnsPerIP < 0 || c.MaxDownloadsPerClient < 0 || c.MaxWritesPerClient < 0 {
+		return errors.New("FLATFHIR_MAX_CONNS_PER_IP, FLATFHIR_MAX_DOWNLOADS_PER_CLIENT and FLATFHIR_MAX_WRITES_PER_CLIENT must not be negative (0: unbounded)")
 	}
 	if (c.TLSCert == "") != (c.TLSKey == "") {
 		return errors.New("FLATFHIR_TLS_CERT and FLATFHIR_TLS_KEY go together")

@@ -198,6 +198,7 @@ func (e *Engine) build(ctx context.Context, tune Tuning, sc streams.Config) erro
 	if e.has(RoleAPI) {
 		cfg := api.DefaultConfig()
 		cfg.Listen, cfg.BaseURL, cfg.PollRate, cfg.MaxConnsPerIP = e.cfg.Listen, e.cfg.BaseURL, e.cfg.PollRate, e.cfg.MaxConnsPerIP
+		cfg.MaxDownloadsPerClient, cfg.MaxWritesPerClient = e.cfg.MaxDownloadsPerClient, e.cfg.MaxWritesPerClient
 		cfg.Auth, cfg.AdminToken, cfg.TLSCertFile, cfg.TLSKeyFile = e.cfg.Auth, e.cfg.AdminToken, e.cfg.TLSCert, e.cfg.TLSKey
 		if cfg.PollRate == 0 {
 			cfg.PollBurst = 0
