@@ -277,8 +277,6 @@ func (r *resumingReader) resume() error {
 	return err
 }
 
-func (r *resumingReader) Info() (*jetstream.ObjectInfo, error) { return r.cur.Info() }
-
 func (r *resumingReader) Close() error {
 	defer r.done()
 	return r.cur.Close()
