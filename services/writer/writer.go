@@ -167,7 +167,7 @@ func (w *Writer) handle(ctx context.Context, msg jetstream.Msg) {
 			// The last attempt fails the export. A manifest without these
 			// resources would be a silent hole: a client that chains
 			// _since from its transactionTime would never receive them.
-			w.failJob(ctx, task, fmt.Errorf("the %s resources with id hash in [%d, %d) could not be read after %d attempts: %w",
+			w.failJob(ctx, task, fmt.Errorf("the %s resources with id hash in [%d, %d) could not be exported after %d attempts: %w",
 				task.Type, task.HashLo, task.HashHi, md.NumDelivered, err))
 			_ = msg.Term()
 			return
