@@ -45,6 +45,22 @@ func TestLauncherConfigFromEnv(t *testing.T) {
 			}
 		})
 	}
+	t.Run("client bounds", func(t *testing.T) {
+		if c.MaxConnsPerIP != 256 || c.MaxDownloadsPerClient != 32 || c.MaxWritesPerClient != 64 {
+			t.Errorf("defaults: %d connections per address, %d downloads, %d writes per client; want 256, 32, 64",
+				c.MaxConnsPerIP, c.MaxDownloadsPerClient, c.MaxWritesPerClient)
+		}
+		for _, key := range []string{"FLATFHIR_MAX_CONNS_PER_IP", "FLATFHIR_MAX_DOWNLOADS_PER_CLIENT", "FLATFHIR_MAX_WRITES_PER_CLIENT"} {
+			t.Setenv(key, "-1")
+			if _, err := FromEnv(); err == nil || !strings.Contains(err.Error(), key) {
+				t.Errorf("%s=-1: error %v, want one naming it", key, err)
+			}
+			t.Setenv(key, "0") // unbounded
+			if _, err := FromEnv(); err != nil {
+				t.Errorf("%s=0: %v", key, err)
+			}
+		}
+	})
 	t.Run("auth is on unless switched off", func(t *testing.T) {
 		if !c.Auth {
 			t.Error("FLATFHIR_AUTH unset: auth off, want on")
