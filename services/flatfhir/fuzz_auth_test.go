@@ -164,14 +164,9 @@ func FuzzBearerToken(f *testing.F) {
 		f.Add(tok)
 	}
 	f.Fuzz(func(t *testing.T, tok string) {
-		resp, body, ok := send(t, http.MethodGet, base+"/$export", nil,
+		resp, _, ok := exchange(t, base, http.MethodGet, base+"/$export", nil,
 			"Accept", "application/fhir+json", "Prefer", "respond-async", "Authorization", "Bearer "+tok)
-		if !ok {
-			stillAnswers(t, base)
-			return
-		}
-		checkAnswer(t, "a kick-off with a forged token", resp, body)
-		if resp.StatusCode < 400 {
+		if ok && resp.StatusCode < 400 {
 			t.Fatalf("a forged token was let through: %d (token %q)", resp.StatusCode, tok)
 		}
 	})

@@ -90,6 +90,20 @@ func stillAnswers(t *testing.T, base string) {
 	}
 }
 
+// exchange sends a fuzzed request to the engine at base and checks the
+// answer (checkAnswer). ok is false when no HTTP client could send it; the
+// engine must then still answer others.
+func exchange(t *testing.T, base, method, u string, body []byte, headers ...string) (*http.Response, []byte, bool) {
+	t.Helper()
+	resp, answer, ok := send(t, method, u, body, headers...)
+	if !ok {
+		stillAnswers(t, base)
+		return nil, nil, false
+	}
+	checkAnswer(t, method+" "+u, resp, answer)
+	return resp, answer, true
+}
+
 // levels are the kick-off paths a fuzzed level picks from.
 var levels = []string{"/$export", "/Patient/$export", "/Group/g1/$export", "/Group/%2e%2e/$export", "/Group/$export"}
 
@@ -109,13 +123,9 @@ func FuzzKickoff(f *testing.F) {
 	f.Add(uint8(0), "_type=Patient", "respond-async, handling=lenient")
 	f.Fuzz(func(t *testing.T, level uint8, query, prefer string) {
 		u := base + levels[int(level)%len(levels)] + "?" + query
-		resp, body, ok := send(t, http.MethodGet, u, nil, "Accept", "application/fhir+json", "Prefer", prefer)
-		if !ok {
-			stillAnswers(t, base)
-			return
+		if resp, _, ok := exchange(t, base, http.MethodGet, u, nil, "Accept", "application/fhir+json", "Prefer", prefer); ok {
+			cancelAccepted(t, resp)
 		}
-		checkAnswer(t, "GET "+u, resp, body)
-		cancelAccepted(t, resp)
 	})
 }
 
@@ -132,14 +142,11 @@ func FuzzKickoffParameters(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, level uint8, params []byte) {
 		u := base + levels[int(level)%len(levels)]
-		resp, body, ok := send(t, http.MethodPost, u, params,
+		resp, _, ok := exchange(t, base, http.MethodPost, u, params,
 			"Accept", "application/fhir+json", "Prefer", "respond-async", "Content-Type", "application/fhir+json")
-		if !ok {
-			stillAnswers(t, base)
-			return
+		if ok {
+			cancelAccepted(t, resp)
 		}
-		checkAnswer(t, "POST "+u, resp, body)
-		cancelAccepted(t, resp)
 	})
 }
 
@@ -179,12 +186,7 @@ func FuzzIngest(f *testing.F) {
 			body = b.Bytes()
 			headers = append(headers, "Content-Encoding", "gzip")
 		}
-		resp, answer, ok := send(t, http.MethodPost, base+"/$ingest", body, headers...)
-		if !ok {
-			stillAnswers(t, base)
-			return
-		}
-		checkAnswer(t, "POST $ingest", resp, answer)
+		exchange(t, base, http.MethodPost, base+"/$ingest", body, headers...)
 	})
 }
 
@@ -200,12 +202,7 @@ func FuzzBundle(f *testing.F) {
 		f.Add([]byte(b))
 	}
 	f.Fuzz(func(t *testing.T, bundle []byte) {
-		resp, answer, ok := send(t, http.MethodPost, base+"/", bundle, "Content-Type", "application/fhir+json", "Accept", "application/fhir+json")
-		if !ok {
-			stillAnswers(t, base)
-			return
-		}
-		checkAnswer(t, "POST a Bundle", resp, answer)
+		exchange(t, base, http.MethodPost, base+"/", bundle, "Content-Type", "application/fhir+json", "Accept", "application/fhir+json")
 	})
 }
 
@@ -223,13 +220,8 @@ func FuzzWrite(f *testing.F) {
 		if err == nil {
 			path = "/" + url.PathEscape(h.ResourceType) + "/" + url.PathEscape(h.ID)
 		}
-		resp, answer, ok := send(t, http.MethodPut, base+path, body, "Content-Type", "application/fhir+json", "Accept", "application/fhir+json")
-		if !ok {
-			stillAnswers(t, base)
-			return
-		}
-		checkAnswer(t, "PUT "+path, resp, answer)
-		if resp.StatusCode != http.StatusOK && resp.StatusCode != http.StatusCreated {
+		resp, _, ok := exchange(t, base, http.MethodPut, base+path, body, "Content-Type", "application/fhir+json", "Accept", "application/fhir+json")
+		if !ok || resp.StatusCode != http.StatusOK && resp.StatusCode != http.StatusCreated {
 			return
 		}
 		r, stored, ok := send(t, http.MethodGet, base+path, nil, "Accept", "application/fhir+json")
