@@ -241,9 +241,6 @@ func checkSubnetAdmitted(t *testing.T, p *types.Project) {
 	var users usersFile
 	readXML(t, filepath.Join(root, "deployments/clickhouse/users.d/flatfhir.xml"), &users)
 	for name, n := range p.Networks {
-		if n.Ipam.Config == nil {
-			continue
-		}
 		for _, pool := range n.Ipam.Config {
 			if !slices.Contains(users.Networks, pool.Subnet) {
 				t.Errorf("network %s (%s) is not among ClickHouse's admitted networks %v", name, pool.Subnet, users.Networks)
