@@ -187,6 +187,38 @@ func (j Jobs) Remove(ctx context.Context, job string) error {
 	return nil
 }
 
+// RecordedJobs lists the jobs that task results or download leases name,
+// whether or not their record still exists.
+func (j Jobs) RecordedJobs(ctx context.Context) ([]string, error) {
+	seen := map[string]bool{}
+	for _, filter := range []string{KeyTask("*", "*"), KeyDownload("*")} {
+		keys, err := j.keys(ctx, filter)
+		if err != nil {
+			return nil, fmt.Errorf("list %s: %w", filter, err)
+		}
+		for _, k := range keys {
+			parts := strings.Split(k, ".")
+			if len(parts) >= 2 {
+				seen[parts[1]] = true
+			}
+		}
+	}
+	out := make([]string, 0, len(seen))
+	for id := range seen {
+		out = append(out, id)
+	}
+	slices.Sort(out)
+	return out, nil
+}
+
+// RemoveTaskResult deletes a task's result.
+func (j Jobs) RemoveTaskResult(ctx context.Context, job, task string) error {
+	if err := j.kv.Purge(ctx, KeyTask(job, task)); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+		return fmt.Errorf("delete the result of task %s of job %s: %w", task, job, err)
+	}
+	return nil
+}
+
 // RenewDownload records that a file of job is being downloaded at t; the
 // janitor leaves a job alone while that is recent.
 func (j Jobs) RenewDownload(ctx context.Context, job string, t time.Time) error {

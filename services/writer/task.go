@@ -47,6 +47,30 @@ func (w *Writer) checkJob(ctx context.Context, task streams.Task) error {
 	return nil
 }
 
+// cancelledMeanwhile reports whether the job was cancelled or removed by
+// the time an attempt stored its files and result. The API marks a job
+// cancelled before it queues the clean-up, so a clean-up that starts after
+// this check finds what the attempt stored, and one that started before
+// it is seen here: between them nothing is left behind.
+func (w *Writer) cancelledMeanwhile(ctx context.Context, task streams.Task) bool {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), recordTimeout)
+	defer cancel()
+	job, _, err := w.jobs.Get(ctx, task.JobID)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return true
+	}
+	return err == nil && job.Status == streams.JobCancelled
+}
+
+// dropResult removes an attempt's recorded result of a job that is gone.
+func (w *Writer) dropResult(ctx context.Context, result streams.TaskResult) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), recordTimeout)
+	defer cancel()
+	if err := w.jobs.RemoveTaskResult(ctx, result.JobID, result.TaskID); err != nil {
+		w.deps.Log.WarnContext(ctx, "removing the result of a task of a cancelled export", slog.String("job", result.JobID), slog.String("task", result.TaskID), slog.Any("error", err))
+	}
+}
+
 // watch keeps the task message alive and cancels the attempt promptly when
 // the job is cancelled.
 func (w *Writer) watch(ctx context.Context, cancel context.CancelCauseFunc, msg jetstream.Msg, task streams.Task) {

@@ -69,6 +69,8 @@ type Writer struct {
 	jobs      streams.Jobs
 	files     jetstream.ObjectStore
 	heartbeat time.Duration // how often a running task tells JetStream it is alive
+	// testWriting, set by tests only, runs when an attempt starts writing.
+	testWriting func(streams.Task)
 }
 
 // New builds a writer.
@@ -197,6 +199,9 @@ func (w *Writer) run(ctx context.Context, msg jetstream.Msg, task streams.Task, 
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	go w.watch(ctx, cancel, msg, task)
+	if w.testWriting != nil {
+		w.testWriting(task)
+	}
 
 	p, err := w.pipeline(ctx, task)
 	if err != nil {
@@ -221,6 +226,13 @@ func (w *Writer) run(ctx context.Context, msg jetstream.Msg, task streams.Task, 
 		// job's clean-up removes them if they end up unlisted), and the
 		// task is retried, which finds the result if it was stored.
 		return err
+	}
+	if w.cancelledMeanwhile(ctx, task) {
+		// The job's clean-up may have run before these files and this
+		// result were stored, and then left them behind for good.
+		out.abort(context.WithoutCancel(ctx))
+		w.dropResult(ctx, result)
+		return errJobGone
 	}
 	for _, f := range out.files {
 		w.resources.Add(ctx, int64(f.Count), metric.WithAttributes(attribute.String("type", f.Type)))

@@ -53,7 +53,8 @@ func runWriters(t testing.TB, e env, n int) {
 	runWritersWith(t, e, n, cfg)
 }
 
-func runWritersWith(t testing.TB, e env, n int, cfg writer.Config) {
+// runWritersWith runs n writers of cfg, each set up by setUp first.
+func runWritersWith(t testing.TB, e env, n int, cfg writer.Config, setUp ...func(*writer.Writer)) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, n)
@@ -64,6 +65,9 @@ func runWritersWith(t testing.TB, e env, n int, cfg writer.Config) {
 		})
 		if err != nil {
 			t.Fatalf("new writer: %v", err)
+		}
+		for _, f := range setUp {
+			f(w)
 		}
 		go func() { done <- w.Run(ctx) }()
 	}
@@ -513,6 +517,68 @@ func TestWriterSkipsMootTasks(t *testing.T) {
 				t.Errorf("task of a %s job announced %d completions", job, n)
 			}
 		})
+	}
+}
+
+// TestWriterLeavesNothingOfAnExportCancelledWhileItWrites: an export is
+// cancelled while a task of it is being written, and its clean-up runs
+// before the task's files and result are stored. The attempt must remove
+// them itself; before, they stayed in the object store and KV for good
+// (found by bulkbench -soak, whose stores never came back to their
+// baseline). An attempt that finds its job only marked cancelled removes
+// them too: the clean-up may have listed the files before they were
+// stored.
+func TestWriterLeavesNothingOfAnExportCancelledWhileItWrites(t *testing.T) {
+	e := newEnv(t)
+	seed(t, e)
+	until := base.Add(30 * time.Minute)
+	ctx := t.Context()
+	jobs := []string{"removed", "marked"}
+	var tasks []streams.Task
+	for _, job := range jobs {
+		createJob(t, e, job, streams.JobRunning, until)
+		tasks = append(tasks, streams.Task{JobID: job, TaskID: "00000", Type: "Observation", HashHi: chstore.HashSpace, Until: until, MaxFileResources: 400, MaxFileBytes: 1 << 30})
+	}
+	cancelled := make(chan string, len(jobs))
+	cfg := writer.DefaultConfig()
+	cfg.CheckEvery = time.Hour // the attempt must not see the cancel while it writes
+	runWritersWith(t, e, 1, cfg, func(w *writer.Writer) {
+		w.SetTestWriting(func(task streams.Task) {
+			// What DELETE on the status URL does, then (for "removed")
+			// the planner's clean-up, finding nothing of the task yet.
+			if _, err := e.Jobs.Update(ctx, task.JobID, func(j *streams.Job) bool { j.Status = streams.JobCancelled; return true }); err != nil {
+				t.Error(err)
+			}
+			if task.JobID == "removed" {
+				if err := e.Jobs.Remove(ctx, task.JobID); err != nil {
+					t.Error(err)
+				}
+			}
+			cancelled <- task.JobID
+		})
+	})
+	publishTasks(t, e, tasks)
+	for range jobs {
+		select {
+		case <-cancelled:
+		case <-time.After(time.Minute):
+			t.Fatal("the writer did not start the tasks")
+		}
+	}
+	testenv.Eventually(t, time.Minute, "every task acked", func() bool {
+		info, err := e.Tasks.Info(ctx)
+		return err == nil && info.State.Msgs == 0
+	})
+	for _, job := range jobs {
+		if names := e.ObjectNames(t, job+"/"); len(names) != 0 {
+			t.Errorf("the %s export's files stayed: %v", job, names)
+		}
+		if r, ok := result(t, e, job, "00000"); ok {
+			t.Errorf("the %s export's task result stayed: %+v", job, r)
+		}
+		if n := streamstest.SubjectCount(t, e.JobEvents, streams.SubjectJobDone(job)); n != 0 {
+			t.Errorf("a task of the %s export was announced done %d times", job, n)
+		}
 	}
 }
 
