@@ -2,7 +2,10 @@ package planner
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -50,9 +53,12 @@ func (p *Planner) trimChangeLog(ctx context.Context) {
 }
 
 // sweep queues the removal of every job past its time, and drops the
-// duplicate-export slots of jobs that are gone.
+// duplicate-export slots, files and records of jobs that are gone.
 func (p *Planner) sweep(ctx context.Context) error {
 	if err := p.sweepSlots(ctx); err != nil {
+		return err
+	}
+	if err := p.sweepOrphans(ctx); err != nil {
 		return err
 	}
 	ids, err := p.jobs.IDs(ctx)
@@ -103,4 +109,42 @@ func (p *Planner) downloading(ctx context.Context, id string, now time.Time) boo
 // export no longer exists, so they do not pile up.
 func (p *Planner) sweepSlots(ctx context.Context) error {
 	return p.jobs.SweepSlots(ctx)
+}
+
+// sweepOrphans removes the files, task results and download leases of jobs
+// whose record is gone. A writer removes what it stored for an export
+// cancelled meanwhile, but one killed between storing and checking leaves
+// it. The API creates a job's record before anything else of it exists, so
+// whatever is found without one is left over.
+func (p *Planner) sweepOrphans(ctx context.Context) error {
+	owners := map[string]bool{}
+	infos, err := p.files.List(ctx)
+	if err != nil && !errors.Is(err, jetstream.ErrNoObjectsFound) {
+		return fmt.Errorf("list export files: %w", err)
+	}
+	for _, info := range infos {
+		if job, _, ok := strings.Cut(info.Name, "/"); ok {
+			owners[job] = true
+		}
+	}
+	recorded, err := p.jobs.RecordedJobs(ctx)
+	if err != nil {
+		return err
+	}
+	for _, job := range recorded {
+		owners[job] = true
+	}
+	for job := range owners {
+		if _, _, err := p.jobs.Get(ctx, job); !errors.Is(err, jetstream.ErrKeyNotFound) {
+			continue // a job, or a store that cannot tell now
+		}
+		if err := DeleteJobFiles(ctx, p.files, job); err != nil {
+			return err
+		}
+		if err := p.jobs.Remove(ctx, job); err != nil {
+			return err
+		}
+		p.deps.Log.InfoContext(ctx, "left-over files and records of a removed export deleted", slog.String("job", job))
+	}
+	return nil
 }

@@ -84,6 +84,59 @@ func TestPlannerJanitorRemovesExpiredExportsButNotOneBeingDownloaded(t *testing.
 	}
 }
 
+// TestPlannerJanitorRemovesWhatARemovedExportLeftBehind: files, task
+// results and download leases of an export whose record is gone (a writer
+// killed after storing them for an export cancelled meanwhile) are
+// removed; those of an export that exists are not.
+func TestPlannerJanitorRemovesWhatARemovedExportLeftBehind(t *testing.T) {
+	e := newEnv(t)
+	ctx := t.Context()
+	if err := e.Jobs.Create(ctx, newJob("live", 0)); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{"live", "removed"} {
+		if _, err := e.Files.PutString(ctx, streams.ObjectName(id, "Patient-00000-a1-1-001.ndjson"), "{}\n"); err != nil {
+			t.Fatal(err)
+		}
+		if err := e.Jobs.RecordTaskResult(ctx, streams.TaskResult{JobID: id, TaskID: "00000", Attempt: 1, Token: "1"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A lease alone names a job too.
+	if err := e.Jobs.RenewDownload(ctx, "leased", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	cfg := testConfig()
+	cfg.SweepEvery = 50 * time.Millisecond
+	runPlanner(t, e, cfg)
+
+	testenv.Eventually(t, 20*time.Second, "the removed export's file deleted", func() bool {
+		_, err := e.Files.GetInfo(ctx, streams.ObjectName("removed", "Patient-00000-a1-1-001.ndjson"))
+		return errors.Is(err, jetstream.ErrObjectNotFound)
+	})
+	testenv.Eventually(t, 10*time.Second, "the removed export's records deleted", func() bool {
+		jobs, err := e.Jobs.RecordedJobs(ctx)
+		return err == nil && len(jobs) == 1 && jobs[0] == "live"
+	})
+	// Sweeps later, the live export keeps its file and result.
+	for i := range 2 {
+		request := fmt.Sprintf("probe-%d", i)
+		if _, ok, err := e.Jobs.ClaimSlot(ctx, "", request, "never-existed"); err != nil || !ok {
+			t.Fatalf("claim probe slot: %v", err)
+		}
+		testenv.Eventually(t, 10*time.Second, "a sweep", func() bool {
+			_, held, err := e.Jobs.SlotHolder(ctx, "", request)
+			return err == nil && !held
+		})
+	}
+	if _, err := e.Files.GetInfo(ctx, streams.ObjectName("live", "Patient-00000-a1-1-001.ndjson")); err != nil {
+		t.Errorf("file of the live export: %v", err)
+	}
+	if _, ok, err := e.Jobs.TaskResult(ctx, "live", "00000"); err != nil || !ok {
+		t.Errorf("task result of the live export: %v %v", ok, err)
+	}
+}
+
 // TestPlannerJanitorTrimsTheChangeLog: with a change log retention, the
 // janitor drops the months older than it from the change log; _since
 // reads from before then still see every change.
