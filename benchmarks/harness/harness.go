@@ -191,7 +191,11 @@ func (h *harness) setUp(ctx context.Context) error {
 			"FLATFHIR_SAMPLE_PATIENTS": "0",
 		}
 		env["FLATFHIR_FILE_COMPRESSION"] = fileCompression(o.FileGzip)
-		if o.ProfileDir != "" {
+		if o.Retention > 0 {
+			env["FLATFHIR_RETENTION"] = o.Retention.String()
+		}
+		// Profiles, and the soak's samples of goroutines and heap.
+		if o.ProfileDir != "" || o.Soak > 0 {
 			port, err := freePort()
 			if err != nil {
 				return err
@@ -344,6 +348,19 @@ func (h *harness) measure(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if o.Soak > 0 {
+		soak, err := h.soak(ctx)
+		h.report.Soak = soak
+		h.report.Verified = err == nil
+		if err != nil {
+			return fmt.Errorf("soak: %w", err)
+		}
+		if err := h.childrenAlive(); err != nil {
+			return err
+		}
+		h.collectMemory()
+		return nil
+	}
 	err = h.measurePhase(ctx, "raw insert", true, func(ctx context.Context) (err error) {
 		h.report.Ingest.RawInsert, err = h.rawInsert(ctx)
 		return err
@@ -441,6 +458,12 @@ func (h *harness) measure(ctx context.Context) error {
 	if err := h.childrenAlive(); err != nil {
 		return err
 	}
+	h.collectMemory()
+	return nil
+}
+
+// collectMemory reads every process's peak memory into the report.
+func (h *harness) collectMemory() {
 	for _, c := range h.children {
 		h.addMemory("flatfhir "+c.role, c.pid())
 	}
@@ -453,7 +476,6 @@ func (h *harness) measure(ctx context.Context) error {
 		h.addMemory("clickhouse-server", pid)
 	}
 	h.addMemory("harness (NATS, generator, client)", os.Getpid())
-	return nil
 }
 
 func (h *harness) addMemory(name string, pid int) {

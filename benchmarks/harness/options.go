@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"io"
 	"time"
+
+	"github.com/flatfhir/flatfhir/shared/synth"
 )
 
 // Options configure one benchmark run. Zero values take the defaults of
@@ -73,6 +75,23 @@ type Options struct {
 	// FileGzip has the writers store export files gzip-compressed
 	// (FLATFHIR_FILE_COMPRESSION=gzip, docs/adr/0009).
 	FileGzip bool
+	// Soak, when positive, replaces the timed exports with a soak of that
+	// length after the ingest (soak.go): ingest, FHIR writes, exports at
+	// all three levels, _since chains, pollers and cancellations at once,
+	// each export verified, every process sampled; then a final exact
+	// export and the wait for the janitor to bring the stores back to
+	// their baseline.
+	Soak time.Duration
+	// SoakIngestRate bounds the soak's continuous ingest, in resources a
+	// second.
+	SoakIngestRate int
+	// SoakSampleEvery is how often the soak samples every process.
+	SoakSampleEvery time.Duration
+	// SoakHTML, when set, receives the soak's report with its plots.
+	SoakHTML string
+	// Retention is the engine's FLATFHIR_RETENTION; empty leaves its
+	// default (24h). The soak shortens it to see the janitor work.
+	Retention time.Duration
 }
 
 // DefaultOptions are bulkbench's defaults: about a million resources.
@@ -88,6 +107,8 @@ func DefaultOptions() Options {
 		DownloadParallel: 2,
 		PollInterval:     100 * time.Millisecond,
 		ExportTimeout:    30 * time.Minute,
+		SoakIngestRate:   500,
+		SoakSampleEvery:  10 * time.Second,
 	}
 }
 
@@ -113,6 +134,15 @@ func (o *Options) setDefaults() {
 	}
 	if o.Ingesters == 0 {
 		o.Ingesters = 1
+	}
+	if o.SoakIngestRate == 0 {
+		o.SoakIngestRate = d.SoakIngestRate
+	}
+	if o.SoakSampleEvery == 0 {
+		o.SoakSampleEvery = d.SoakSampleEvery
+	}
+	if o.Soak > 0 && o.Retention == 0 {
+		o.Retention = soakRetention
 	}
 }
 
@@ -145,6 +175,20 @@ func (o Options) Validate() error {
 	}
 	if o.ExportTimeout <= 0 {
 		errs = append(errs, errors.New("export timeout must be positive"))
+	}
+	if o.Soak < 0 || o.Retention < 0 {
+		errs = append(errs, errors.New("soak and retention must not be negative"))
+	}
+	if o.Soak > 0 {
+		if o.Cluster {
+			errs = append(errs, errors.New("the soak runs on one node"))
+		}
+		if o.Patients > synth.DefaultGroupSize {
+			errs = append(errs, fmt.Errorf("the soak loads at most %d patients first (one Group, whose export it checks exactly), got %d", synth.DefaultGroupSize, o.Patients))
+		}
+		if o.SoakIngestRate < 1 || o.SoakSampleEvery <= 0 {
+			errs = append(errs, errors.New("the soak's ingest rate and sample interval must be positive"))
+		}
 	}
 	return errors.Join(errs...)
 }

@@ -160,7 +160,8 @@ func (p *phase) end() Phase {
 	}
 	w := 0
 	for _, pr := range p.procs {
-		if pr.debug == "" {
+		// A soak serves profiles for its samples without profiling phases.
+		if pr.debug == "" || w >= len(p.workers) {
 			continue
 		}
 		prof := p.workers[w].stop()

@@ -155,6 +155,8 @@ type Report struct {
 	WriterKill *KillResult `json:"writerKill,omitempty"`
 	// Chain is the chained-export check, when one was run.
 	Chain *chain.Report `json:"chain,omitempty"`
+	// Soak is the soak, when one was run instead of the timed exports.
+	Soak *SoakResult `json:"soak,omitempty"`
 	// Verified is true when every run's files matched their manifest
 	// counts and held exactly the ingested number of resources per type.
 	Verified bool     `json:"verified"`
@@ -282,6 +284,13 @@ func (r *Report) WriteTable(w io.Writer) error {
 		row("queryable (all rows in ClickHouse)", r.Ingest.Queryable, "(raw insert not measured)")
 	}
 	fmt.Fprintln(w)
+	if r.Soak != nil {
+		r.Soak.writeTable(w)
+		for _, warn := range r.Warnings {
+			fmt.Fprintf(w, "warning: %s\n", warn)
+		}
+		return nil
+	}
 	limits := "vs Go scan  vs clickhouse-client"
 	if r.Median.RawClient.Seconds == 0 {
 		limits = "vs Go scan"

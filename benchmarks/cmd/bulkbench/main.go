@@ -30,6 +30,10 @@ func main() {
 	flag.StringVar(&opts.ProfileDir, "profile", "", "write CPU profiles of the ingest and the first export (the harness and every engine process) into this directory, and name each process's top functions")
 	flag.BoolVar(&opts.KillWriter, "kill-writer", false, "after the timed exports, run one during which the writer process is killed (SIGKILL) and started again, and report its extra seconds")
 	flag.BoolVar(&opts.FileGzip, "file-gzip", false, "writers store export files gzip-compressed (FLATFHIR_FILE_COMPRESSION=gzip)")
+	flag.DurationVar(&opts.Soak, "soak", 0, "instead of the timed exports, a soak of this length (e.g. 15m) after the ingest: continuous ingest, FHIR writes, exports at all three levels, _since chains, pollers and cancellations, every export verified, every process sampled")
+	flag.IntVar(&opts.SoakIngestRate, "soak-ingest-rate", opts.SoakIngestRate, "resources a second the soak ingests")
+	flag.DurationVar(&opts.SoakSampleEvery, "soak-sample", opts.SoakSampleEvery, "how often the soak samples every process's memory and goroutines")
+	flag.StringVar(&opts.SoakHTML, "soak-html", "soak.html", "where the soak writes its report with plots (empty: nowhere)")
 	jsonPath := flag.String("json", "", "also write the figures as JSON to this file")
 	flag.Parse()
 	opts.Progress = os.Stderr
@@ -38,6 +42,13 @@ func main() {
 	defer stop()
 	report, err := harness.Run(ctx, opts)
 	if err != nil {
+		// A failed soak's figures say what went wrong, and when.
+		if report != nil && report.Soak != nil {
+			_ = report.WriteTable(os.Stderr)
+			if *jsonPath != "" {
+				_ = report.WriteJSON(*jsonPath)
+			}
+		}
 		fmt.Fprintln(os.Stderr, "bulkbench: FAILED:", err)
 		os.Exit(1)
 	}
