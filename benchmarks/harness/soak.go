@@ -708,6 +708,9 @@ func (s *SoakResult) writeTable(w io.Writer) {
 			mark = "  UNEXPECTED"
 		}
 		fmt.Fprintf(w, "  %-10s %-6s %5d× %s%s\n", l.Process, l.Level, l.Count, l.Message, mark)
+		if l.Unexpected && l.Example != "" {
+			fmt.Fprintf(w, "             first: %s\n", l.Example)
+		}
 	}
 	if s.HTML != "" {
 		fmt.Fprintf(w, "\nplots: %s\n", s.HTML)

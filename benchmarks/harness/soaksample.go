@@ -252,11 +252,14 @@ type LogCount struct {
 	// Unexpected: an error (or a crash's output) that a soak on a healthy
 	// machine should not show.
 	Unexpected bool `json:"unexpected"`
+	// Example is the first such record, whole (up to 1,000 bytes).
+	Example string `json:"example,omitempty"`
 }
 
 // scanLogs counts the warnings and errors of every engine process's log.
 func (h *harness) scanLogs() []LogCount {
 	counts := map[LogCount]int{}
+	examples := map[LogCount]string{}
 	for _, c := range h.children {
 		f, err := os.Open(c.logPath)
 		if err != nil {
@@ -286,7 +289,11 @@ func (h *harness) scanLogs() []LogCount {
 			if rec.Level != "WARN" && rec.Level != "ERROR" {
 				continue
 			}
-			counts[LogCount{Process: c.role, Level: rec.Level, Message: rec.Msg, Unexpected: rec.Level == "ERROR"}]++
+			k := LogCount{Process: c.role, Level: rec.Level, Message: rec.Msg, Unexpected: rec.Level == "ERROR"}
+			if counts[k] == 0 {
+				examples[k] = string(line[:min(len(line), 1000)])
+			}
+			counts[k]++
 		}
 		if err := sc.Err(); err != nil {
 			h.warn("reading the %s log: %v", c.role, err)
@@ -295,7 +302,8 @@ func (h *harness) scanLogs() []LogCount {
 	}
 	var out []LogCount
 	for k, n := range counts {
-		k.Count = n
+		ex := examples[k]
+		k.Count, k.Example = n, ex
 		out = append(out, k)
 	}
 	sort.Slice(out, func(i, j int) bool {
