@@ -196,6 +196,20 @@ func heartbeat(msg jetstream.Msg, every time.Duration) (stop func()) {
 
 // plan fixes transactionTime, splits the job into tasks and publishes them.
 func (p *Planner) plan(ctx context.Context, id string) error {
+	err := p.planJob(ctx, id)
+	if err != nil && ctx.Err() == nil {
+		if _, _, gerr := p.jobs.Get(ctx, id); errors.Is(gerr, jetstream.ErrKeyNotFound) {
+			// Cancelled and removed while it was planned (found by the
+			// soak): there is nothing left to plan, and nothing failed.
+			p.deps.Log.InfoContext(ctx, "export removed while it was planned", slog.String("job", id))
+			return nil
+		}
+	}
+	return err
+}
+
+// planJob is plan, for a job that may be removed meanwhile.
+func (p *Planner) planJob(ctx context.Context, id string) error {
 	job, _, err := p.jobs.Get(ctx, id)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		return nil // cancelled and cleaned up before planning

@@ -399,6 +399,54 @@ func TestPlannerWatermark(t *testing.T) {
 	}
 }
 
+// TestPlannerLetsGoOfAnExportRemovedWhileItWaits: an export cancelled and
+// removed while the planner waits for its changes to be ingested is let go
+// at once: no task, no error, no redelivered kick-off. Before, the plan
+// failed on the missing record ("nats: key not found"), logged an error
+// and was retried (found by bulkbench -soak, with 327 cancellations).
+func TestPlannerLetsGoOfAnExportRemovedWhileItWaits(t *testing.T) {
+	e := newEnv(t)
+	cfg := testConfig()
+	cfg.WatermarkTimeout = time.Minute
+	runPlanner(t, e, cfg)
+	var seq uint64
+	insert(t, e, "Patient", "p", 1, time.Unix(500, 0), &seq)
+	setWatermark(t, e, streams.Watermark{Seq: 4, Stamp: time.Unix(1000, 0).UTC()})
+	if err := e.Jobs.Create(t.Context(), newJob("job1", 5)); err != nil {
+		t.Fatal(err)
+	}
+	publish(t, e, streams.SubjectJobSubmit("job1"), nil)
+	cons, err := e.JS.Consumer(t.Context(), streams.StreamExportJobs, streams.ConsumerPlanner)
+	if err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 10*time.Second, "planner holds the kick-off", func() bool {
+		info, err := cons.Info(t.Context())
+		return err == nil && info.NumAckPending == 1
+	})
+	if err := e.Jobs.Remove(t.Context(), "job1"); err != nil {
+		t.Fatal(err)
+	}
+	setWatermark(t, e, streams.Watermark{Seq: 5, Stamp: time.Unix(2000, 0).UTC()})
+	testenv.Eventually(t, 20*time.Second, "the kick-off acked", func() bool {
+		info, err := cons.Info(t.Context())
+		return err == nil && info.NumAckPending == 0 && info.NumPending == 0
+	})
+	// A kick-off sent back is delivered again a second later.
+	<-time.After(2 * time.Second)
+	// The consumer's sequence counts deliveries, redeliveries included.
+	info, err := cons.Info(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Delivered.Consumer != 1 {
+		t.Errorf("the kick-off of the removed export was delivered %d times, want once", info.Delivered.Consumer)
+	}
+	if info, err := e.Tasks.Info(t.Context()); err != nil || info.State.Msgs != 0 {
+		t.Errorf("tasks published for the removed export: %v %v", info, err)
+	}
+}
+
 func TestPlannerCancelRemovesEverything(t *testing.T) {
 	e := newEnv(t)
 	runPlanner(t, e, testConfig())
