@@ -214,7 +214,7 @@ func (h *harness) soak(ctx context.Context) (*SoakResult, error) {
 		}
 	}
 	res.Samples = sampler.stop()
-	res.Trends = trends(res.Samples)
+	res.Trends = trends(res.Samples, res.Seconds)
 	for _, t := range res.Trends {
 		if t.Checked && !t.Flat {
 			res.Failures = append(res.Failures, fmt.Sprintf("%s is not flat: %s", t.Process, t.Why))
@@ -681,7 +681,7 @@ func (s *SoakResult) writeTable(w io.Writer) {
 	}
 	fmt.Fprintf(w, "  stores          before: %+v\n                  after:  %+v (%.0f s after the load)\n", s.Before, s.After, s.BaselineSeconds)
 
-	fmt.Fprintf(w, "\nProcesses (medians of the early and late thirds after the warm-up, %d samples):\n", len(s.Samples))
+	fmt.Fprintf(w, "\nProcesses during the load (medians of its early and late thirds after the warm-up; %d samples in all):\n", len(s.Samples))
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintf(tw, "  process\tRSS MiB\tlive heap MiB\tgoroutines\tflat\t\n")
 	for _, t := range s.Trends {

@@ -159,8 +159,9 @@ func procStatus(pid int, field string) (int64, error) {
 	return 0, fmt.Errorf("/proc/%d/status has no %s", pid, field)
 }
 
-// Trend is what a process's samples say: the medians of the first and the
-// last third of the samples after the first fifth (the warm-up).
+// Trend is what a process's samples during the load say: the medians of
+// the first and the last third of them after the first fifth (the
+// warm-up).
 type Trend struct {
 	Process string `json:"process"`
 	// Checked: the process is the engine's, whose memory must stay flat
@@ -185,9 +186,17 @@ const (
 	minTrendPoints = 6
 )
 
-// trends computes every process's trend.
-func trends(samples []Sample) []Trend {
-	rest := samples[len(samples)/5:]
+// trends computes every process's trend over the samples taken in the
+// first `load` seconds (the load; the samples after it show the engine
+// idle, and would hide growth under load).
+func trends(samples []Sample, load float64) []Trend {
+	var during []Sample
+	for _, s := range samples {
+		if s.At <= load {
+			during = append(during, s)
+		}
+	}
+	rest := during[len(during)/5:]
 	var names []string
 	seen := map[string]bool{}
 	for _, s := range samples {
