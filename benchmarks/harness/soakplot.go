@@ -15,16 +15,7 @@ import (
 // soakPlots draws the soak's samples as line charts (gonum/plot): every
 // process's RSS, live heap and goroutines, and the load's progress.
 func soakPlots(samples []Sample) ([]*plot.Plot, error) {
-	var names []string
-	seen := map[string]bool{}
-	for _, s := range samples {
-		for _, p := range s.Procs {
-			if !seen[p.Process] {
-				seen[p.Process] = true
-				names = append(names, p.Process)
-			}
-		}
-	}
+	names := processNames(samples)
 	perProcess := func(f func(ProcSample) float64, skipZero bool) []any {
 		var lines []any
 		for _, name := range names {

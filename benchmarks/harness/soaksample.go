@@ -186,6 +186,22 @@ const (
 	minTrendPoints = 6
 )
 
+// processNames lists the processes the samples name, in order of first
+// appearance.
+func processNames(samples []Sample) []string {
+	var names []string
+	seen := map[string]bool{}
+	for _, s := range samples {
+		for _, p := range s.Procs {
+			if !seen[p.Process] {
+				seen[p.Process] = true
+				names = append(names, p.Process)
+			}
+		}
+	}
+	return names
+}
+
 // trends computes every process's trend over the samples taken in the
 // first `load` seconds (the load; the samples after it show the engine
 // idle, and would hide growth under load).
@@ -197,16 +213,7 @@ func trends(samples []Sample, load float64) []Trend {
 		}
 	}
 	rest := during[len(during)/5:]
-	var names []string
-	seen := map[string]bool{}
-	for _, s := range samples {
-		for _, p := range s.Procs {
-			if !seen[p.Process] {
-				seen[p.Process] = true
-				names = append(names, p.Process)
-			}
-		}
-	}
+	names := processNames(samples)
 	var out []Trend
 	for _, name := range names {
 		t := Trend{Process: name, Checked: strings.HasPrefix(name, "flatfhir "), Flat: true}

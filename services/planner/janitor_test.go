@@ -61,19 +61,8 @@ func TestPlannerJanitorRemovesExpiredExportsButNotOneBeingDownloaded(t *testing.
 	if job, held, err := e.Jobs.SlotHolder(ctx, "", "kept"); err != nil || !held || job != "fresh" {
 		t.Errorf("slot of a live job: %q %v %v", job, held, err)
 	}
-	// Several sweeps later the others are still there. A sweep purges the
-	// slot of a job that does not exist: each such slot gone is one more
-	// sweep, and the sweep after it went over every job.
-	for i := range 3 {
-		request := fmt.Sprintf("probe-%d", i)
-		if _, ok, err := e.Jobs.ClaimSlot(ctx, "", request, "never-existed"); err != nil || !ok {
-			t.Fatalf("claim probe slot: %v", err)
-		}
-		testenv.Eventually(t, 10*time.Second, "a sweep", func() bool {
-			_, held, err := e.Jobs.SlotHolder(ctx, "", request)
-			return err == nil && !held
-		})
-	}
+	// Several sweeps later the others are still there.
+	awaitSweeps(t, e, 3)
 	for _, id := range []string{"downloading", "fresh"} {
 		if gone(id) {
 			t.Errorf("export %s was removed", id)
@@ -119,16 +108,7 @@ func TestPlannerJanitorRemovesWhatARemovedExportLeftBehind(t *testing.T) {
 		return err == nil && len(jobs) == 1 && jobs[0] == "live"
 	})
 	// Sweeps later, the live export keeps its file and result.
-	for i := range 2 {
-		request := fmt.Sprintf("probe-%d", i)
-		if _, ok, err := e.Jobs.ClaimSlot(ctx, "", request, "never-existed"); err != nil || !ok {
-			t.Fatalf("claim probe slot: %v", err)
-		}
-		testenv.Eventually(t, 10*time.Second, "a sweep", func() bool {
-			_, held, err := e.Jobs.SlotHolder(ctx, "", request)
-			return err == nil && !held
-		})
-	}
+	awaitSweeps(t, e, 2)
 	if _, err := e.Files.GetInfo(ctx, streams.ObjectName("live", "Patient-00000-a1-1-001.ndjson")); err != nil {
 		t.Errorf("file of the live export: %v", err)
 	}
@@ -167,5 +147,22 @@ func TestPlannerJanitorTrimsTheChangeLog(t *testing.T) {
 	}
 	if !got["old"] || !got["recent"] {
 		t.Errorf("a _since read from before the trimmed month returned %v, want old and recent", got)
+	}
+}
+
+// awaitSweeps waits for n janitor sweeps. A sweep purges the slot of a job
+// that does not exist: each such slot gone is one more sweep, and the
+// sweep after it went over every job.
+func awaitSweeps(t *testing.T, e env, n int) {
+	t.Helper()
+	for i := range n {
+		request := fmt.Sprintf("probe-%d", i)
+		if _, ok, err := e.Jobs.ClaimSlot(t.Context(), "", request, "never-existed"); err != nil || !ok {
+			t.Fatalf("claim probe slot: %v", err)
+		}
+		testenv.Eventually(t, 10*time.Second, "a sweep", func() bool {
+			_, held, err := e.Jobs.SlotHolder(t.Context(), "", request)
+			return err == nil && !held
+		})
 	}
 }
