@@ -202,7 +202,19 @@ func (w *Writer) run(ctx context.Context, msg jetstream.Msg, task streams.Task, 
 	if w.testWriting != nil {
 		w.testWriting(task)
 	}
+	err := w.write(ctx, task, attempt)
+	if err != nil && errors.Is(context.Cause(ctx), errJobGone) {
+		// The watch saw the export cancelled or removed and stopped the
+		// attempt wherever it was (opening the read, announcing): nothing
+		// failed, and there is nothing to retry.
+		return errJobGone
+	}
+	return err
+}
 
+// write runs one attempt under the watch: it writes the files, records the
+// result and announces it.
+func (w *Writer) write(ctx context.Context, task streams.Task, attempt uint64) error {
 	p, err := w.pipeline(ctx, task)
 	if err != nil {
 		return err
@@ -210,9 +222,6 @@ func (w *Writer) run(ctx context.Context, msg jetstream.Msg, task streams.Task, 
 	out := newFileSet(w.files, task, attempt, w.cfg.CompressFiles)
 	if err := p.writeTo(ctx, out); err != nil {
 		out.abort(context.WithoutCancel(ctx))
-		if cause := context.Cause(ctx); errors.Is(cause, errJobGone) {
-			return errJobGone
-		}
 		return err
 	}
 	result := streams.TaskResult{JobID: task.JobID, TaskID: task.TaskID, Attempt: attempt, Token: out.token, Files: out.files, AttachmentIndex: out.index}

@@ -582,6 +582,63 @@ func TestWriterLeavesNothingOfAnExportCancelledWhileItWrites(t *testing.T) {
 	}
 }
 
+// TestWriterLetsGoOfATaskWhoseExportIsCancelledBeforeItReads: the export
+// is cancelled as an attempt begins, and the attempt's watch stops it
+// before its read of ClickHouse opens. The task is let go at once: it is
+// not failed, logged as an error and retried (the soak's writer errors).
+func TestWriterLetsGoOfATaskWhoseExportIsCancelledBeforeItReads(t *testing.T) {
+	e := newEnv(t)
+	seed(t, e)
+	until := base.Add(30 * time.Minute)
+	ctx := t.Context()
+	createJob(t, e, "job1", streams.JobRunning, until)
+	listPatients(t, e, "job1", []string{"p1", "p2"})
+	cfg := writer.DefaultConfig()
+	cfg.CheckEvery = 50 * time.Millisecond
+	started := make(chan struct{}, 1)
+	runWritersWith(t, e, 1, cfg, func(w *writer.Writer) {
+		w.SetTestWriting(func(task streams.Task) {
+			if _, err := e.Jobs.Update(ctx, task.JobID, func(j *streams.Job) bool { j.Status = streams.JobCancelled; return true }); err != nil {
+				t.Error(err)
+			}
+			// Long enough for the watch to see it and stop the attempt.
+			<-time.After(time.Second)
+			started <- struct{}{}
+		})
+	})
+	// A Patient-level task reads its export's patient list first.
+	publishTasks(t, e, []streams.Task{{JobID: "job1", TaskID: "00000", Type: "Observation", Level: streams.LevelPatient, PatientList: true,
+		HashHi: chstore.HashSpace, Until: until, MaxFileResources: 400, MaxFileBytes: 1 << 30}})
+	select {
+	case <-started:
+	case <-time.After(time.Minute):
+		t.Fatal("the writer did not start the task")
+	}
+	testenv.Eventually(t, time.Minute, "the task acked", func() bool {
+		info, err := e.Tasks.Info(ctx)
+		return err == nil && info.State.Msgs == 0
+	})
+	cons, err := e.JS.Consumer(ctx, streams.StreamExportTasks, streams.ConsumerWriters)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A task sent back would be delivered again a second later.
+	<-time.After(2 * time.Second)
+	info, err := cons.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Delivered.Consumer != 1 {
+		t.Errorf("the task of the cancelled export was delivered %d times, want once", info.Delivered.Consumer)
+	}
+	if names := e.ObjectNames(t, "job1/"); len(names) != 1 || names[0] != "job1/"+streams.PatientsObject {
+		t.Errorf("the cancelled export's objects: %v, want only its patient list (the planner's)", names)
+	}
+	if job, _, err := e.Jobs.Get(ctx, "job1"); err != nil || job.Status != streams.JobCancelled {
+		t.Errorf("the export after the writer let it go: %+v %v", job, err)
+	}
+}
+
 // An attempt that recorded its result and died before announcing it leaves
 // the task to be redelivered. The planner only counts results when a
 // completion is announced, so the redelivered task must announce it, or the
