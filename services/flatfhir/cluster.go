@@ -334,7 +334,7 @@ func (c *Cluster) launch(ctx context.Context, name string, ready func() bool) er
 	if err := os.MkdirAll(p.dir, 0o755); err != nil {
 		return err
 	}
-	if err := os.MkdirAll(filepath.Join(c.cfg.Dir, "logs"), 0o755); err != nil {
+	if err := os.MkdirAll(c.LogDir(), 0o755); err != nil {
 		return err
 	}
 	cmd := exec.Command(c.cfg.Binary, p.args...)
@@ -347,7 +347,7 @@ func (c *Cluster) launch(ctx context.Context, name string, ready func() bool) er
 	}
 	cmd.Env = append(cmd.Env, p.env...)
 	cmd.Dir = p.dir
-	proc, err := childproc.Start(cmd, filepath.Join(c.cfg.Dir, "logs", name+".log"))
+	proc, err := childproc.Start(cmd, filepath.Join(c.LogDir(), name+".log"))
 	if err != nil {
 		return fmt.Errorf("%s: %w", name, err)
 	}
@@ -358,7 +358,7 @@ func (c *Cluster) launch(ctx context.Context, name string, ready func() bool) er
 		return nil
 	}
 	if err := proc.WaitReady(ctx, time.Minute, ready); err != nil {
-		return fmt.Errorf("%s (log in %s): %w", name, filepath.Join(c.cfg.Dir, "logs", name+".log"), err)
+		return fmt.Errorf("%s (log in %s): %w", name, filepath.Join(c.LogDir(), name+".log"), err)
 	}
 	return nil
 }
@@ -368,13 +368,16 @@ func (c *Cluster) awaitAPI(ctx context.Context) error {
 	p := c.procs[RoleAPI]
 	c.mu.Unlock()
 	if err := p.proc.WaitReady(ctx, 2*time.Minute, func() bool { return childproc.Dialable(c.cfg.Listen) }); err != nil {
-		return fmt.Errorf("api (log in %s): %w", filepath.Join(c.cfg.Dir, "logs", "api.log"), err)
+		return fmt.Errorf("api (log in %s): %w", filepath.Join(c.LogDir(), "api.log"), err)
 	}
 	return nil
 }
 
 // APIURL is the FHIR base of the cluster's API.
 func (c *Cluster) APIURL() string { return "http://" + c.cfg.Listen }
+
+// LogDir holds the log of each process of the cluster, <name>.log.
+func (c *Cluster) LogDir() string { return filepath.Join(c.cfg.Dir, "logs") }
 
 // Processes names the cluster's processes that run the flatfhir binary:
 // nats1.., api, ingester1.., planner, writer1...
