@@ -84,6 +84,11 @@ type Config struct {
 	// FileCompression is how writers store export files: "none" or
 	// "gzip" (FLATFHIR_FILE_COMPRESSION, docs/adr/0009).
 	FileCompression string
+	// DiskReserve is the space, in bytes, the one-machine engine keeps free
+	// on the disk of its NATS server (FLATFHIR_NATS_DISK_RESERVE_MIB, 1024,
+	// at most 5 % of the disk; 0: off): below it, new export files are
+	// refused, so that the disk never fills under NATS (diskguard.go).
+	DiskReserve int64
 	// DebugListen, when set, serves Go's runtime profiles
 	// (/debug/pprof/) on this address, without authentication.
 	DebugListen string
@@ -139,6 +144,7 @@ func FromLookup(lookup func(key string) (string, bool)) (Config, error) {
 	c.MaxConnsPerIP = l.int("FLATFHIR_MAX_CONNS_PER_IP", 256, &errs)
 	c.MaxDownloadsPerClient = l.int("FLATFHIR_MAX_DOWNLOADS_PER_CLIENT", 32, &errs)
 	c.MaxWritesPerClient = l.int("FLATFHIR_MAX_WRITES_PER_CLIENT", 64, &errs)
+	c.DiskReserve = int64(l.int("FLATFHIR_NATS_DISK_RESERVE_MIB", 1024, &errs)) << 20
 	if v := l.str("FLATFHIR_POLL_RATE", "2"); v != "" {
 		f, err := strconv.ParseFloat(v, 64)
 		if err != nil || f < 0 {
@@ -190,6 +196,9 @@ func (c Config) Validate() error {
 	}
 	if c.MaxConnsPerIP < 0 || c.MaxDownloadsPerClient < 0 || c.MaxWritesPerClient < 0 {
 		return errors.New("FLATFHIR_MAX_CONNS_PER_IP, FLATFHIR_MAX_DOWNLOADS_PER_CLIENT and FLATFHIR_MAX_WRITES_PER_CLIENT must not be negative (0: unbounded)")
+	}
+	if c.DiskReserve < 0 {
+		return errors.New("FLATFHIR_NATS_DISK_RESERVE_MIB must not be negative (0: off)")
 	}
 	if (c.TLSCert == "") != (c.TLSKey == "") {
 		return errors.New("FLATFHIR_TLS_CERT and FLATFHIR_TLS_KEY go together")

@@ -61,6 +61,19 @@ func TestLauncherConfigFromEnv(t *testing.T) {
 			}
 		}
 	})
+	t.Run("disk reserve", func(t *testing.T) {
+		if c.DiskReserve != 1<<30 {
+			t.Errorf("FLATFHIR_NATS_DISK_RESERVE_MIB unset: %d bytes kept free, want 1 GiB", c.DiskReserve)
+		}
+		t.Setenv("FLATFHIR_NATS_DISK_RESERVE_MIB", "256")
+		if c, err := FromEnv(); err != nil || c.DiskReserve != 256<<20 {
+			t.Errorf("FLATFHIR_NATS_DISK_RESERVE_MIB=256: %d (%v)", c.DiskReserve, err)
+		}
+		t.Setenv("FLATFHIR_NATS_DISK_RESERVE_MIB", "-1")
+		if _, err := FromEnv(); err == nil || !strings.Contains(err.Error(), "FLATFHIR_NATS_DISK_RESERVE_MIB") {
+			t.Errorf("FLATFHIR_NATS_DISK_RESERVE_MIB=-1: error %v, want one naming it", err)
+		}
+	})
 	t.Run("auth is on unless switched off", func(t *testing.T) {
 		if !c.Auth {
 			t.Error("FLATFHIR_AUTH unset: auth off, want on")

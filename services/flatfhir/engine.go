@@ -139,6 +139,11 @@ func Start(ctx context.Context, cfg Config, tune Tuning, log *slog.Logger) (_ *E
 	if err := e.build(ctx, tune, sc); err != nil {
 		return nil, err
 	}
+	if e.natsSrv != nil {
+		if g := newDiskGuard(e.js, cfg.dir("nats"), cfg.DiskReserve, log); g != nil {
+			e.runners = append(e.runners, runner{"disk guard", stageIngest, g.run})
+		}
+	}
 	if cfg.Role == RoleAll && cfg.SamplePatients > 0 {
 		if err := loadSample(ctx, e.js, e.cfg.SamplePatients, e.log); err != nil {
 			return nil, err

@@ -5,8 +5,12 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -28,13 +32,74 @@ import (
 // naming the cause, and no manifest lists anything; once there is room
 // again, the next export completes exactly, without a restart.
 func TestE2EAFullObjectStoreFailsTheExportClearlyAndRecovers(t *testing.T) {
+	f := startFullStoreEngine(t, t.TempDir(), 0)
+	limit := func(maxBytes int64) {
+		t.Helper()
+		sc := f.filesConfig(t)
+		sc.MaxBytes = maxBytes
+		if _, err := f.js.UpdateStream(t.Context(), sc); err != nil {
+			t.Fatal(err)
+		}
+	}
+	limit(200 << 10) // room for a file or two of the export's 1 MB
+	f.exportFails(t)
+	limit(-1) // room again
+	f.exportHoldsAll(t)
+}
+
+// TestE2EAFullDiskFailsTheExportClearlyAndRecovers: the disk that holds
+// NATS's data (a 256 MiB filesystem of its own here) fills up, another
+// program having taken nearly all of it. An export then fails with an
+// OperationOutcome naming the cause and lists nothing; once the other
+// program's file is gone, the next export completes exactly, without a
+// restart. Without the engine's disk guard NATS's write fails for want of
+// space, and it refuses every later file of that store until restarted.
+func TestE2EAFullDiskFailsTheExportClearlyAndRecovers(t *testing.T) {
+	dataDir := t.TempDir()
+	natsDir := filepath.Join(dataDir, "nats")
+	mountSmallDisk(t, natsDir, "256m")
+	f := startFullStoreEngine(t, dataDir, 8<<20)
+
+	filler := filepath.Join(natsDir, "another-program.bin")
+	var fs syscall.Statfs_t
+	if err := syscall.Statfs(natsDir, &fs); err != nil {
+		t.Fatal(err)
+	}
+	free := int64(fs.Bavail) * fs.Bsize
+	// Leave 256 KiB: a quarter of what the export writes.
+	if err := writeZeros(filler, free-(256<<10)); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 30*time.Second, "the engine to refuse new files", func() bool {
+		return f.filesConfig(t).MaxBytes > 0
+	})
+	f.exportFails(t)
+
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 30*time.Second, "the engine to store files again", func() bool {
+		return f.filesConfig(t).MaxBytes <= 0
+	})
+	f.exportHoldsAll(t)
+}
+
+// fullStore is an engine holding 3000 Patients (about 1 MB of export),
+// with small tasks and files and writers that give up after 2 attempts.
+type fullStore struct {
+	base string
+	js   jetstream.JetStream
+}
+
+func startFullStoreEngine(t *testing.T, dataDir string, diskReserve int64) fullStore {
+	t.Helper()
 	port, err := childproc.FreePort()
 	if err != nil {
 		t.Fatal(err)
 	}
 	ch := testenv.ClickHouse(t)
 	cfg := flatfhir.Config{
-		Role: flatfhir.RoleAll, DataDir: t.TempDir(), Listen: "127.0.0.1:0", NATSPort: port,
+		Role: flatfhir.RoleAll, DataDir: dataDir, Listen: "127.0.0.1:0", NATSPort: port, DiskReserve: diskReserve,
 		ClickHouseAddr: ch.Addr[0], ClickHouseDatabase: ch.Database, Writers: 1, Replicas: 1, PollRate: 0,
 	}
 	pc := planner.DefaultConfig()
@@ -42,7 +107,7 @@ func TestE2EAFullObjectStoreFailsTheExportClearlyAndRecovers(t *testing.T) {
 	wc := writer.DefaultConfig()
 	wc.MaxDeliver = 2 // fail fast: the full store is not a passing fault here
 	base, stop := runEngine(t, cfg, flatfhir.Tuning{Planner: pc, Writer: wc, Ingester: ingester.DefaultConfig()})
-	defer stop()
+	t.Cleanup(stop)
 
 	var body bytes.Buffer
 	for i := range 3000 {
@@ -54,31 +119,33 @@ func TestE2EAFullObjectStoreFailsTheExportClearlyAndRecovers(t *testing.T) {
 	if resp, answer := do(t, "GET", base+"/Patient/f2999", nil); resp.StatusCode != http.StatusOK {
 		t.Fatalf("read: %d %s", resp.StatusCode, answer)
 	}
-
 	nc, err := nats.Connect("nats://127.0.0.1:" + strconv.Itoa(port))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer nc.Close()
+	t.Cleanup(nc.Close)
 	js, err := jetstream.New(nc)
 	if err != nil {
 		t.Fatal(err)
 	}
-	limit := func(maxBytes int64) {
-		t.Helper()
-		s, err := js.Stream(t.Context(), "OBJ_"+streams.ObjectFiles)
-		if err != nil {
-			t.Fatal(err)
-		}
-		sc := s.CachedInfo().Config
-		sc.MaxBytes = maxBytes
-		if _, err := js.UpdateStream(t.Context(), sc); err != nil {
-			t.Fatal(err)
-		}
-	}
-	limit(200 << 10) // room for a file or two of the export's 1 MB
+	return fullStore{base: base, js: js}
+}
 
-	status := kickoff(t, base+"/$export?_type=Patient")
+// filesConfig is the configuration of the export files' stream.
+func (f fullStore) filesConfig(t *testing.T) jetstream.StreamConfig {
+	t.Helper()
+	s, err := f.js.Stream(t.Context(), "OBJ_"+streams.ObjectFiles)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s.CachedInfo().Config
+}
+
+// exportFails runs an export of the Patients, which must fail with an
+// OperationOutcome naming the full store, and list nothing.
+func (f fullStore) exportFails(t *testing.T) {
+	t.Helper()
+	status := kickoff(t, f.base+"/$export?_type=Patient")
 	var resp *http.Response
 	var answer []byte
 	testenv.Eventually(t, 2*time.Minute, "the export to end", func() bool {
@@ -96,9 +163,12 @@ func TestE2EAFullObjectStoreFailsTheExportClearlyAndRecovers(t *testing.T) {
 		t.Fatalf("the export over a full store: %d %s; want a failure naming the cause, and no manifest", resp.StatusCode, answer)
 	}
 	t.Logf("the failed export says: %s", oo.Issue[0].Diagnostics)
+}
 
-	limit(-1) // room again
-	m, _, _ := await(t, kickoff(t, base+"/$export?_type=Patient"))
+// exportHoldsAll runs an export of the Patients, which must hold all 3000.
+func (f fullStore) exportHoldsAll(t *testing.T) {
+	t.Helper()
+	m, _, _ := await(t, kickoff(t, f.base+"/$export?_type=Patient"))
 	n := 0
 	for _, o := range m.Output {
 		n += *o.Count
@@ -106,4 +176,42 @@ func TestE2EAFullObjectStoreFailsTheExportClearlyAndRecovers(t *testing.T) {
 	if n != 3000 {
 		t.Errorf("the export after room came back holds %d Patients, want 3000", n)
 	}
+}
+
+// mountSmallDisk mounts a filesystem of size (a tmpfs) on dir until the
+// test ends. It needs root, as CI has.
+func mountSmallDisk(t *testing.T, dir, size string) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("mounting a small filesystem needs root (CI runs as root)")
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+size, "flatfhir-test", dir).CombinedOutput(); err != nil {
+		t.Fatalf("mount a %s filesystem on %s: %v\n%s", size, dir, err, out)
+	}
+	t.Cleanup(func() {
+		if out, err := exec.Command("umount", "-l", dir).CombinedOutput(); err != nil {
+			t.Errorf("umount %s: %v\n%s", dir, err, out)
+		}
+	})
+}
+
+// writeZeros writes a file of n zero bytes.
+func writeZeros(name string, n int64) error {
+	f, err := os.Create(name)
+	if err != nil {
+		return err
+	}
+	buf := make([]byte, 1<<20)
+	for n > 0 {
+		k := min(n, int64(len(buf)))
+		if _, err := f.Write(buf[:k]); err != nil {
+			f.Close()
+			return err
+		}
+		n -= k
+	}
+	return f.Close()
 }
