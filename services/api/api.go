@@ -143,13 +143,14 @@ type Deps struct {
 
 // Server is the HTTP edge.
 type Server struct {
-	cfg    Config
-	deps   Deps
-	app    *fiber.App
-	tracer trace.Tracer
-	jobs   streams.Jobs
-	files  jetstream.ObjectStore
-	polls  *pollLimiter
+	cfg     Config
+	deps    Deps
+	app     *fiber.App
+	tracer  trace.Tracer
+	metrics metrics
+	jobs    streams.Jobs
+	files   jetstream.ObjectStore
+	polls   *pollLimiter
 	// downloads and writes bound each client's requests in progress.
 	downloads, writes *inFlight
 	// indexes caches the attachment indexes of recent exports.
@@ -173,6 +174,9 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Server, error) {
 		indexes:   newAttachmentIndexes(),
 		downloads: newInFlight("downloads", cfg.MaxDownloadsPerClient), writes: newInFlight("writes", cfg.MaxWritesPerClient)}
 	var err error
+	if s.metrics, err = newMetrics(deps.Meter); err != nil {
+		return nil, err
+	}
 	if s.jobs, err = streams.OpenJobs(ctx, deps.JS); err != nil {
 		return nil, err
 	}
@@ -219,6 +223,7 @@ func (s *Server) routes() {
 	// A panic in a handler is a 500 for that request, never a crash.
 	s.app.Use(recover.New())
 	s.app.Use(s.traceRequests)
+	s.app.Use(s.measureRequests)
 	// Public: discovery and the token endpoint.
 	s.app.Get("/metadata", s.metadata)
 	s.app.Get(pathSmartConfig, s.smartConfiguration)

@@ -119,6 +119,9 @@ func (s *Server) cancel(c *fiber.Ctx) error {
 	}); err != nil {
 		return transient("export %s could not be cancelled; retry: %v", job.JobID, err)
 	}
+	if !finished(job) {
+		s.metrics.ended.Add(ctx, 1, streams.ExportAttrs(job.Level, streams.JobCancelled))
+	}
 	if _, err := s.deps.JS.Publish(ctx, streams.SubjectJobCancel(job.JobID), nil); err != nil {
 		return transient("export %s is cancelled but its clean-up could not be queued; retry: %v", job.JobID, err)
 	}

@@ -77,6 +77,7 @@ func (s *Server) ingest(c *fiber.Ctx) error {
 	if err := pub.Wait(ctx); err != nil {
 		return err
 	}
+	s.metrics.ingested.Add(ctx, int64(n))
 	c.Set(fiber.HeaderContentType, "application/fhir+json")
 	return c.Send(fhir.Outcome(fhir.SeverityInformation, fhir.CodeInformational, fmt.Sprintf("accepted %d resources", n)).JSON())
 }

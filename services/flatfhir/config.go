@@ -89,6 +89,9 @@ type Config struct {
 	// at most 5 % of the disk; 0: off): below it, new export files are
 	// refused, so that the disk never fills under NATS (diskguard.go).
 	DiskReserve int64
+	// MetricsListen, when set, serves /metrics (Prometheus), /livez and
+	// /readyz on this address (FLATFHIR_METRICS_LISTEN; operator.go).
+	MetricsListen string
 	// DebugListen, when set, serves Go's runtime profiles
 	// (/debug/pprof/) on this address, without authentication.
 	DebugListen string
@@ -116,6 +119,7 @@ func FromLookup(lookup func(key string) (string, bool)) (Config, error) {
 		TLSKey:             l.str("FLATFHIR_TLS_KEY", ""),
 		OTLPEndpoint:       l.str("FLATFHIR_OTLP_ENDPOINT", ""),
 		DebugListen:        l.str("FLATFHIR_DEBUG_LISTEN", ""),
+		MetricsListen:      l.str("FLATFHIR_METRICS_LISTEN", ""),
 		FileCompression:    l.str("FLATFHIR_FILE_COMPRESSION", "none"),
 		LogLevel:           l.str("FLATFHIR_LOG_LEVEL", "info"),
 	}
@@ -207,6 +211,11 @@ func (c Config) Validate() error {
 	case "", "none", "gzip":
 	default:
 		return fmt.Errorf("FLATFHIR_FILE_COMPRESSION=%q is not none or gzip", c.FileCompression)
+	}
+	if c.MetricsListen != "" {
+		if _, _, err := net.SplitHostPort(c.MetricsListen); err != nil {
+			return fmt.Errorf("FLATFHIR_METRICS_LISTEN=%q is not host:port (e.g. 127.0.0.1:9464): %w", c.MetricsListen, err)
+		}
 	}
 	if c.DebugListen != "" {
 		if _, _, err := net.SplitHostPort(c.DebugListen); err != nil {

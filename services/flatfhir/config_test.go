@@ -32,6 +32,7 @@ func TestLauncherConfigFromEnv(t *testing.T) {
 		"FLATFHIR_WRITERS":          "two",
 		"FLATFHIR_ROLE":             "janitor",
 		"FLATFHIR_DEBUG_LISTEN":     "6060",
+		"FLATFHIR_METRICS_LISTEN":   "9464",
 		"FLATFHIR_FILE_COMPRESSION": "zstd",
 		// Shorter than a day would drop the month being written.
 		"FLATFHIR_CHANGE_LOG_RETENTION": "1h",

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -47,6 +48,10 @@ type Engine struct {
 	store   *chstore.Store
 	apiLn   net.Listener
 	debug   *debugServer
+	// operator serves /metrics, /livez and /readyz (FLATFHIR_METRICS_LISTEN).
+	operator *operatorServer
+	// running is set while every service Run started runs.
+	running atomic.Bool
 	// runners are the services, each in its shutdown stage.
 	runners []runner
 }
@@ -87,7 +92,7 @@ func Start(ctx context.Context, cfg Config, tune Tuning, log *slog.Logger) (_ *E
 		}
 	}
 	if e.tel = tune.Telemetry; e.tel == nil {
-		if e.tel, err = telemetry.Setup(ctx, telemetry.Config{ServiceName: "flatfhir-" + cfg.Role, OTLPEndpoint: cfg.OTLPEndpoint, Insecure: true}); err != nil {
+		if e.tel, err = telemetry.Setup(ctx, telemetry.Config{ServiceName: "flatfhir-" + cfg.Role, OTLPEndpoint: cfg.OTLPEndpoint, Insecure: true, Prometheus: cfg.MetricsListen != ""}); err != nil {
 			return nil, err
 		}
 	}
@@ -142,6 +147,11 @@ func Start(ctx context.Context, cfg Config, tune Tuning, log *slog.Logger) (_ *E
 	if e.natsSrv != nil {
 		if g := newDiskGuard(e.js, cfg.dir("nats"), cfg.DiskReserve, log); g != nil {
 			e.runners = append(e.runners, runner{"disk guard", stageIngest, g.run})
+		}
+	}
+	if cfg.MetricsListen != "" {
+		if e.operator, err = startOperator(cfg.MetricsListen, e.tel.MetricsHandler, e.readyChecks(), log); err != nil {
+			return nil, err
 		}
 	}
 	if cfg.Role == RoleAll && cfg.SamplePatients > 0 {
@@ -264,6 +274,15 @@ func (e *Engine) APIURL() string {
 	return "http://" + e.APIAddr()
 }
 
+// OperatorAddr is the address of the metrics and probes server
+// (FLATFHIR_METRICS_LISTEN), empty when there is none.
+func (e *Engine) OperatorAddr() string {
+	if e.operator == nil {
+		return ""
+	}
+	return e.operator.Addr()
+}
+
 // DebugAddr is the address of the profiles server (FLATFHIR_DEBUG_LISTEN),
 // or "" when there is none.
 func (e *Engine) DebugAddr() string {
@@ -309,7 +328,9 @@ func (e *Engine) Run(ctx context.Context) error {
 			e.log.Debug("service stopped", slog.String("service", r.name))
 		}()
 	}
+	e.running.Store(true)
 	<-failed.Done()
+	e.running.Store(false)
 	for i := range stages {
 		stop[i]()
 		wg[i].Wait()
@@ -324,6 +345,9 @@ func (e *Engine) Run(ctx context.Context) error {
 func (e *Engine) close() {
 	if e.debug != nil {
 		e.debug.close()
+	}
+	if e.operator != nil {
+		e.operator.close()
 	}
 	if e.nc != nil {
 		// Every service has stopped: send what they queued (acks and naks

@@ -113,6 +113,14 @@ func New(cfg Config, deps Deps) (*Ingester, error) {
 		})); err != nil {
 		return nil, err
 	}
+	if _, err = m.Int64ObservableGauge("flatfhir.ingest.lag.messages",
+		metric.WithDescription("changes in this ingester's partitions of CHANGES not yet read for ingest (the stream's sequence minus what was read)"),
+		metric.WithInt64Callback(func(_ context.Context, o metric.Int64Observer) error {
+			o.Observe(in.pending.Load())
+			return nil
+		})); err != nil {
+		return nil, err
+	}
 	return in, nil
 }
 

@@ -63,7 +63,7 @@ func (p *Planner) progress(ctx context.Context, id string) error {
 	// every result in; the compare-and-set lets one of them complete the
 	// job, and only that one reports it.
 	completed := false
-	_, err = p.jobs.Update(ctx, id, func(j *streams.Job) bool {
+	job, err = p.jobs.Update(ctx, id, func(j *streams.Job) bool {
 		completed = j.Status == streams.JobRunning
 		if !completed {
 			return false
@@ -84,6 +84,7 @@ func (p *Planner) progress(ctx context.Context, id string) error {
 		}
 		return nil
 	}
+	p.metrics.completed(ctx, job, now)
 	p.deps.Log.InfoContext(ctx, "export complete", slog.String("job", id), slog.Int("files", len(manifest.Output)))
 	return nil
 }

@@ -82,7 +82,7 @@ type Planner struct {
 	cfg     Config
 	deps    Deps
 	tracer  trace.Tracer
-	planned metric.Int64Counter
+	metrics metrics
 	jobs    streams.Jobs
 	files   jetstream.ObjectStore
 	tasks   jetstream.Stream
@@ -104,7 +104,7 @@ func New(cfg Config, deps Deps) (*Planner, error) {
 	}
 	p := &Planner{cfg: cfg, deps: deps, tracer: deps.Tracer.Tracer("flatfhir/planner")}
 	var err error
-	if p.planned, err = deps.Meter.Meter("flatfhir/planner").Int64Counter("flatfhir.export.tasks_planned"); err != nil {
+	if p.metrics, err = newMetrics(deps.Meter); err != nil {
 		return nil, err
 	}
 	return p, nil
@@ -122,6 +122,11 @@ func (p *Planner) Run(ctx context.Context) error {
 	if p.tasks, err = p.deps.JS.Stream(ctx, streams.StreamExportTasks); err != nil {
 		return fmt.Errorf("open stream %s: %w", streams.StreamExportTasks, err)
 	}
+	stopObserving, err := p.observeStores()
+	if err != nil {
+		return err
+	}
+	defer stopObserving()
 	cons, err := p.deps.JS.Consumer(ctx, streams.StreamExportJobs, streams.ConsumerPlanner)
 	if err != nil {
 		return fmt.Errorf("open consumer %s: %w", streams.ConsumerPlanner, err)
@@ -231,6 +236,9 @@ func (p *Planner) planJob(ctx context.Context, id string) error {
 				j.Status, j.Error = streams.JobFailed, "the export could not start: "+err.Error()
 				return true
 			})
+			if uerr == nil {
+				p.metrics.ended.Add(ctx, 1, streams.ExportAttrs(job.Level, streams.JobFailed))
+			}
 			return errors.Join(err, uerr)
 		}
 		tasks, err = p.split(ctx, job, t)
@@ -269,7 +277,7 @@ func (p *Planner) planJob(ctx context.Context, id string) error {
 			return fmt.Errorf("publish task %s of job %s: %w", task.TaskID, id, err)
 		}
 	}
-	p.planned.Add(ctx, int64(len(tasks)))
+	p.metrics.planned.Add(ctx, int64(len(tasks)))
 	if _, err := p.jobs.Update(ctx, id, func(j *streams.Job) bool {
 		if j.TasksPublished {
 			return false
@@ -292,13 +300,18 @@ func (p *Planner) failPlan(ctx context.Context, id string, err error) error {
 	if !errors.As(err, &perr) {
 		return err
 	}
-	_, uerr := p.jobs.Update(ctx, id, func(j *streams.Job) bool {
+	failed := false
+	job, uerr := p.jobs.Update(ctx, id, func(j *streams.Job) bool {
 		if j.Status != streams.JobAccepted && j.Status != streams.JobRunning {
 			return false
 		}
 		j.Status, j.Error = streams.JobFailed, "the export could not be planned: "+perr.msg
+		failed = true
 		return true
 	})
+	if uerr == nil && failed {
+		p.metrics.ended.Add(ctx, 1, streams.ExportAttrs(job.Level, streams.JobFailed))
+	}
 	return uerr
 }
 

@@ -125,15 +125,20 @@ func (w *Writer) announce(ctx context.Context, task streams.Task) error {
 func (w *Writer) failJob(ctx context.Context, task streams.Task, cause error) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), recordTimeout)
 	defer cancel()
+	failed := false
 	_, err := w.jobs.Update(ctx, task.JobID, func(j *streams.Job) bool {
 		if j.Status != streams.JobRunning {
 			return false
 		}
 		j.Status = streams.JobFailed
 		j.Error = fmt.Sprintf("export of %s failed: %v", task.Type, cause)
+		failed = true
 		return true
 	})
 	if err != nil {
 		w.deps.Log.ErrorContext(ctx, "mark job failed", slog.String("job", task.JobID), slog.Any("error", err))
+	}
+	if err == nil && failed {
+		w.ended.Add(ctx, 1, streams.ExportAttrs(task.Level, streams.JobFailed))
 	}
 }

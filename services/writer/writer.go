@@ -66,6 +66,8 @@ type Writer struct {
 	resources metric.Int64Counter
 	bytes     metric.Int64Counter
 	duration  metric.Float64Histogram
+	retries   metric.Int64Counter
+	ended     metric.Int64Counter
 	jobs      streams.Jobs
 	files     jetstream.ObjectStore
 	heartbeat time.Duration // how often a running task tells JetStream it is alive
@@ -91,6 +93,12 @@ func New(cfg Config, deps Deps) (*Writer, error) {
 		return nil, err
 	}
 	if w.duration, err = m.Float64Histogram("flatfhir.export.task_duration", metric.WithUnit("s")); err != nil {
+		return nil, err
+	}
+	if w.retries, err = m.Int64Counter("flatfhir.export.task_retries", metric.WithDescription("export task attempts that failed and were sent back to be tried again")); err != nil {
+		return nil, err
+	}
+	if w.ended, err = streams.ExportsEnded(m); err != nil {
 		return nil, err
 	}
 	return w, nil
@@ -174,6 +182,7 @@ func (w *Writer) handle(ctx context.Context, msg jetstream.Msg) {
 			_ = msg.Term()
 			return
 		}
+		w.retries.Add(ctx, 1)
 		_ = msg.NakWithDelay(retryDelay(md.NumDelivered))
 	}
 }

@@ -246,6 +246,17 @@ func (s *Store) Close() error {
 	return errors.Join(errs...)
 }
 
+// Ping reports whether every shard answers (any of its replicas), as a
+// readiness probe asks.
+func (s *Store) Ping(ctx context.Context) error {
+	for i, sh := range s.shards {
+		if err := sh.conn.Ping(ctx); err != nil {
+			return fmt.Errorf("clickhouse shard %d: %w", i+1, err)
+		}
+	}
+	return nil
+}
+
 // Version is the server's release.
 func (s *Store) Version() Version { return s.version }
 

@@ -10,9 +10,14 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.opentelemetry.io/otel/exporters/otlp/otlpmetric/otlpmetrichttp"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
+	otelprom "go.opentelemetry.io/otel/exporters/prometheus"
 	"go.opentelemetry.io/otel/metric"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/resource"
@@ -28,13 +33,19 @@ type Config struct {
 	OTLPEndpoint string
 	// Insecure uses plain HTTP to the collector.
 	Insecure bool
+	// Prometheus has the metrics also read by a Prometheus exporter,
+	// served by Providers.MetricsHandler: the same instruments feed both.
+	Prometheus bool
 }
 
 // Providers are what components take to instrument themselves.
 type Providers struct {
-	Tracer   trace.TracerProvider
-	Meter    metric.MeterProvider
-	shutdown []func(context.Context) error
+	Tracer trace.TracerProvider
+	Meter  metric.MeterProvider
+	// MetricsHandler serves the metrics in Prometheus's text format when
+	// Config.Prometheus was set, and is nil otherwise.
+	MetricsHandler http.Handler
+	shutdown       []func(context.Context) error
 }
 
 // Setup builds the providers.
@@ -60,9 +71,27 @@ func Setup(ctx context.Context, cfg Config) (*Providers, error) {
 		topts = append(topts, sdktrace.WithBatcher(texp))
 		mopts = append(mopts, sdkmetric.WithReader(sdkmetric.NewPeriodicReader(mexp)))
 	}
+	var handler http.Handler
+	if cfg.Prometheus {
+		// A registry of its own: the process's default one would mix in
+		// whatever a library registers there.
+		reg := prometheus.NewRegistry()
+		if err := reg.Register(collectors.NewGoCollector()); err != nil {
+			return nil, fmt.Errorf("register go collector: %w", err)
+		}
+		if err := reg.Register(collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})); err != nil {
+			return nil, fmt.Errorf("register process collector: %w", err)
+		}
+		exp, err := otelprom.New(otelprom.WithRegisterer(reg))
+		if err != nil {
+			return nil, fmt.Errorf("create prometheus exporter: %w", err)
+		}
+		mopts = append(mopts, sdkmetric.WithReader(exp))
+		handler = promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
+	}
 	tp := sdktrace.NewTracerProvider(topts...)
 	mp := sdkmetric.NewMeterProvider(mopts...)
-	return &Providers{Tracer: tp, Meter: mp, shutdown: []func(context.Context) error{tp.Shutdown, mp.Shutdown}}, nil
+	return &Providers{Tracer: tp, Meter: mp, MetricsHandler: handler, shutdown: []func(context.Context) error{tp.Shutdown, mp.Shutdown}}, nil
 }
 
 // FromProviders wraps providers built elsewhere (tests, embedding

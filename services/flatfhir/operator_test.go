@@ -1,0 +1,170 @@
+package flatfhir_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+
+	"github.com/flatfhir/flatfhir/services/flatfhir"
+	"github.com/flatfhir/flatfhir/services/ingester"
+	"github.com/flatfhir/flatfhir/services/planner"
+	"github.com/flatfhir/flatfhir/services/writer"
+	"github.com/flatfhir/flatfhir/shared/testenv"
+)
+
+// TestE2EMetricsAndProbes: with FLATFHIR_METRICS_LISTEN, the engine
+// answers /livez, answers /readyz 503 until its services run and 200
+// after, and /metrics (Prometheus text) counts what a user did: the
+// resources $ingest accepted, the export that completed and its
+// resources, the status polls by status code, the export files' bytes.
+func TestE2EMetricsAndProbes(t *testing.T) {
+	ch := testenv.ClickHouse(t)
+	cfg := flatfhir.Config{
+		Role: flatfhir.RoleAll, DataDir: t.TempDir(), Listen: "127.0.0.1:0", NATSPort: -1, MetricsListen: "127.0.0.1:0",
+		ClickHouseAddr: ch.Addr[0], ClickHouseDatabase: ch.Database, Writers: 1, Replicas: 1, PollRate: 0,
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	e, err := flatfhir.Start(ctx, cfg, flatfhir.Tuning{Planner: planner.DefaultConfig(), Writer: writer.DefaultConfig(), Ingester: ingester.DefaultConfig()}, testenv.Logger(t))
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	op := "http://" + e.OperatorAddr()
+	if resp, body := do(t, "GET", op+"/livez", nil); resp.StatusCode != http.StatusOK || !strings.Contains(string(body), `"live"`) {
+		t.Errorf("/livez: %d %s", resp.StatusCode, body)
+	}
+	if code, checks := readyz(t, op); code != http.StatusServiceUnavailable || checks["services"] {
+		t.Errorf("/readyz before the services run: %d %v, want 503 with services not ok", code, checks)
+	}
+	done := make(chan error, 1)
+	go func() { done <- e.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("engine stopped with: %v", err)
+		}
+	}()
+	testenv.Eventually(t, time.Minute, "/readyz to answer 200", func() bool {
+		code, _ := readyz(t, op)
+		return code == http.StatusOK
+	})
+	if _, checks := readyz(t, op); !checks["nats"] || !checks["jetstream"] || !checks["clickhouse"] || !checks["consumer planner"] || !checks["consumer writers"] {
+		t.Errorf("/readyz checks: %v", checks)
+	}
+
+	base := "http://" + e.APIAddr()
+	var body bytes.Buffer
+	for i := range 120 {
+		fmt.Fprintf(&body, `{"resourceType":"Patient","id":"m%d"}`+"\n", i)
+	}
+	if resp, answer := do(t, "POST", base+"/$ingest", &body, "Content-Type", "application/fhir+ndjson"); resp.StatusCode != http.StatusOK {
+		t.Fatalf("$ingest: %d %s", resp.StatusCode, answer)
+	}
+	status := kickoff(t, base+"/$export?_type=Patient")
+	m, _, _ := await(t, status)
+	exported := 0
+	for _, o := range m.Output {
+		exported += *o.Count
+	}
+
+	families := scrape(t, op)
+	for _, c := range []struct {
+		name   string
+		labels map[string]string
+		want   func(float64) bool
+		what   string
+	}{
+		{"flatfhir_ingest_accepted_total", nil, func(v float64) bool { return v == 120 }, "120 resources accepted"},
+		{"flatfhir_export_jobs_ended_total", map[string]string{"flatfhir_export_level": "system", "flatfhir_export_state": "complete"},
+			func(v float64) bool { return v == 1 }, "one system export complete"},
+		{"flatfhir_export_resources_total", nil, func(v float64) bool { return v == float64(exported) }, fmt.Sprintf("%d resources exported", exported)},
+		{"flatfhir_export_duration_seconds", map[string]string{"flatfhir_export_level": "system"}, func(v float64) bool { return v == 1 }, "one export's duration"},
+		{"http_server_request_duration_seconds", map[string]string{"http_route": "/jobs/:job", "http_response_status_code": "200"},
+			func(v float64) bool { return v >= 1 }, "status polls answered 200"},
+		{"http_server_request_duration_seconds", map[string]string{"http_route": "/$export", "http_response_status_code": "202"},
+			func(v float64) bool { return v == 1 }, "one kick-off accepted"},
+		{"flatfhir_export_files_size_bytes", nil, func(v float64) bool { return v > 0 }, "the export files' bytes"},
+	} {
+		v, ok := sample(families, c.name, c.labels)
+		if !ok || !c.want(v) {
+			t.Errorf("%s%v = %v (found %v), want %s", c.name, c.labels, v, ok, c.what)
+		}
+	}
+}
+
+// readyz asks /readyz and returns its status and each check's outcome.
+func readyz(t *testing.T, op string) (int, map[string]bool) {
+	t.Helper()
+	resp, body := do(t, "GET", op+"/readyz", nil)
+	var r struct {
+		Status string
+		Checks []struct {
+			Name string
+			OK   bool
+		}
+	}
+	if err := json.Unmarshal(body, &r); err != nil || resp.Header.Get("Content-Type") != "application/json" {
+		t.Fatalf("/readyz: %d %s (%v)", resp.StatusCode, body, err)
+	}
+	checks := map[string]bool{}
+	for _, c := range r.Checks {
+		checks[c.Name] = c.OK
+	}
+	return resp.StatusCode, checks
+}
+
+// scrape reads /metrics as Prometheus does.
+func scrape(t *testing.T, op string) map[string]*dto.MetricFamily {
+	t.Helper()
+	resp, body := do(t, "GET", op+"/metrics", nil)
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("/metrics: %d %s", resp.StatusCode, body)
+	}
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := p.TextToMetricFamilies(bytes.NewReader(body))
+	if err != nil {
+		t.Fatalf("/metrics does not parse: %v", err)
+	}
+	return families
+}
+
+// sample sums the samples of a family whose labels include labels: a
+// counter's or gauge's value, a histogram's count.
+func sample(families map[string]*dto.MetricFamily, name string, labels map[string]string) (float64, bool) {
+	f := families[name]
+	if f == nil {
+		return 0, false
+	}
+	sum, found := 0.0, false
+next:
+	for _, m := range f.GetMetric() {
+		have := map[string]string{}
+		for _, l := range m.GetLabel() {
+			have[l.GetName()] = l.GetValue()
+		}
+		for k, v := range labels {
+			if have[k] != v {
+				continue next
+			}
+		}
+		found = true
+		switch {
+		case m.Counter != nil:
+			sum += m.GetCounter().GetValue()
+		case m.Gauge != nil:
+			sum += m.GetGauge().GetValue()
+		case m.Histogram != nil:
+			sum += float64(m.GetHistogram().GetSampleCount())
+		}
+	}
+	return sum, found
+}
