@@ -135,6 +135,7 @@ func TestComposeProfilesRunTheEngineOnWhatTheyStart(t *testing.T) {
 			for _, s := range services {
 				roles[s.cfg.Role]++
 				checkServers(t, p, s, tc.natsNodes, tc.replicas, tc.shards, tc.chReplicas)
+				checkHealth(t, s)
 			}
 			if !maps.Equal(roles, tc.roles) {
 				t.Errorf("engine services by role: %v, want %v", roles, tc.roles)
@@ -142,6 +143,20 @@ func TestComposeProfilesRunTheEngineOnWhatTheyStart(t *testing.T) {
 			checkBindMounts(t, p)
 			checkSubnetAdmitted(t, p)
 		})
+	}
+}
+
+// checkHealth checks that an engine service serves its probes and that its
+// health check asks /readyz with the engine's own binary (the image has no
+// shell or HTTP client).
+func checkHealth(t *testing.T, s engineService) {
+	t.Helper()
+	if s.cfg.MetricsListen == "" {
+		t.Errorf("%s: no FLATFHIR_METRICS_LISTEN: it serves no /metrics or /readyz", s.name)
+	}
+	hc := s.svc.HealthCheck
+	if hc == nil || hc.Disable || !slices.Equal(hc.Test, []string{"CMD", "/usr/local/bin/flatfhir", "probe"}) {
+		t.Errorf("%s: health check %+v, want flatfhir probe", s.name, hc)
 	}
 }
 

@@ -40,6 +40,10 @@ const cliUsage = `usage:
   flatfhir token --client ID --key FILE [--scope S] [--url BASE] [--raw]
                                 sign a client assertion and fetch an access token
 
+  flatfhir probe [URL]          exit 0 when URL (default: /readyz on FLATFHIR_METRICS_LISTEN)
+                                answers 200, else print its answer and exit 1: a health check
+                                for images without a shell
+
   flatfhir cluster [--dir DIR] [--shards 2 --replicas 2 --nats 3 --ingesters 2 --writers 2]
                                 run a real cluster on this machine, one process per server
                                 and role (make run-cluster)
@@ -109,6 +113,8 @@ func command(ctx context.Context, args []string, out io.Writer) error {
 		}
 	case "token":
 		return tokenCommand(ctx, args[1:], out)
+	case "probe":
+		return probeCommand(ctx, args[1:], out)
 	case "cluster":
 		return clusterCommand(ctx, args[1:], out)
 	case "nats-node":

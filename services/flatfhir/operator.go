@@ -5,9 +5,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -153,4 +155,44 @@ func (e *Engine) readyChecks() []readyCheck {
 		checks = append(checks, consumer(streams.StreamExportTasks, streams.ConsumerWriters))
 	}
 	return checks
+}
+
+// probeCommand is flatfhir probe [URL]: a health check that needs no shell
+// or HTTP client in the image. Without URL it asks /readyz on
+// FLATFHIR_METRICS_LISTEN, at loopback when that names every interface.
+func probeCommand(ctx context.Context, args []string, out io.Writer) error {
+	if len(args) > 1 {
+		return errUsage
+	}
+	var u string
+	if len(args) == 1 {
+		u = args[0]
+	} else {
+		addr := env("FLATFHIR_METRICS_LISTEN", "")
+		host, port, err := net.SplitHostPort(addr)
+		if err != nil {
+			return fmt.Errorf("probe: give a URL, or set FLATFHIR_METRICS_LISTEN to host:port (it is %q)", addr)
+		}
+		if ip := net.ParseIP(host); host == "" || ip != nil && ip.IsUnspecified() {
+			host = "127.0.0.1"
+		}
+		u = "http://" + net.JoinHostPort(host, port) + "/readyz"
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s answered %d: %s", u, resp.StatusCode, strings.TrimSpace(string(body)))
+	}
+	_, err = out.Write(body)
+	return err
 }

@@ -45,6 +45,15 @@ func TestE2EMetricsAndProbes(t *testing.T) {
 	if code, checks := readyz(t, op); code != http.StatusServiceUnavailable || checks["services"] {
 		t.Errorf("/readyz before the services run: %d %v, want 503 with services not ok", code, checks)
 	}
+	// The health check of images without a shell.
+	probe := func() (int, string) {
+		var out, errOut bytes.Buffer
+		code := flatfhir.Command(t.Context(), []string{"probe", op + "/readyz"}, &out, &errOut)
+		return code, out.String() + errOut.String()
+	}
+	if code, out := probe(); code != 1 || !strings.Contains(out, "503") {
+		t.Errorf("flatfhir probe before the services run: exit %d, %s; want 1 naming the 503", code, out)
+	}
 	done := make(chan error, 1)
 	go func() { done <- e.Run(ctx) }()
 	defer func() {
@@ -57,6 +66,9 @@ func TestE2EMetricsAndProbes(t *testing.T) {
 		code, _ := readyz(t, op)
 		return code == http.StatusOK
 	})
+	if code, out := probe(); code != 0 {
+		t.Errorf("flatfhir probe once ready: exit %d, %s", code, out)
+	}
 	if _, checks := readyz(t, op); !checks["nats"] || !checks["jetstream"] || !checks["clickhouse"] || !checks["consumer planner"] || !checks["consumer writers"] {
 		t.Errorf("/readyz checks: %v", checks)
 	}
