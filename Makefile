@@ -35,7 +35,7 @@ build: deps ## Build the engine binary into bin/
 	go build -o $(BIN) ./services/flatfhir/cmd/flatfhir
 
 run: build ## Start the whole engine on this machine with sample data (authorization off)
-	FLATFHIR_AUTH=$${FLATFHIR_AUTH:-off} $(BIN)
+	FLATFHIR_AUTH=$${FLATFHIR_AUTH:-off} FLATFHIR_METRICS_LISTEN=$${FLATFHIR_METRICS_LISTEN-127.0.0.1:9464} $(BIN)
 
 run-cluster: build ## Start a real cluster here: 2x2 ClickHouse, 3 NATS nodes, one process per engine role (authorization off)
 	$(BIN) cluster

@@ -19,6 +19,10 @@ func Main(ctx context.Context, cfg Config, log *slog.Logger, out io.Writer) erro
 			base = e.APIURL()
 		}
 		welcome(out, cfg.Role, base, cfg.Auth)
+		if addr := e.OperatorAddr(); addr != "" {
+			fmt.Fprintf(out, "\nMetrics (Prometheus): http://%s/metrics   readiness: http://%s/readyz\n"+
+				"Grafana dashboard: deployments/grafana/flatfhir.json\n", addr, addr)
+		}
 		if cfg.Role == RoleAll {
 			fmt.Fprintf(out, "\nCtrl-C stops everything; data stays in %s.\n", cfg.DataDir)
 		}

@@ -6,6 +6,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -110,6 +113,52 @@ func TestE2EMetricsAndProbes(t *testing.T) {
 		if !ok || !c.want(v) {
 			t.Errorf("%s%v = %v (found %v), want %s", c.name, c.labels, v, ok, c.what)
 		}
+	}
+	checkDashboard(t, families)
+}
+
+// checkDashboard checks that every metric the Grafana dashboard queries is
+// one the engine serves.
+func checkDashboard(t *testing.T, families map[string]*dto.MetricFamily) {
+	t.Helper()
+	raw, err := os.ReadFile(filepath.Join("..", "..", "deployments", "grafana", "flatfhir.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var d struct {
+		UID    string
+		Panels []struct {
+			Title   string
+			Type    string
+			Targets []struct{ Expr string }
+		}
+	}
+	if err := json.Unmarshal(raw, &d); err != nil || d.UID == "" {
+		t.Fatalf("the dashboard: uid %q, %v", d.UID, err)
+	}
+	names := regexp.MustCompile(`\b(?:flatfhir|http_server|process|go)_[a-z_]+\b`)
+	// Label names, in by (...) and in {...} selectors, are not metrics.
+	labels := regexp.MustCompile(`by \([^)]*\)|\{[^}]*\}`)
+	queried := 0
+	for _, p := range d.Panels {
+		if p.Type != "row" && len(p.Targets) == 0 {
+			t.Errorf("dashboard panel %q queries nothing", p.Title)
+		}
+		for _, q := range p.Targets {
+			for _, name := range names.FindAllString(labels.ReplaceAllString(q.Expr, ""), -1) {
+				queried++
+				base := name
+				for _, suffix := range []string{"_bucket", "_count", "_sum"} {
+					base = strings.TrimSuffix(base, suffix)
+				}
+				if families[name] == nil && families[base] == nil {
+					t.Errorf("dashboard panel %q queries %s, which the engine does not serve", p.Title, name)
+				}
+			}
+		}
+	}
+	if queried == 0 {
+		t.Error("the dashboard queries no metric")
 	}
 }
 

@@ -101,6 +101,8 @@ func New(cfg Config, deps Deps) (*Ingester, error) {
 	if in.rejected, err = m.Int64Counter("flatfhir.ingest.rejected", metric.WithDescription("change messages that were not valid and were skipped")); err != nil {
 		return nil, err
 	}
+	// Shown as 0 from the start, not missing until the first rejection.
+	in.rejected.Add(context.Background(), 0)
 	if _, err = m.Float64ObservableGauge("flatfhir.ingest.lag", metric.WithUnit("s"),
 		metric.WithDescription("now minus the watermark stamp of this ingester's partitions while changes wait to be ingested; 0 when caught up"),
 		metric.WithFloat64Callback(func(_ context.Context, o metric.Float64Observer) error {

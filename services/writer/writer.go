@@ -101,6 +101,8 @@ func New(cfg Config, deps Deps) (*Writer, error) {
 	if w.ended, err = streams.ExportsEnded(m); err != nil {
 		return nil, err
 	}
+	// Shown as 0 from the start, not missing until the first retry.
+	w.retries.Add(context.Background(), 0)
 	return w, nil
 }
 
