@@ -40,6 +40,12 @@ const cliUsage = `usage:
   flatfhir token --client ID --key FILE [--scope S] [--url BASE] [--raw]
                                 sign a client assertion and fetch an access token
 
+  flatfhir export --url BASE [--group ID | --patient-level] [--type T,..] [--since INSTANT | --since-last]
+                [--type-filter Q].. [--elements E,..] [--out DIR] [--client ID --key FILE] [--post]
+                                export from any Bulk Data v2 server into DIR: polls as Retry-After
+                                says, downloads in parallel (gzip), continues an interrupted run,
+                                checks every file's count; --since-last exports what changed since
+                                the last complete export of the same query into DIR
   flatfhir probe [URL]          exit 0 when URL (default: /readyz on FLATFHIR_METRICS_LISTEN)
                                 answers 200, else print its answer and exit 1: a health check
                                 for images without a shell
@@ -113,6 +119,8 @@ func command(ctx context.Context, args []string, out io.Writer) error {
 		}
 	case "token":
 		return tokenCommand(ctx, args[1:], out)
+	case "export":
+		return exportCommand(ctx, args[1:], out)
 	case "probe":
 		return probeCommand(ctx, args[1:], out)
 	case "cluster":
