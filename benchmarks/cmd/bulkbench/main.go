@@ -35,11 +35,43 @@ func main() {
 	flag.DurationVar(&opts.SoakSampleEvery, "soak-sample", opts.SoakSampleEvery, "how often the soak samples every process's memory and goroutines")
 	flag.StringVar(&opts.SoakHTML, "soak-html", "soak.html", "where the soak writes its report with plots (empty: nowhere)")
 	jsonPath := flag.String("json", "", "also write the figures as JSON to this file")
+	to := harness.DefaultTargetOptions()
+	flag.StringVar(&to.URL, "target", "", "instead of starting the engine, run the export side against this Bulk Data v2 server's FHIR base: clients, pollers, latencies, an HTML report (the -target-* flags)")
+	flag.DurationVar(&to.Duration, "target-duration", to.Duration, "how long -target's clients keep kicking off exports")
+	flag.IntVar(&to.Clients, "target-clients", to.Clients, "-target's clients exporting at once, one export after another each")
+	flag.IntVar(&to.Pollers, "target-pollers", to.Pollers, "-target's extra pollers of the exports under way")
+	flag.DurationVar(&to.PollEvery, "target-poll-every", to.PollEvery, "each extra poller's pause between polls")
+	flag.StringVar(&to.Mix, "target-mix", to.Mix, "-target's levels and their weights")
+	flag.StringVar(&to.Group, "target-group", "", "the Group of group-level exports (default: the first GET /Group lists)")
+	flag.StringVar(&to.Types, "target-type", "", "_type of every -target export (default: all)")
+	flag.IntVar(&to.Parallel, "target-parallel", to.Parallel, "downloads at once per -target client")
+	flag.StringVar(&to.ClientID, "target-client", "", "SMART Backend Services client_id for -target (with -target-key)")
+	flag.StringVar(&to.KeyFile, "target-key", "", "the -target client's private key (PEM, ES384 or RS384)")
+	flag.StringVar(&to.KeyID, "target-kid", "", "the -target client's key id, when its server needs one")
+	flag.StringVar(&to.Scope, "target-scope", to.Scope, "scopes the -target client asks for")
+	flag.StringVar(&to.HTML, "target-html", to.HTML, "where -target writes its report with plots (empty: nowhere)")
 	flag.Parse()
 	opts.Progress = os.Stderr
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if to.URL != "" {
+		to.Progress = os.Stderr
+		r, err := harness.RunTarget(ctx, to)
+		if r != nil {
+			_ = r.WriteTable(os.Stdout)
+			if *jsonPath != "" {
+				if err := r.WriteJSON(*jsonPath); err != nil {
+					fmt.Fprintln(os.Stderr, "bulkbench: write json:", err)
+				}
+			}
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "bulkbench: FAILED:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	report, err := harness.Run(ctx, opts)
 	if err != nil {
 		// A failed soak's figures say what went wrong, and when.
