@@ -12,7 +12,7 @@ GOLANGCI_LINT := bin/tools/golangci-lint-$(GOLANGCI_LINT_VERSION)
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-13s %s\n", $$1, $$2}'
 
-deps: ## Install what is missing: ClickHouse server and client and ZooKeeper (Debian packages) and Go modules
+deps: ## Install what is missing: ClickHouse server and client, ZooKeeper and Chromium (Debian packages) and Go modules
 	@if ! command -v clickhouse-server >/dev/null 2>&1 && ! command -v clickhouse >/dev/null 2>&1; then \
 		echo "installing clickhouse-server (Debian package)"; \
 		if [ "$$(id -u)" != 0 ]; then echo "run as root, or install clickhouse-server yourself" >&2; exit 1; fi; \
@@ -27,6 +27,12 @@ deps: ## Install what is missing: ClickHouse server and client and ZooKeeper (De
 		echo "installing zookeeper (Debian package; replicated ClickHouse tables need it)"; \
 		if [ "$$(id -u)" != 0 ]; then echo "run as root, or install zookeeper yourself" >&2; exit 1; fi; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq zookeeper >/dev/null; \
+	fi
+	@if ! command -v chromium >/dev/null 2>&1; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			echo "installing chromium (Debian package; the console's browser test drives it headless)"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+		else echo "chromium is missing: the console's browser test will be skipped (install Debian's chromium as root)"; fi; \
 	fi
 	@command -v go >/dev/null || { echo "Go is required (https://go.dev/doc/install)" >&2; exit 1; }
 	@for m in $(MODULES); do (cd $$m && go mod download) || exit 1; done

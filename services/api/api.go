@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/gofiber/fiber/v2"
@@ -68,6 +69,9 @@ type Config struct {
 	// WriteBodyTimeout bounds the reading of the body of a POST or PUT,
 	// $ingest's included, once its headers are read.
 	WriteBodyTimeout time.Duration
+	// ConsoleEvery is how often the console's live view is updated; 0 is
+	// every 2 s.
+	ConsoleEvery time.Duration
 	// MaxHeaderBytes bounds a request's line and headers (the URL of a
 	// GET kick-off with long _typeFilter values included); beyond it the
 	// answer is 431.
@@ -157,6 +161,10 @@ type Server struct {
 	indexes *attachmentIndexes
 	auth    *auth.Authority
 	tls     *tls.Config
+	// done is closed when the server stops: the console's event streams
+	// end with it.
+	done     chan struct{}
+	doneOnce sync.Once
 }
 
 // New builds the server and its routes.
@@ -170,7 +178,10 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Server, error) {
 	if deps.Now == nil {
 		deps.Now = time.Now
 	}
-	s := &Server{cfg: cfg, deps: deps, tracer: deps.Tracer.Tracer("flatfhir/api"), polls: newPollLimiter(cfg.PollRate, cfg.PollBurst),
+	if cfg.ConsoleEvery <= 0 {
+		cfg.ConsoleEvery = 2 * time.Second
+	}
+	s := &Server{done: make(chan struct{}), cfg: cfg, deps: deps, tracer: deps.Tracer.Tracer("flatfhir/api"), polls: newPollLimiter(cfg.PollRate, cfg.PollBurst),
 		indexes:   newAttachmentIndexes(),
 		downloads: newInFlight("downloads", cfg.MaxDownloadsPerClient), writes: newInFlight("writes", cfg.MaxWritesPerClient)}
 	var err error
@@ -235,6 +246,10 @@ func (s *Server) routes() {
 	s.app.Put("/admin/clients/:id", s.admin, s.putClient)
 	s.app.Delete("/admin/clients/:id", s.admin, s.deleteClient)
 	s.app.Post("/admin/keys/rotate", s.admin, s.rotateKeys)
+	// The operators' read-only console (console.go).
+	s.app.Get("/console", s.operator, s.consoleHTML)
+	s.app.Get("/console/state", s.operator, s.consoleState)
+	s.app.Get("/console/events", s.operator, s.consoleEvents)
 	// Every route below needs an access token when auth is on: register
 	// new routes here, never above.
 	s.app.Use(s.authenticate)
@@ -312,6 +327,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	case err := <-errc:
 		return fmt.Errorf("serve http: %w", err)
 	case <-ctx.Done():
+		s.doneOnce.Do(func() { close(s.done) })
 		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		return s.app.ShutdownWithContext(sctx)

@@ -19,6 +19,7 @@ func Main(ctx context.Context, cfg Config, log *slog.Logger, out io.Writer) erro
 			base = e.APIURL()
 		}
 		welcome(out, cfg.Role, base, cfg.Auth)
+		fmt.Fprintf(out, "\nConsole (exports, ingest, writers, live): %s/console\n", base)
 		if addr := e.OperatorAddr(); addr != "" {
 			fmt.Fprintf(out, "\nMetrics (Prometheus): http://%s/metrics   readiness: http://%s/readyz\n"+
 				"Grafana dashboard: deployments/grafana/flatfhir.json\n", addr, addr)
