@@ -1,6 +1,7 @@
 package api
 
 import (
+	"context"
 	"strconv"
 	"time"
 
@@ -17,6 +18,7 @@ import (
 // downloads and token requests are each a route of it.
 type metrics struct {
 	requests metric.Float64Histogram
+	tokens   metric.Int64Counter
 	ingested metric.Int64Counter
 	ended    metric.Int64Counter
 }
@@ -30,6 +32,11 @@ func newMetrics(mp metric.MeterProvider) (metrics, error) {
 		metric.WithExplicitBucketBoundaries(0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10, 30, 60)); err != nil {
 		return out, err
 	}
+	if out.tokens, err = m.Int64Counter("flatfhir.auth.tokens", metric.WithDescription("token requests: issued, or refused by OAuth error code (flatfhir.token.reason)")); err != nil {
+		return out, err
+	}
+	// Shown as 0 from the start, not missing until the first token.
+	out.tokens.Add(context.Background(), 0, metric.WithAttributes(attribute.String("flatfhir.token.outcome", "issued")))
 	if out.ingested, err = m.Int64Counter("flatfhir.ingest.accepted", metric.WithDescription("resources accepted into the change stream by $ingest")); err != nil {
 		return out, err
 	}

@@ -10,6 +10,8 @@ import (
 	"strings"
 
 	"github.com/gofiber/fiber/v2"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
 
 	"github.com/flatfhir/flatfhir/services/api/auth"
 	"github.com/flatfhir/flatfhir/shared/compartment"
@@ -69,22 +71,26 @@ func (s *Server) token(c *fiber.Ctx) error {
 	if !s.cfg.Auth {
 		return notFound("authorization is switched off on this server (FLATFHIR_AUTH=off)")
 	}
+	refuseToken := func(e *auth.Error) error {
+		s.metrics.tokens.Add(c.UserContext(), 1, metric.WithAttributes(attribute.String("flatfhir.token.outcome", "refused"), attribute.String("flatfhir.token.reason", e.Code)))
+		return oauthError(c, e)
+	}
 	ct := strings.ToLower(strings.TrimSpace(strings.Split(c.Get(fiber.HeaderContentType), ";")[0]))
 	if ct != fiber.MIMEApplicationForm {
-		return oauthError(c, &auth.Error{Status: fiber.StatusBadRequest, Code: auth.CodeInvalidRequest,
+		return refuseToken(&auth.Error{Status: fiber.StatusBadRequest, Code: auth.CodeInvalidRequest,
 			Description: "the token request must be application/x-www-form-urlencoded"})
 	}
 	body := c.Body()
 	if len(body) > 64<<10 {
-		return oauthError(c, &auth.Error{Status: fiber.StatusBadRequest, Code: auth.CodeInvalidRequest, Description: "the token request is larger than 64 KiB"})
+		return refuseToken(&auth.Error{Status: fiber.StatusBadRequest, Code: auth.CodeInvalidRequest, Description: "the token request is larger than 64 KiB"})
 	}
 	form, err := url.ParseQuery(string(body))
 	if err != nil {
-		return oauthError(c, &auth.Error{Status: fiber.StatusBadRequest, Code: auth.CodeInvalidRequest, Description: "the form body is malformed: " + err.Error()})
+		return refuseToken(&auth.Error{Status: fiber.StatusBadRequest, Code: auth.CodeInvalidRequest, Description: "the form body is malformed: " + err.Error()})
 	}
 	for name, vals := range form {
 		if len(vals) > 1 {
-			return oauthError(c, &auth.Error{Status: fiber.StatusBadRequest, Code: auth.CodeInvalidRequest, Description: "parameter " + name + " appears more than once"})
+			return refuseToken(&auth.Error{Status: fiber.StatusBadRequest, Code: auth.CodeInvalidRequest, Description: "parameter " + name + " appears more than once"})
 		}
 	}
 	resp, err := s.auth.Token(c.UserContext(), auth.TokenRequest{
@@ -94,11 +100,12 @@ func (s *Server) token(c *fiber.Ctx) error {
 	})
 	if e := auth.AsError(err); e != nil {
 		s.deps.Log.InfoContext(c.UserContext(), "token request refused", "error", e.Code, "reason", e.Description)
-		return oauthError(c, e)
+		return refuseToken(e)
 	}
 	if err != nil {
 		return err
 	}
+	s.metrics.tokens.Add(c.UserContext(), 1, metric.WithAttributes(attribute.String("flatfhir.token.outcome", "issued")))
 	c.Set(fiber.HeaderCacheControl, "no-store")
 	c.Set(fiber.HeaderPragma, "no-cache")
 	c.Set(fiber.HeaderContentType, fiber.MIMEApplicationJSON)

@@ -137,7 +137,7 @@ func Start(ctx context.Context, cfg Config, tune Tuning, log *slog.Logger) (_ *E
 	if err := streams.Ensure(ctx, e.js, sc); err != nil {
 		return nil, err
 	}
-	chCfg := chstore.Config{Addr: []string{chAddr}, Shards: cfg.ClickHouseShards, Database: cfg.ClickHouseDatabase}
+	chCfg := chstore.Config{Addr: []string{chAddr}, Shards: cfg.ClickHouseShards, Database: cfg.ClickHouseDatabase, Meter: e.tel.Meter}
 	if e.store, err = chstore.Open(ctx, chCfg, log); err != nil {
 		return nil, err
 	}

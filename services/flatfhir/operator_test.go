@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -21,6 +22,7 @@ import (
 	"github.com/flatfhir/flatfhir/services/ingester"
 	"github.com/flatfhir/flatfhir/services/planner"
 	"github.com/flatfhir/flatfhir/services/writer"
+	"github.com/flatfhir/flatfhir/shared/childproc"
 	"github.com/flatfhir/flatfhir/shared/testenv"
 )
 
@@ -108,6 +110,10 @@ func TestE2EMetricsAndProbes(t *testing.T) {
 		{"http_server_request_duration_seconds", map[string]string{"http_route": "/$export", "http_response_status_code": "202"},
 			func(v float64) bool { return v == 1 }, "one kick-off accepted"},
 		{"flatfhir_export_files_size_bytes", nil, func(v float64) bool { return v > 0 }, "the export files' bytes"},
+		{"db_client_operation_duration_seconds", map[string]string{"db_system_name": "clickhouse", "db_operation_name": "insert"},
+			func(v float64) bool { return v >= 1 }, "ClickHouse inserts timed"},
+		{"db_client_operation_duration_seconds", map[string]string{"db_operation_name": "read_latest"},
+			func(v float64) bool { return v >= 1 }, "the export's reads timed"},
 	} {
 		v, ok := sample(families, c.name, c.labels)
 		if !ok || !c.want(v) {
@@ -228,4 +234,56 @@ next:
 		}
 	}
 	return sum, found
+}
+
+// TestE2ETokenMetrics: token requests are counted as issued, or refused
+// by their OAuth error code.
+func TestE2ETokenMetrics(t *testing.T) {
+	port, err := childproc.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch := testenv.ClickHouse(t)
+	op := "127.0.0.1:" + strconv.Itoa(port)
+	cfg := flatfhir.Config{
+		Role: flatfhir.RoleAll, DataDir: t.TempDir(), Listen: "127.0.0.1:0", NATSPort: -1, MetricsListen: op,
+		ClickHouseAddr: ch.Addr[0], ClickHouseDatabase: ch.Database, Writers: 1, Replicas: 1,
+		Auth: true, AdminToken: e2eAdminToken,
+	}
+	base, stop := runEngine(t, cfg, flatfhir.Tuning{Planner: planner.DefaultConfig(), Writer: writer.DefaultConfig(), Ingester: ingester.DefaultConfig()})
+	defer stop()
+	keys := t.TempDir()
+	cli(t, "clients", "keygen", "--out", filepath.Join(keys, "m"), "--alg", "ES384")
+	set, err := os.ReadFile(filepath.Join(keys, "m.jwks.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg, _ := json.Marshal(map[string]any{"jwks": json.RawMessage(set), "scope": "system/*.rs"})
+	if resp, body := do(t, "PUT", base+"/admin/clients/m", bytes.NewReader(reg), "Authorization", "Bearer "+e2eAdminToken, "Content-Type", "application/json"); resp.StatusCode != http.StatusOK {
+		t.Fatalf("register: %d %s", resp.StatusCode, body)
+	}
+	cli(t, "token", "--client", "m", "--key", filepath.Join(keys, "m.key.pem"), "--url", base, "--raw")
+	form := "grant_type=client_credentials&scope=system%2F*.rs&client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer&client_assertion=not.a.jwt"
+	if resp, body := do(t, "POST", base+"/auth/token", strings.NewReader(form), "Content-Type", "application/x-www-form-urlencoded"); resp.StatusCode < 400 {
+		t.Fatalf("a forged assertion: %d %s", resp.StatusCode, body)
+	}
+	families := scrape(t, "http://"+op)
+	if v, ok := sample(families, "flatfhir_auth_tokens_total", map[string]string{"flatfhir_token_outcome": "issued"}); !ok || v != 1 {
+		t.Errorf("tokens issued: %v (%v), want 1", v, ok)
+	}
+	refused := families["flatfhir_auth_tokens_total"]
+	found := false
+	for _, m := range refused.GetMetric() {
+		labels := map[string]string{}
+		for _, l := range m.GetLabel() {
+			labels[l.GetName()] = l.GetValue()
+		}
+		if labels["flatfhir_token_outcome"] == "refused" && labels["flatfhir_token_reason"] != "" && m.GetCounter().GetValue() == 1 {
+			found = true
+			t.Logf("the forged assertion was counted as refused for %s", labels["flatfhir_token_reason"])
+		}
+	}
+	if !found {
+		t.Errorf("no refused token request with its reason: %v", refused)
+	}
 }

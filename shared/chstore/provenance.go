@@ -3,6 +3,7 @@ package chstore
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2"
 
@@ -96,7 +97,8 @@ const provenanceRefsSQL = `arrayMap(r -> extract(replaceRegexpOne(replaceAll(r, 
 // Provenance version up to until: a caller batches many targets into one
 // call. The match is a superset: the caller checks that a body's target
 // names the resource. fn must not keep body after it returns.
-func (s *Store) ProvenanceTargeting(ctx context.Context, targets []Ref, until uint64, fn func(id string, seq uint64, body []byte) error) error {
+func (s *Store) ProvenanceTargeting(ctx context.Context, targets []Ref, until uint64, fn func(id string, seq uint64, body []byte) error) (err error) {
+	defer s.measure(ctx, "provenance_targeting", time.Now(), &err)
 	if len(targets) == 0 {
 		return nil
 	}

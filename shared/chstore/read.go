@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2"
 
@@ -26,9 +27,10 @@ type BucketCount struct {
 // types limits the count; empty means every type. The counts size tasks;
 // they count versions, not resources, so they are an upper bound of what a
 // range exports.
-func (s *Store) BucketCounts(ctx context.Context, types []string, since, until uint64) ([]BucketCount, error) {
+func (s *Store) BucketCounts(ctx context.Context, types []string, since, until uint64) (_ []BucketCount, err error) {
+	defer s.measure(ctx, "bucket_counts", time.Now(), &err)
 	parts := make([][]BucketCount, len(s.shards))
-	err := s.eachShard(func(sh *shard) error {
+	err = s.eachShard(func(sh *shard) error {
 		var err error
 		parts[sh.index], err = s.bucketCounts(ctx, sh, types, since, until)
 		return err
@@ -177,13 +179,15 @@ func compartmentSQL(r Range, deleted bool) (string, []any) {
 
 // ReadLatest streams the latest version of every live resource in r to fn,
 // in no particular order. fn must not keep body after it returns.
-func (s *Store) ReadLatest(ctx context.Context, r Range, fn func(id string, body []byte) error) error {
+func (s *Store) ReadLatest(ctx context.Context, r Range, fn func(id string, body []byte) error) (err error) {
+	defer s.measure(ctx, "read_latest", time.Now(), &err)
 	return s.read(ctx, r, false, fn)
 }
 
 // ReadDeleted streams the resources in r whose latest version is a delete
 // made after r.Since. body is empty.
-func (s *Store) ReadDeleted(ctx context.Context, r Range, fn func(id string, body []byte) error) error {
+func (s *Store) ReadDeleted(ctx context.Context, r Range, fn func(id string, body []byte) error) (err error) {
+	defer s.measure(ctx, "read_deleted", time.Now(), &err)
 	return s.read(ctx, r, true, fn)
 }
 
@@ -339,7 +343,8 @@ func groupSet(values []string) clickhouse.GroupSet {
 
 // ReadOne returns the body of typ/id as it stood at until (microseconds),
 // and false when it did not exist then or was deleted.
-func (s *Store) ReadOne(ctx context.Context, typ, id string, until uint64) ([]byte, bool, error) {
+func (s *Store) ReadOne(ctx context.Context, typ, id string, until uint64) (_ []byte, _ bool, err error) {
+	defer s.measure(ctx, "read_one", time.Now(), &err)
 	h := IDHash(id)
 	rows, err := s.query(s.readCtx(ctx, nil), s.shardOf(h), "SELECT argMax(body, seq), argMax(deleted, seq) FROM "+s.table+
 		" WHERE type = ? AND id_hash = ? AND id = ? AND last_updated <= ? GROUP BY id", typ, h, id, until)
@@ -374,7 +379,8 @@ type Ref struct{ Type, ID string }
 // (microseconds), the patients whose compartment held its latest version
 // then. refs must carry R4 types and valid ids: they are inlined in the
 // query, which those character sets make safe.
-func (s *Store) PatientsOf(ctx context.Context, refs []Ref, until uint64) (map[Ref][]string, error) {
+func (s *Store) PatientsOf(ctx context.Context, refs []Ref, until uint64) (_ map[Ref][]string, err error) {
+	defer s.measure(ctx, "patients_of", time.Now(), &err)
 	out := map[Ref][]string{}
 	for _, r := range refs {
 		if !fhir.IsResourceType(r.Type) || !fhir.ValidID(r.ID) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"go.opentelemetry.io/otel/metric"
 	"hash/fnv"
 	"log/slog"
 	"regexp"
@@ -59,6 +60,9 @@ type Config struct {
 	DialTimeout   time.Duration
 	ReadBlockRows int
 	MaxOpenConns  int
+	// Meter, when set, receives the operations' durations
+	// (db.client.operation.duration).
+	Meter metric.MeterProvider
 }
 
 var dbName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]{0,63}$`)
@@ -128,6 +132,7 @@ type Store struct {
 	feed       string
 	log        *slog.Logger
 	stopWatch  func() // ends the replica health checks and waits for them
+	ops        metric.Float64Histogram
 }
 
 // Open connects to every shard, creates the database and tables where
@@ -137,7 +142,12 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (*Store, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	ops, err := newOpsHistogram(cfg.Meter)
+	if err != nil {
+		return nil, err
+	}
 	s := &Store{
+		ops:        ops,
 		cfg:        cfg,
 		replicated: cfg.Replicated,
 		table:      cfg.Database + "." + Table,

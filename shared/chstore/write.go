@@ -34,7 +34,8 @@ const Columns = "type, id, id_hash, seq, last_updated, deleted, patients, body"
 // of the replicas); the feed copies them into the change log. Rows of one
 // shard go in one batch. A caller replaying changes after a crash must
 // leave out the versions Recover reports: reads expect each (id, seq) once.
-func (s *Store) Insert(ctx context.Context, rows []Row) error {
+func (s *Store) Insert(ctx context.Context, rows []Row) (err error) {
+	defer s.measure(ctx, "insert", time.Now(), &err)
 	if len(rows) == 0 {
 		return nil
 	}
