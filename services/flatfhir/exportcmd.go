@@ -403,6 +403,10 @@ func printSummary(out io.Writer, m bulkclient.Manifest, dir string, counts []fil
 			fmt.Fprintf(out, "    %-28s %d\n", t, types[t])
 		}
 	}
+	if len(counts) == 0 {
+		fmt.Fprintln(out, "  no files: nothing matched, or nothing changed since")
+		return
+	}
 	fmt.Fprintln(out, "  every file's lines match the manifest's counts")
 }
 
