@@ -67,24 +67,36 @@ func engineServices(t *testing.T, p *types.Project) []engineService {
 			}
 			env[k] = *v
 		}
-		read := map[string]bool{}
-		cfg, err := flatfhir.FromLookup(func(key string) (string, bool) {
-			read[key] = true
-			v, ok := env[key]
-			return v, ok
-		})
-		if err != nil {
-			t.Errorf("%s: the engine refuses its environment: %v", name, err)
+		cfg, ok := engineConfig(t, name, env)
+		if !ok {
 			continue
-		}
-		for k := range env {
-			if strings.HasPrefix(k, "FLATFHIR_") && !read[k] {
-				t.Errorf("%s: %s is not a setting the engine reads", name, k)
-			}
 		}
 		out = append(out, engineService{name: name, svc: svc, cfg: cfg})
 	}
 	return out
+}
+
+// engineConfig is the configuration the engine reads from a container's
+// environment, as FromLookup reads it; it reports a refusal, and a
+// FLATFHIR_ setting the engine does not read, as errors of name.
+func engineConfig(t *testing.T, name string, env map[string]string) (flatfhir.Config, bool) {
+	t.Helper()
+	read := map[string]bool{}
+	cfg, err := flatfhir.FromLookup(func(key string) (string, bool) {
+		read[key] = true
+		v, ok := env[key]
+		return v, ok
+	})
+	if err != nil {
+		t.Errorf("%s: the engine refuses its environment: %v", name, err)
+		return cfg, false
+	}
+	for k := range env {
+		if strings.HasPrefix(k, "FLATFHIR_") && !read[k] {
+			t.Errorf("%s: %s is not a setting the engine reads", name, k)
+		}
+	}
+	return cfg, true
 }
 
 // dockerfileEnv is what a Dockerfile's ENV KEY=VALUE lines set.

@@ -81,6 +81,21 @@ func render(p *plot.Plot, format string) ([]byte, error) {
 	return buf.Bytes(), nil
 }
 
+// svgCharts draws each chart as SVG to inline in a page. The charts must
+// be the harness's own figures, with no text from outside that was not
+// cut to plain characters: the SVG goes into the page as markup.
+func svgCharts(plots []*plot.Plot) ([]template.HTML, error) {
+	var charts []template.HTML
+	for _, p := range plots {
+		svg, err := render(p, "svg")
+		if err != nil {
+			return nil, err
+		}
+		charts = append(charts, template.HTML(svg)) //nolint:gosec // the harness's own figures (see above)
+	}
+	return charts, nil
+}
+
 var soakPage = template.Must(template.New("soak").Parse(`<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>flatfhir soak, {{.Started}}</title>
 <style>body{font-family:sans-serif;margin:2em;max-width:70em}pre{background:#f6f6f6;padding:1em;overflow:auto}
@@ -101,14 +116,9 @@ func writeSoakHTML(path string, r *Report, s *SoakResult) error {
 	if err != nil {
 		return err
 	}
-	var charts []template.HTML
-	for _, p := range plots {
-		svg, err := render(p, "svg")
-		if err != nil {
-			return err
-		}
-		// gonum/plot's SVG of the harness's own figures: safe to inline.
-		charts = append(charts, template.HTML(svg)) //nolint:gosec // drawn here, no outside input
+	charts, err := svgCharts(plots)
+	if err != nil {
+		return err
 	}
 	var table bytes.Buffer
 	saved := r.Soak

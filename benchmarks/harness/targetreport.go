@@ -174,13 +174,10 @@ func writeTargetHTML(path string, r *TargetReport) error {
 	if err != nil {
 		return err
 	}
-	var charts []template.HTML
-	for _, p := range plots {
-		svg, err := render(p, "svg")
-		if err != nil {
-			return err
-		}
-		charts = append(charts, template.HTML(svg)) //nolint:gosec // drawn here: numbers, and type names cut to letters and digits
+	// Numbers, and type names cut to letters and digits.
+	charts, err := svgCharts(plots)
+	if err != nil {
+		return err
 	}
 	var table bytes.Buffer
 	if err := r.WriteTable(&table); err != nil {

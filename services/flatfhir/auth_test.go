@@ -46,6 +46,24 @@ func startAuthorizedEngine(t testing.TB) (string, flatfhir.Config) {
 	return base, cfg
 }
 
+// registerClient has flatfhir make an ES384 key pair for client id in dir
+// and the operator register it at base with scope, as docs/auth.md shows.
+// It returns the private key's file and the public key set.
+func registerClient(t testing.TB, base, dir, id, scope string) (keyFile string, jwks []byte) {
+	t.Helper()
+	cli(t, "clients", "keygen", "--out", filepath.Join(dir, id), "--alg", "ES384")
+	set, err := os.ReadFile(filepath.Join(dir, id+".jwks.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg, _ := json.Marshal(map[string]any{"jwks": json.RawMessage(set), "scope": scope})
+	if resp, body := do(t, "PUT", base+"/admin/clients/"+id, bytes.NewReader(reg), "Authorization", "Bearer "+e2eAdminToken,
+		"Content-Type", "application/json"); resp.StatusCode != http.StatusOK {
+		t.Fatalf("register %s: %d %s", id, resp.StatusCode, body)
+	}
+	return filepath.Join(dir, id+".key.pem"), set
+}
+
 // awaitAuthorized polls like await, with a bearer token.
 func awaitAuthorized(t *testing.T, status, token string) manifest {
 	t.Helper()

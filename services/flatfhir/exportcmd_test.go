@@ -167,21 +167,12 @@ func TestE2EExportCommandAuthorized(t *testing.T) {
 	if resp, body := do(t, "POST", base+"/$ingest", &ndjson, "Content-Type", "application/fhir+ndjson", "Authorization", "Bearer "+e2eAdminToken); resp.StatusCode != http.StatusOK {
 		t.Fatalf("ingest: %d %s", resp.StatusCode, body)
 	}
-	keys := t.TempDir()
-	cli(t, "clients", "keygen", "--out", filepath.Join(keys, "payer"), "--alg", "ES384")
-	set, err := os.ReadFile(filepath.Join(keys, "payer.jwks.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	reg, _ := json.Marshal(map[string]any{"jwks": json.RawMessage(set), "scope": "system/*.rs"})
-	if resp, body := do(t, "PUT", base+"/admin/clients/payer", bytes.NewReader(reg), "Authorization", "Bearer "+e2eAdminToken, "Content-Type", "application/json"); resp.StatusCode != http.StatusOK {
-		t.Fatalf("register: %d %s", resp.StatusCode, body)
-	}
+	key, _ := registerClient(t, base, t.TempDir(), "payer", "system/*.rs")
 	if code, out := exportRun(t, "--url", base, "--out", t.TempDir()); code == 0 || !strings.Contains(out, "401") {
 		t.Errorf("without credentials: exit %d\n%s", code, out)
 	}
 	dir := t.TempDir()
-	code, out := exportRun(t, "--url", base, "--out", dir, "--client", "payer", "--key", filepath.Join(keys, "payer.key.pem"), "--type", "Patient", "--post")
+	code, out := exportRun(t, "--url", base, "--out", dir, "--client", "payer", "--key", key, "--type", "Patient", "--post")
 	if code != 0 {
 		t.Fatalf("flatfhir export with a client: exit %d\n%s", code, out)
 	}

@@ -1,15 +1,12 @@
 package flatfhir_test
 
 import (
-	"bytes"
 	"crypto"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/url"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -30,22 +27,12 @@ type assertionSigner struct {
 // client "fz" (ES384) with scope system/*.rs.
 func newAssertionSigner(f *testing.F) assertionSigner {
 	base, _ := startAuthorizedEngine(f)
-	dir := f.TempDir()
-	cli(f, "clients", "keygen", "--out", filepath.Join(dir, "fz"), "--alg", "ES384")
-	set, err := os.ReadFile(filepath.Join(dir, "fz.jwks.json"))
-	if err != nil {
-		f.Fatal(err)
-	}
-	reg, _ := json.Marshal(map[string]any{"jwks": json.RawMessage(set), "scope": "system/*.rs"})
-	if resp, body := do(f, "PUT", base+"/admin/clients/fz", bytes.NewReader(reg), "Authorization", "Bearer "+e2eAdminToken,
-		"Content-Type", "application/json"); resp.StatusCode != http.StatusOK {
-		f.Fatalf("register fz: %d %s", resp.StatusCode, body)
-	}
+	keyFile, set := registerClient(f, base, f.TempDir(), "fz", "system/*.rs")
 	var jwks struct{ Keys []struct{ Kid string } }
 	if err := json.Unmarshal(set, &jwks); err != nil || len(jwks.Keys) != 1 {
 		f.Fatalf("fz.jwks.json: %v", err)
 	}
-	key, _, err := bulkclient.ReadPrivateKey(filepath.Join(dir, "fz.key.pem"))
+	key, _, err := bulkclient.ReadPrivateKey(keyFile)
 	if err != nil {
 		f.Fatal(err)
 	}

@@ -252,17 +252,8 @@ func TestE2ETokenMetrics(t *testing.T) {
 	}
 	base, stop := runEngine(t, cfg, flatfhir.Tuning{Planner: planner.DefaultConfig(), Writer: writer.DefaultConfig(), Ingester: ingester.DefaultConfig()})
 	defer stop()
-	keys := t.TempDir()
-	cli(t, "clients", "keygen", "--out", filepath.Join(keys, "m"), "--alg", "ES384")
-	set, err := os.ReadFile(filepath.Join(keys, "m.jwks.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	reg, _ := json.Marshal(map[string]any{"jwks": json.RawMessage(set), "scope": "system/*.rs"})
-	if resp, body := do(t, "PUT", base+"/admin/clients/m", bytes.NewReader(reg), "Authorization", "Bearer "+e2eAdminToken, "Content-Type", "application/json"); resp.StatusCode != http.StatusOK {
-		t.Fatalf("register: %d %s", resp.StatusCode, body)
-	}
-	cli(t, "token", "--client", "m", "--key", filepath.Join(keys, "m.key.pem"), "--url", base, "--raw")
+	key, _ := registerClient(t, base, t.TempDir(), "m", "system/*.rs")
+	cli(t, "token", "--client", "m", "--key", key, "--url", base, "--raw")
 	form := "grant_type=client_credentials&scope=system%2F*.rs&client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer&client_assertion=not.a.jwt"
 	if resp, body := do(t, "POST", base+"/auth/token", strings.NewReader(form), "Content-Type", "application/x-www-form-urlencoded"); resp.StatusCode < 400 {
 		t.Fatalf("a forged assertion: %d %s", resp.StatusCode, body)
