@@ -1,6 +1,7 @@
 package harness
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -17,6 +18,7 @@ import (
 	"time"
 
 	"github.com/flatfhir/flatfhir/shared/bulkclient"
+	"github.com/flatfhir/flatfhir/shared/synth"
 )
 
 // TargetOptions configure bulkbench -target: the export side of the
@@ -47,6 +49,12 @@ type TargetOptions struct {
 	// ClientID and KeyFile sign in as a SMART Backend Services client;
 	// Scope is what it asks for.
 	ClientID, KeyFile, KeyID, Scope string
+	// IngestPatients, when positive, has the run first load that many
+	// generated patients (about 50 resources each) with $ingest, a
+	// flatfhir extension, sending AdminToken as the operator credential
+	// when set. A flatfhir kick-off then waits until they are queryable.
+	IngestPatients int
+	AdminToken     string
 	// HTML is where the report with plots goes (empty: nowhere).
 	HTML string
 	// Progress receives a line per completed export.
@@ -77,6 +85,8 @@ type TargetReport struct {
 	Errors map[string]int `json:"errors"`
 	// ResourcesByType downloaded, over every export.
 	ResourcesByType map[string]int `json:"resourcesByType"`
+	// Ingested is what -target-ingest loaded before the run.
+	Ingested int `json:"ingested,omitempty"`
 	// Resources and Bytes downloaded, and their rates over Seconds.
 	Resources     int     `json:"resources"`
 	Bytes         int64   `json:"bytes"`
@@ -254,8 +264,28 @@ func RunTarget(ctx context.Context, o TargetOptions) (*TargetReport, error) {
 	if err != nil {
 		return nil, err
 	}
+	ingested := 0
+	if o.IngestPatients > 0 {
+		n, err := ingestInto(ctx, o.URL, o.AdminToken, o.IngestPatients)
+		if err != nil {
+			return nil, fmt.Errorf("ingest before the run: %w", err)
+		}
+		ingested = n
+		fmt.Fprintf(progress, "bulkbench: ingested %d resources of %d generated patients into %s\n", n, o.IngestPatients, o.URL)
+		m.start = time.Now()
+	}
 	if slices.Contains(levels, "group") && o.Group == "" {
-		if o.Group, err = findGroup(ctx, c, o.URL); err != nil || o.Group == "" {
+		o.Group, err = findGroup(ctx, c, o.URL)
+		// What was just ingested may take a moment to be searchable.
+		for wait := time.Now().Add(time.Minute); ingested > 0 && o.Group == "" && err == nil && time.Now().Before(wait); {
+			select {
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			case <-time.After(500 * time.Millisecond):
+			}
+			o.Group, err = findGroup(ctx, c, o.URL)
+		}
+		if err != nil || o.Group == "" {
 			fmt.Fprintf(progress, "bulkbench: no Group found on %s (%v): group exports left out\n", o.URL, err)
 			levels = slices.DeleteFunc(levels, func(l string) bool { return l == "group" })
 		}
@@ -264,7 +294,7 @@ func RunTarget(ctx context.Context, o TargetOptions) (*TargetReport, error) {
 		return nil, errors.New("-target-mix leaves no export to run")
 	}
 	r := &TargetReport{URL: o.URL, StartedAt: time.Now().UTC(), Clients: o.Clients, Pollers: o.Pollers, Group: o.Group,
-		Levels: map[string]*TargetLevel{}, Errors: map[string]int{}, ResourcesByType: map[string]int{}}
+		Levels: map[string]*TargetLevel{}, Errors: map[string]int{}, ResourcesByType: map[string]int{}, Ingested: ingested}
 	var (
 		mu        sync.Mutex
 		running   = map[string]bool{} // status URLs under way
@@ -534,4 +564,49 @@ func findGroup(ctx context.Context, c *bulkclient.Client, base string) (string, 
 		return "", nil
 	}
 	return b.Entry[0].Resource.ID, nil
+}
+
+// ingestInto loads patients generated patients into a flatfhir server with
+// $ingest, 20,000 resources a request, and returns the resources accepted.
+func ingestInto(ctx context.Context, base, adminToken string, patients int) (int, error) {
+	var body bytes.Buffer
+	lines, total := 0, 0
+	send := func() error {
+		if lines == 0 {
+			return nil
+		}
+		req, err := http.NewRequestWithContext(ctx, http.MethodPost, base+"/$ingest", bytes.NewReader(body.Bytes()))
+		if err != nil {
+			return err
+		}
+		req.Header.Set("Content-Type", "application/fhir+ndjson")
+		if adminToken != "" {
+			req.Header.Set("Authorization", "Bearer "+adminToken)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		out, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+		if want := fmt.Sprintf("accepted %d resources", lines); resp.StatusCode != http.StatusOK || !bytes.Contains(out, []byte(want)) {
+			return fmt.Errorf("POST /$ingest of %d resources: %s %s", lines, resp.Status, out)
+		}
+		total += lines
+		lines = 0
+		body.Reset()
+		return nil
+	}
+	err := synth.Generate(ctx, synth.Config{Patients: patients, Seed: 1}, func(_ string, b []byte) error {
+		body.Write(b)
+		body.WriteByte('\n')
+		if lines++; lines >= 20000 {
+			return send()
+		}
+		return nil
+	})
+	if err == nil {
+		err = send()
+	}
+	return total, err
 }

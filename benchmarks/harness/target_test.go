@@ -3,7 +3,6 @@ package harness
 import (
 	"bytes"
 	"context"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -11,7 +10,6 @@ import (
 	"time"
 
 	"github.com/flatfhir/flatfhir/services/flatfhir"
-	"github.com/flatfhir/flatfhir/shared/bulkclient"
 	"github.com/flatfhir/flatfhir/shared/childproc"
 	"github.com/flatfhir/flatfhir/shared/testenv"
 )
@@ -29,7 +27,7 @@ func TestTargetAgainstAServer(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	e, err := flatfhir.Start(ctx, flatfhir.Config{
 		Role: flatfhir.RoleAll, DataDir: t.TempDir(), Listen: "127.0.0.1:0", NATSPort: -1, ClickHousePort: port,
-		Writers: 1, Replicas: 1, SamplePatients: 20, PollRate: 0,
+		Writers: 1, Replicas: 1, SamplePatients: 0, PollRate: 0,
 	}, flatfhir.Tuning{}, testenv.Logger(t))
 	if err != nil {
 		cancel()
@@ -44,15 +42,10 @@ func TestTargetAgainstAServer(t *testing.T) {
 		}
 	}()
 	base := e.APIURL()
-	// The sample data is ingested when the engine starts; wait until its
-	// Group reads.
-	testenv.Eventually(t, time.Minute, "the sample Group", func() bool {
-		g, err := findGroup(t.Context(), &bulkclient.Client{HTTP: http.DefaultClient}, base)
-		return err == nil && g != ""
-	})
 
 	o := DefaultTargetOptions()
 	o.URL, o.Duration, o.Clients, o.Pollers, o.PollEvery = base, 3*time.Second, 2, 2, 100*time.Millisecond
+	o.IngestPatients = 20 // generated patients, with a Group of them
 	o.HTML = filepath.Join(t.TempDir(), "target.html")
 	r, err := RunTarget(t.Context(), o)
 	if err != nil {
@@ -63,6 +56,9 @@ func TestTargetAgainstAServer(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("\n%s", table.String())
+	if r.Ingested < 20*10 || r.Group == "" {
+		t.Errorf("ingested %d resources first and found Group %q, want about 50 per patient and the generated Group", r.Ingested, r.Group)
+	}
 	if len(r.Errors) != 0 {
 		t.Errorf("errors: %v", r.Errors)
 	}

@@ -24,6 +24,9 @@ func (r *TargetReport) WriteTable(w io.Writer) error {
 	if r.Group != "" {
 		fmt.Fprintf(tw, "  group exports of Group/%s\n", r.Group)
 	}
+	if r.Ingested > 0 {
+		fmt.Fprintf(tw, "  ingested %d generated resources first (-target-ingest)\n", r.Ingested)
+	}
 	fmt.Fprintf(tw, "  downloaded %d resources, %.1f MB: %.0f resources/s over the run\n\n", r.Resources, float64(r.Bytes)/1e6, r.ResourcesRate)
 	fmt.Fprintln(tw, "EXPORTS\texports\tfailed\tresources\tkick-off to manifest p50 / p95 / max s\tto downloaded p50 / p95 / max s\t")
 	for _, name := range sortedKeys(r.Levels) {

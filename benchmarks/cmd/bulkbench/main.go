@@ -50,6 +50,8 @@ func main() {
 	flag.StringVar(&to.KeyID, "target-kid", "", "the -target client's key id, when its server needs one")
 	flag.StringVar(&to.Scope, "target-scope", to.Scope, "scopes the -target client asks for")
 	flag.StringVar(&to.HTML, "target-html", to.HTML, "where -target writes its report with plots (empty: nowhere)")
+	flag.IntVar(&to.IngestPatients, "target-ingest", 0, "first load this many generated patients (about 50 resources each) into a flatfhir -target with $ingest")
+	flag.StringVar(&to.AdminToken, "target-admin-token", os.Getenv("FLATFHIR_ADMIN_TOKEN"), "the operator credential -target-ingest sends (default: $FLATFHIR_ADMIN_TOKEN)")
 	flag.Parse()
 	opts.Progress = os.Stderr
 
