@@ -239,8 +239,17 @@ func (j Jobs) LastDownload(ctx context.Context, job string) (time.Time, bool) {
 	return t, err == nil
 }
 
-// keys lists the keys matching filter; none is an empty list.
+// listTimeout bounds one listing of keys. A listing is a watch of the
+// bucket's stream that ends once it has delivered what the stream held; one
+// that stalls (its stream's leader lost midway) is given up and reported,
+// for the caller to retry, instead of holding the caller for good.
+const listTimeout = 30 * time.Second
+
+// keys lists the keys matching filter; none is an empty list. A listing
+// cut short is an error, never a shorter list.
 func (j Jobs) keys(ctx context.Context, filter string) ([]string, error) {
+	ctx, cancel := context.WithTimeout(ctx, listTimeout)
+	defer cancel()
 	lister, err := j.kv.ListKeysFiltered(ctx, filter)
 	if errors.Is(err, jetstream.ErrNoKeysFound) {
 		return nil, nil
@@ -251,6 +260,9 @@ func (j Jobs) keys(ctx context.Context, filter string) ([]string, error) {
 	var keys []string
 	for k := range lister.Keys() {
 		keys = append(keys, k)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("list the keys %s: %w", filter, err)
 	}
 	return keys, nil
 }

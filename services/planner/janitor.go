@@ -13,6 +13,9 @@ import (
 	"github.com/flatfhir/flatfhir/streams"
 )
 
+// sweepTimeout bounds one janitor sweep.
+const sweepTimeout = 2 * time.Minute
+
 // janitor periodically queues the removal of exports whose files expired,
 // and of failed or cancelled exports older than the retention. Removal goes
 // through the same cancel message as a client's DELETE, so every planner
@@ -26,7 +29,12 @@ func (p *Planner) janitor(ctx context.Context, every time.Duration) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			if err := p.sweep(ctx); err != nil && ctx.Err() == nil {
+			// A sweep that stalls (a listing whose stream lost its
+			// leader) is given up and tried at the next tick.
+			sctx, cancel := context.WithTimeout(ctx, sweepTimeout)
+			err := p.sweep(sctx)
+			cancel()
+			if err != nil && ctx.Err() == nil {
 				p.deps.Log.WarnContext(ctx, "janitor sweep failed", slog.Any("error", err))
 			}
 			if p.cfg.ChangeLogRetention > 0 && time.Since(trimmed) >= p.cfg.TrimEvery {
