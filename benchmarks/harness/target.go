@@ -245,6 +245,10 @@ func RunTarget(ctx context.Context, o TargetOptions) (*TargetReport, error) {
 		return nil, errors.New("-target needs a URL, at least one client and a duration")
 	}
 	o.URL = strings.TrimRight(o.URL, "/")
+	if o.PollEvery <= 0 {
+		o.PollEvery = DefaultTargetOptions().PollEvery
+	}
+	o.Parallel = max(1, o.Parallel)
 	progress := o.Progress
 	if progress == nil {
 		progress = io.Discard
