@@ -7,9 +7,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
-	"crypto/sha256"
 	"crypto/x509"
-	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
@@ -290,7 +288,7 @@ func clientsKeygen(args []string, out io.Writer) error {
 // publicJWKS is the JWK Set of key's public part, and its kid (the RFC
 // 7638 thumbprint, so that the private key alone tells its kid).
 func publicJWKS(key crypto.Signer, alg string) (string, []byte, error) {
-	kid, err := thumbprint(key.Public())
+	kid, err := bulkclient.Thumbprint(key.Public())
 	if err != nil {
 		return "", nil, err
 	}
@@ -303,26 +301,6 @@ func publicJWKS(key crypto.Signer, alg string) (string, []byte, error) {
 		return "", nil, fmt.Errorf("encode JWKS: %w", err)
 	}
 	return kid, append(set, '\n'), nil
-}
-
-// thumbprint is the RFC 7638 JWK thumbprint (SHA-256, base64url).
-func thumbprint(pub crypto.PublicKey) (string, error) {
-	j, err := jwkset.NewJWKFromKey(pub, jwkset.JWKOptions{})
-	if err != nil {
-		return "", fmt.Errorf("encode JWK: %w", err)
-	}
-	m := j.Marshal()
-	var canon string
-	switch m.KTY {
-	case jwkset.KtyEC:
-		canon = fmt.Sprintf(`{"crv":%q,"kty":"EC","x":%q,"y":%q}`, m.CRV, m.X, m.Y)
-	case jwkset.KtyRSA:
-		canon = fmt.Sprintf(`{"e":%q,"kty":"RSA","n":%q}`, m.E, m.N)
-	default:
-		return "", fmt.Errorf("key type %s is not EC or RSA", m.KTY)
-	}
-	sum := sha256.Sum256([]byte(canon))
-	return base64.RawURLEncoding.EncodeToString(sum[:]), nil
 }
 
 // tokenCommand signs a client assertion with a local key and exchanges it
@@ -344,11 +322,6 @@ func tokenCommand(ctx context.Context, args []string, out io.Writer) error {
 	key, alg, err := bulkclient.ReadPrivateKey(*keyFile)
 	if err != nil {
 		return err
-	}
-	if *kid == "" {
-		if *kid, err = thumbprint(key.Public()); err != nil {
-			return err
-		}
 	}
 	bs := &bulkclient.BackendServices{BaseURL: *base, ClientID: *client, Key: key, KeyID: *kid, Alg: alg, Scope: *scope}
 	tr, body, err := bs.Request(ctx)

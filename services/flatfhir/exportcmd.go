@@ -95,11 +95,6 @@ func exportCommand(ctx context.Context, args []string, out io.Writer) error {
 		if err != nil {
 			return err
 		}
-		if o.kid == "" {
-			if o.kid, err = thumbprint(key.Public()); err != nil {
-				return err
-			}
-		}
 		bs := &bulkclient.BackendServices{BaseURL: o.base, ClientID: o.client, Key: key, KeyID: o.kid, Alg: alg, Scope: o.scope}
 		c.Token = bs.Token
 	}

@@ -37,7 +37,8 @@ type BackendServices struct {
 	TokenURL string
 	ClientID string
 	// Key signs the assertions, KeyID names it (the kid of the registered
-	// JWK) and Alg is RS384 or ES384 (see ReadPrivateKey).
+	// JWK; empty is the key's RFC 7638 thumbprint, as flatfhir clients
+	// keygen names keys) and Alg is RS384 or ES384 (see ReadPrivateKey).
 	Key   crypto.Signer
 	KeyID string
 	Alg   string
@@ -97,7 +98,14 @@ func (b *BackendServices) Request(ctx context.Context) (TokenResponse, []byte, e
 		Issuer: b.ClientID, Subject: b.ClientID, Audience: jwt.ClaimStrings{endpoint}, ID: hex.EncodeToString(jti[:]),
 		IssuedAt: jwt.NewNumericDate(now), ExpiresAt: jwt.NewNumericDate(now.Add(4 * time.Minute)),
 	})
-	tok.Header["kid"] = b.KeyID
+	kid := b.KeyID
+	if kid == "" {
+		var err error
+		if kid, err = Thumbprint(b.Key.Public()); err != nil {
+			return TokenResponse{}, nil, err
+		}
+	}
+	tok.Header["kid"] = kid
 	assertion, err := tok.SignedString(b.Key)
 	if err != nil {
 		return TokenResponse{}, nil, fmt.Errorf("sign assertion: %w", err)

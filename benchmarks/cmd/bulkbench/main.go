@@ -47,7 +47,7 @@ func main() {
 	flag.IntVar(&to.Parallel, "target-parallel", to.Parallel, "downloads at once per -target client")
 	flag.StringVar(&to.ClientID, "target-client", "", "SMART Backend Services client_id for -target (with -target-key)")
 	flag.StringVar(&to.KeyFile, "target-key", "", "the -target client's private key (PEM, ES384 or RS384)")
-	flag.StringVar(&to.KeyID, "target-kid", "", "the -target client's key id, when its server needs one")
+	flag.StringVar(&to.KeyID, "target-kid", "", "the -target client's key id (default: the key's RFC 7638 thumbprint, as flatfhir clients keygen names keys)")
 	flag.StringVar(&to.Scope, "target-scope", to.Scope, "scopes the -target client asks for")
 	flag.StringVar(&to.HTML, "target-html", to.HTML, "where -target writes its report with plots (empty: nowhere)")
 	flag.IntVar(&to.IngestPatients, "target-ingest", 0, "first load this many generated patients (about 50 resources each) into a flatfhir -target with $ingest")
