@@ -164,11 +164,20 @@ func DeleteJobFiles(ctx context.Context, files jetstream.ObjectStore, id string)
 		return fmt.Errorf("list files of job %s: %w", id, err)
 	}
 	prefix := streams.ObjectName(id, "")
+	var names []string
 	for _, info := range lister {
 		if strings.HasPrefix(info.Name, prefix) {
-			if err := files.Delete(ctx, info.Name); err != nil && !errors.Is(err, jetstream.ErrObjectNotFound) {
-				return fmt.Errorf("delete file %s: %w", info.Name, err)
-			}
+			names = append(names, info.Name)
+		}
+	}
+	return deleteObjects(ctx, files, names)
+}
+
+// deleteObjects deletes the named objects; one already gone is no error.
+func deleteObjects(ctx context.Context, files jetstream.ObjectStore, names []string) error {
+	for _, name := range names {
+		if err := files.Delete(ctx, name); err != nil && !errors.Is(err, jetstream.ErrObjectNotFound) {
+			return fmt.Errorf("delete file %s: %w", name, err)
 		}
 	}
 	return nil

@@ -125,14 +125,14 @@ func (p *Planner) sweepSlots(ctx context.Context) error {
 // it. The API creates a job's record before anything else of it exists, so
 // whatever is found without one is left over.
 func (p *Planner) sweepOrphans(ctx context.Context) error {
-	owners := map[string]bool{}
+	owners := map[string][]string{} // job -> its objects
 	infos, err := p.files.List(ctx)
 	if err != nil && !errors.Is(err, jetstream.ErrNoObjectsFound) {
 		return fmt.Errorf("list export files: %w", err)
 	}
 	for _, info := range infos {
 		if job, _, ok := strings.Cut(info.Name, "/"); ok {
-			owners[job] = true
+			owners[job] = append(owners[job], info.Name)
 		}
 	}
 	recorded, err := p.jobs.RecordedJobs(ctx)
@@ -140,13 +140,16 @@ func (p *Planner) sweepOrphans(ctx context.Context) error {
 		return err
 	}
 	for _, job := range recorded {
-		owners[job] = true
+		if _, ok := owners[job]; !ok {
+			owners[job] = nil // records, and no file
+		}
 	}
-	for job := range owners {
+	for job, names := range owners {
 		if _, _, err := p.jobs.Get(ctx, job); !errors.Is(err, jetstream.ErrKeyNotFound) {
 			continue // a job, or a store that cannot tell now
 		}
-		if err := DeleteJobFiles(ctx, p.files, job); err != nil {
+		// The listing above named its files: no second listing per job.
+		if err := deleteObjects(ctx, p.files, names); err != nil {
 			return err
 		}
 		if err := p.jobs.Remove(ctx, job); err != nil {
