@@ -165,6 +165,9 @@ type Server struct {
 	// end with it.
 	done     chan struct{}
 	doneOnce sync.Once
+	// consoleCounts keeps the resources and files of complete exports the
+	// console lists (console.go).
+	consoleCounts sync.Map
 }
 
 // New builds the server and its routes.

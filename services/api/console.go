@@ -202,16 +202,7 @@ func (s *Server) snapshot(ctx context.Context, prev *ConsoleSnapshot) (ConsoleSn
 			e.Progress = 100
 		}
 		if j.Status == streams.JobRunning || j.Status == streams.JobComplete {
-			if tasks, err := s.jobs.TaskIDs(ctx, j.JobID); err == nil {
-				if results, err := s.jobs.TaskResults(ctx, j.JobID, tasks); err == nil {
-					for _, r := range results {
-						e.Files += len(r.Files)
-						for _, f := range r.Files {
-							e.Resources += f.Count
-						}
-					}
-				}
-			}
+			e.Resources, e.Files = s.exportCounts(ctx, j)
 			end := now
 			if !j.CompletedAt.IsZero() {
 				end = j.CompletedAt
@@ -222,6 +213,12 @@ func (s *Server) snapshot(ctx context.Context, prev *ConsoleSnapshot) (ConsoleSn
 		}
 		snap.Exports = append(snap.Exports, e)
 	}
+	s.consoleCounts.Range(func(id, _ any) bool {
+		if !slices.ContainsFunc(jobs, func(j streams.Job) bool { return j.JobID == id }) {
+			s.consoleCounts.Delete(id) // gone from the list
+		}
+		return true
+	})
 	if last, err := streams.LastChangeSeq(ctx, s.deps.JS); err == nil {
 		snap.Ingest.Accepted = last
 	}
@@ -246,4 +243,32 @@ func (s *Server) snapshot(ctx context.Context, prev *ConsoleSnapshot) (ConsoleSn
 		}
 	}
 	return snap, nil
+}
+
+// exportCounts is the resources and files an export's tasks have written so
+// far, from their results. A complete export's do not change: they are read
+// once and kept (consoleCounts) while the export is listed.
+func (s *Server) exportCounts(ctx context.Context, j streams.Job) (resources, files int) {
+	if c, ok := s.consoleCounts.Load(j.JobID); ok {
+		n := c.([2]int)
+		return n[0], n[1]
+	}
+	tasks, err := s.jobs.TaskIDs(ctx, j.JobID)
+	if err != nil {
+		return 0, 0
+	}
+	results, err := s.jobs.TaskResults(ctx, j.JobID, tasks)
+	if err != nil {
+		return 0, 0
+	}
+	for _, r := range results {
+		files += len(r.Files)
+		for _, f := range r.Files {
+			resources += f.Count
+		}
+	}
+	if j.Status == streams.JobComplete {
+		s.consoleCounts.Store(j.JobID, [2]int{resources, files})
+	}
+	return resources, files
 }
