@@ -119,7 +119,7 @@ func (s *Store) ProvenanceTargeting(ctx context.Context, targets []Ref, until ui
 		" WHERE type = 'Provenance' AND last_updated <= ? AND id IN (" + matching + ")" +
 		" GROUP BY id HAVING argMax(deleted, seq) = 0"
 	q := "SELECT id, seq, body FROM " + s.table +
-		" WHERE type = 'Provenance' AND last_updated <= ? AND (id, seq) IN (" + latest + ")" + s.onceByID()
+		" WHERE type = 'Provenance' AND last_updated <= ? AND (id, seq) IN (" + latest + ")" + s.onceBy("id")
 	ctx = s.readCtx(ctx, clickhouse.Settings{
 		"max_block_size": s.cfg.ReadBlockRows,
 		"max_query_size": 2*size + 1<<20,

@@ -3,6 +3,7 @@ package chstore
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -84,7 +85,12 @@ func (s *Store) bucketCounts(ctx context.Context, sh *shard, types []string, sin
 // Range selects the resources of one type in a hash range, as they stood at
 // Until, changed after Since when Since is not zero. Times are microseconds.
 type Range struct {
-	Type   string
+	Type string
+	// Types, set instead of Type, selects several types over the same hash
+	// range, read in one query by ReadLatestTypes and ReadDeletedTypes:
+	// each query costs the server a fixed price beside its rows, which a
+	// read of a few changes in each of many types pays once, not per type.
+	Types  []string
 	HashLo uint64 // inclusive
 	HashHi uint64 // exclusive, at most HashSpace
 	Since  uint64
@@ -97,13 +103,37 @@ type Range struct {
 }
 
 func (r Range) validate() error {
-	if r.Type == "" || strings.ContainsAny(r.Type, "'\\") {
-		return fmt.Errorf("invalid resource type %q in range", r.Type)
+	if (r.Type == "") == (len(r.Types) == 0) {
+		return fmt.Errorf("a range names one type or several, not %q and %q", r.Type, r.Types)
+	}
+	for _, typ := range r.types() {
+		if typ == "" || strings.ContainsAny(typ, "'\\") {
+			return fmt.Errorf("invalid resource type %q in range", typ)
+		}
 	}
 	if r.HashLo >= r.HashHi || r.HashHi > HashSpace {
 		return fmt.Errorf("invalid hash range [%d, %d)", r.HashLo, r.HashHi)
 	}
 	return nil
+}
+
+// types are the types r covers.
+func (r Range) types() []string {
+	if len(r.Types) > 0 {
+		return r.Types
+	}
+	return []string{r.Type}
+}
+
+// label names r's types in errors.
+func (r Range) label() string { return strings.Join(r.types(), ",") }
+
+// typeSQL is r's condition on the type column, and its argument.
+func (r Range) typeSQL() (string, any) {
+	if len(r.Types) > 0 {
+		return "type IN ?", groupSet(r.Types)
+	}
+	return "type = ?", r.Type
 }
 
 // windowed reports whether a read on sh of the changes after since can use
@@ -133,28 +163,37 @@ func (s *Store) windowed(ctx context.Context, sh *shard, since uint64) bool {
 // A windowed read scans the change log between Since and Until only: the
 // latest version at Until of a resource changed after Since lies in that
 // window, since stamps grow with seqs.
-func (s *Store) latestSQL(deleted, windowed bool) string {
+//
+// A read of several types (Range.Types) selects (type, id, body) and
+// groups by type and id: two types may share an id. A seq is one
+// version's, whatever its type.
+func (s *Store) latestSQL(r Range, deleted, windowed bool) string {
 	del := "0"
 	if deleted {
 		del = "1"
 	}
-	table, where := s.table, "type = ? AND id_hash >= ? AND id_hash < ? AND last_updated <= ?"
+	typeCond, _ := r.typeSQL()
+	table, where := s.table, typeCond+" AND id_hash >= ? AND id_hash < ? AND last_updated <= ?"
 	if windowed {
 		table, where = s.changes, where+" AND last_updated > ?"
 	}
-	return "SELECT id, body FROM " + table + " WHERE " + where +
+	cols, key := "id, body", "id"
+	if len(r.Types) > 0 {
+		cols, key = "type, id, body", "type, id"
+	}
+	return "SELECT " + cols + " FROM " + table + " WHERE " + where +
 		" AND (id, seq) IN (SELECT id, max(seq) FROM " + table + " WHERE " + where +
-		" GROUP BY id HAVING argMax(deleted, seq) = " + del + " AND max(last_updated) > ?" +
-		" AND %s)" + s.onceByID()
+		" GROUP BY " + key + " HAVING argMax(deleted, seq) = " + del + " AND max(last_updated) > ?" +
+		" AND %s)" + s.onceBy(key)
 }
 
-// onceByID ends a read that selects whole versions on a replicated store:
+// onceBy ends a read that selects whole versions on a replicated store:
 // there a block whose quorum insert failed, stored again by the replay,
 // becomes visible twice once its lone copy completes its quorum (see
-// recoverShard). The copies are the same version; one is kept.
-func (s *Store) onceByID() string {
+// recoverShard). The copies are the same version; one per key is kept.
+func (s *Store) onceBy(key string) string {
 	if s.replicated {
-		return " LIMIT 1 BY id"
+		return " LIMIT 1 BY " + key
 	}
 	return ""
 }
@@ -181,20 +220,49 @@ func compartmentSQL(r Range, deleted bool) (string, []any) {
 // in no particular order. fn must not keep body after it returns.
 func (s *Store) ReadLatest(ctx context.Context, r Range, fn func(id string, body []byte) error) (err error) {
 	defer s.measure(ctx, "read_latest", time.Now(), &err)
-	return s.read(ctx, r, false, fn)
+	if len(r.Types) > 0 {
+		return errSeveralTypes
+	}
+	return s.read(ctx, r, false, untyped(fn))
 }
 
 // ReadDeleted streams the resources in r whose latest version is a delete
 // made after r.Since. body is empty.
 func (s *Store) ReadDeleted(ctx context.Context, r Range, fn func(id string, body []byte) error) (err error) {
 	defer s.measure(ctx, "read_deleted", time.Now(), &err)
+	if len(r.Types) > 0 {
+		return errSeveralTypes
+	}
+	return s.read(ctx, r, true, untyped(fn))
+}
+
+// ReadLatestTypes is ReadLatest for a range of one type or several
+// (Range.Types), read in one query; fn is told each resource's type.
+func (s *Store) ReadLatestTypes(ctx context.Context, r Range, fn func(typ, id string, body []byte) error) (err error) {
+	defer s.measure(ctx, "read_latest", time.Now(), &err)
+	return s.read(ctx, r, false, fn)
+}
+
+// ReadDeletedTypes is ReadDeleted for a range of one type or several
+// (Range.Types); fn is told each resource's type.
+func (s *Store) ReadDeletedTypes(ctx context.Context, r Range, fn func(typ, id string, body []byte) error) (err error) {
+	defer s.measure(ctx, "read_deleted", time.Now(), &err)
 	return s.read(ctx, r, true, fn)
+}
+
+// errSeveralTypes refuses a read of several types whose callback cannot
+// tell them apart.
+var errSeveralTypes = errors.New("a range of several types is read with ReadLatestTypes or ReadDeletedTypes")
+
+// untyped adapts a callback that does not take the type.
+func untyped(fn func(id string, body []byte) error) func(typ, id string, body []byte) error {
+	return func(_, id string, body []byte) error { return fn(id, body) }
 }
 
 // read reads r from the shards that hold it, one after the other. A task's
 // range lies in one shard (the planner cuts at shard boundaries); a read of
 // the whole hash space visits each.
-func (s *Store) read(ctx context.Context, r Range, deleted bool, fn func(id string, body []byte) error) error {
+func (s *Store) read(ctx context.Context, r Range, deleted bool, fn func(typ, id string, body []byte) error) error {
 	if err := r.validate(); err != nil {
 		return err
 	}
@@ -208,14 +276,24 @@ func (s *Store) read(ctx context.Context, r Range, deleted bool, fn func(id stri
 	return nil
 }
 
-func (s *Store) readShard(ctx context.Context, sh *shard, r Range, deleted bool, fn func(id string, body []byte) error) error {
+func (s *Store) readShard(ctx context.Context, sh *shard, r Range, deleted bool, fn func(typ, id string, body []byte) error) error {
 	windowed := s.windowed(ctx, sh, r.Since)
 	if windowed && deleted && (r.InCompartment || len(r.Patients) > 0) {
-		return s.readDeletedInCompartment(ctx, sh, r, fn)
+		// Few rows, and a lookup per type: one type at a time.
+		for _, typ := range r.types() {
+			one := r
+			one.Type, one.Types = typ, nil
+			err := s.readDeletedInCompartment(ctx, sh, one, func(id string, body []byte) error { return fn(typ, id, body) })
+			if err != nil {
+				return err
+			}
+		}
+		return nil
 	}
 	cond, condArgs := compartmentSQL(r, deleted)
-	q := fmt.Sprintf(s.latestSQL(deleted, windowed), cond)
-	where := []any{r.Type, uint32(r.HashLo), r.HashHi, r.Until} // id_hash is UInt32; HashSpace itself does not fit, so HashHi stays 64-bit
+	q := fmt.Sprintf(s.latestSQL(r, deleted, windowed), cond)
+	_, typeArg := r.typeSQL()
+	where := []any{typeArg, uint32(r.HashLo), r.HashHi, r.Until} // id_hash is UInt32; HashSpace itself does not fit, so HashHi stays 64-bit
 	if windowed {
 		where = append(where, r.Since)
 	}
@@ -223,9 +301,9 @@ func (s *Store) readShard(ctx context.Context, sh *shard, r Range, deleted bool,
 	return s.stream(ctx, sh, r, q, args, fn)
 }
 
-// stream runs a read of r on sh that selects (id, body) and hands each row
-// to fn.
-func (s *Store) stream(ctx context.Context, sh *shard, r Range, q string, args []any, fn func(id string, body []byte) error) error {
+// stream runs a read of r on sh that selects (id, body), or (type, id,
+// body) when r has several types, and hands each row to fn.
+func (s *Store) stream(ctx context.Context, sh *shard, r Range, q string, args []any, fn func(typ, id string, body []byte) error) error {
 	settings := clickhouse.Settings{"max_block_size": s.cfg.ReadBlockRows}
 	if n := listSize(r.Patients); n > 0 {
 		// The patient list is inlined: let a large cohort's query through
@@ -234,21 +312,25 @@ func (s *Store) stream(ctx context.Context, sh *shard, r Range, q string, args [
 	}
 	rows, err := s.query(s.readCtx(ctx, settings), sh, q, args...)
 	if err != nil {
-		return fmt.Errorf("read %s range [%d, %d): %w", r.Type, r.HashLo, r.HashHi, err)
+		return fmt.Errorf("read %s range [%d, %d): %w", r.label(), r.HashLo, r.HashHi, err)
 	}
 	defer rows.Close()
-	var id string
+	typ, id := r.Type, ""
 	var body []byte // the driver hands the row's own copy, without another
+	dest := []any{&id, &body}
+	if len(r.Types) > 0 {
+		dest = []any{&typ, &id, &body}
+	}
 	for rows.Next() {
-		if err := rows.Scan(&id, &body); err != nil {
-			return fmt.Errorf("scan %s row: %w", r.Type, err)
+		if err := rows.Scan(dest...); err != nil {
+			return fmt.Errorf("scan %s row: %w", r.label(), err)
 		}
-		if err := fn(id, body); err != nil {
+		if err := fn(typ, id, body); err != nil {
 			return err
 		}
 	}
 	if err := rows.Err(); err != nil {
-		return fmt.Errorf("read %s range [%d, %d): %w", r.Type, r.HashLo, r.HashHi, err)
+		return fmt.Errorf("read %s range [%d, %d): %w", r.label(), r.HashLo, r.HashHi, err)
 	}
 	return nil
 }
@@ -266,7 +348,7 @@ func (s *Store) readDeletedInCompartment(ctx context.Context, sh *shard, r Range
 		" WHERE type = ? AND id_hash >= ? AND id_hash < ? AND last_updated <= ? AND last_updated > ?" +
 		" GROUP BY id HAVING argMax(deleted, seq) = 1"
 	var ids []string
-	err := s.stream(ctx, sh, r, q, []any{r.Type, uint32(r.HashLo), r.HashHi, r.Until, r.Since}, func(id string, _ []byte) error {
+	err := s.stream(ctx, sh, r, q, []any{r.Type, uint32(r.HashLo), r.HashHi, r.Until, r.Since}, func(_, id string, _ []byte) error {
 		ids = append(ids, id)
 		return nil
 	})
