@@ -3,6 +3,7 @@ package streams
 import (
 	"encoding/json"
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -90,7 +91,17 @@ type Job struct {
 type Task struct {
 	JobID  string `json:"jobId"`
 	TaskID string `json:"taskId"`
-	Type   string `json:"type"`
+	// Type is the one type the task exports, or empty when Types lists
+	// several: small types packed into one task, each read over the same
+	// hash range, so that an export of many small types (a _since export
+	// above all) pays a task's fixed cost once instead of once per type.
+	// An empty Type makes a writer that predates Types fail the task
+	// loudly rather than export only part of it.
+	Type  string   `json:"type"`
+	Types []string `json:"types,omitempty"`
+	// Rows is how many versions the planner counted in the task's range:
+	// an estimate, for packing and logs.
+	Rows uint64 `json:"rows,omitempty"`
 	// Level selects whose resources the task exports: everything
 	// (system), or resources in patients' compartments (patient, group).
 	// With PatientList, only the compartments of the patients the planner
@@ -135,6 +146,19 @@ type Task struct {
 	// which the API serves under the export's authorization. Empty: no
 	// rewrite, and converted Binaries keep their data inline.
 	AttachmentBase string `json:"attachmentBase,omitempty"`
+}
+
+// ExportedTypes are the types task exports, in order: Types, or Type.
+func (t Task) ExportedTypes() []string {
+	if len(t.Types) > 0 {
+		return t.Types
+	}
+	return []string{t.Type}
+}
+
+// TypeLabel names the task's types for logs and errors.
+func (t Task) TypeLabel() string {
+	return strings.Join(t.ExportedTypes(), ",")
 }
 
 // includeAssociatedData codes (Bulk Data IG v2 CodeSystem

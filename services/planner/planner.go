@@ -343,7 +343,49 @@ func (p *Planner) split(ctx context.Context, job streams.Job, t time.Time) ([]st
 	if err != nil {
 		return nil, err
 	}
-	return Split(job, t, counts, p.cfg), nil
+	return Pack(Split(job, t, counts, p.cfg), p.cfg.TaskRows), nil
+}
+
+// Pack merges the plain tasks that read the same hash range into tasks of
+// several types, each of at most rows versions counted, and numbers the
+// tasks again. A task's fixed cost (its reads' round trips, storing its
+// result, announcing it, the planner counting it) then falls on a pack of
+// small types once, not on each: a _since export of a few changes in many
+// types becomes one task or a few. Tasks that export as another type or
+// select associated data stay alone, and so does a task as large as rows.
+// Order is kept: a pack stands where its first task stood.
+func Pack(tasks []streams.Task, rows int) []streams.Task {
+	type hashRange struct{ lo, hi uint64 }
+	open := map[hashRange]int{} // the range's pack still taking tasks, by index in out
+	out := make([]streams.Task, 0, len(tasks))
+	for _, t := range tasks {
+		if !packable(t) || t.Rows >= uint64(rows) {
+			out = append(out, t)
+			continue
+		}
+		key := hashRange{t.HashLo, t.HashHi}
+		if i, ok := open[key]; ok && out[i].Rows+t.Rows <= uint64(rows) {
+			p := &out[i]
+			if len(p.Types) == 0 {
+				p.Types, p.Type = []string{p.Type}, ""
+			}
+			p.Types = append(p.Types, t.Type)
+			p.Rows += t.Rows
+			continue
+		}
+		open[key] = len(out)
+		out = append(out, t)
+	}
+	for i := range out {
+		out[i].TaskID = fmt.Sprintf("%05d", i)
+	}
+	return out
+}
+
+// packable reports whether task may share a task with other types: it
+// exports its one type as it is.
+func packable(task streams.Task) bool {
+	return task.Type != "" && task.Type != "Binary" && task.Associated == "" && task.EmitAs == ""
 }
 
 // Split is the pure splitting rule; counts must be ordered by type and bucket.
@@ -354,9 +396,9 @@ func (p *Planner) split(ctx context.Context, job streams.Job, t time.Time) ([]st
 func Split(job streams.Job, t time.Time, counts []chstore.BucketCount, cfg Config) []streams.Task {
 	width := chstore.HashSpace / chstore.HashBuckets
 	var tasks []streams.Task
-	emit := func(typ, associated, emitAs string, lo, hi uint64) {
+	emit := func(typ, associated, emitAs string, lo, hi, rows uint64) {
 		task := streams.Task{
-			JobID: job.JobID, TaskID: fmt.Sprintf("%05d", len(tasks)), Type: typ,
+			JobID: job.JobID, TaskID: fmt.Sprintf("%05d", len(tasks)), Type: typ, Rows: rows,
 			Level: job.Level, GroupID: job.GroupID, PatientList: listsPatients(job), Elements: job.Elements, TypeFilter: job.TypeFilter,
 			HashLo: lo, HashHi: hi, Since: job.Since, Until: t,
 			MaxFileResources: cfg.MaxFileResources, MaxFileBytes: cfg.MaxFileBytes,
@@ -380,7 +422,7 @@ func Split(job streams.Job, t time.Time, counts []chstore.BucketCount, cfg Confi
 				// next shard's buckets start.
 				if acc > 0 {
 					cut := chstore.ShardStart(sh, shards)
-					emit(typ, associated, emitAs, lo, cut)
+					emit(typ, associated, emitAs, lo, cut, acc)
 					lo, acc = cut, 0
 				}
 				shard = sh
@@ -388,12 +430,12 @@ func Split(job streams.Job, t time.Time, counts []chstore.BucketCount, cfg Confi
 			acc += c.Rows
 			if acc >= uint64(cfg.TaskRows) && i+1 < len(counts) {
 				hi := (c.Bucket + 1) * width
-				emit(typ, associated, emitAs, lo, hi)
+				emit(typ, associated, emitAs, lo, hi, acc)
 				lo, acc = hi, 0
 			}
 		}
 		// The type's last task runs to the end of the hash space.
-		emit(typ, associated, emitAs, lo, chstore.HashSpace)
+		emit(typ, associated, emitAs, lo, chstore.HashSpace, acc)
 	}
 	binary, binaryEmitAs := binaryTasks(job)
 	var provenance []chstore.BucketCount

@@ -1,8 +1,11 @@
 package planner_test
 
 import (
+	"cmp"
+	"fmt"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -74,6 +77,9 @@ func checkPlan(t testing.TB, job streams.Job, until time.Time, counts []chstore.
 			t.Fatalf("task %s range [%d, %d) does not fall on bucket bounds", task.TaskID, task.HashLo, task.HashHi)
 		}
 	}
+	// Each type of a packed task is checked as a task of its own, placed
+	// among its type's tasks.
+	tasks = unpack(tasks, typeOrder)
 	// Tasks are grouped by type, in the order of the counts; no other type.
 	var seenTypes []string
 	for _, task := range tasks {
@@ -136,6 +142,27 @@ func checkPlan(t testing.TB, job streams.Job, until time.Time, counts []chstore.
 			t.Errorf("%s tasks cover %d rows, counted %d", typ, planned, total)
 		}
 	}
+}
+
+// unpack makes each type of a packed task a task of its own, with the
+// packed task's id and range, ordered by type as typeOrder says and then
+// by range; a plan without packed tasks is returned as it is.
+func unpack(tasks []streams.Task, typeOrder []string) []streams.Task {
+	if !slices.ContainsFunc(tasks, func(t streams.Task) bool { return len(t.Types) > 0 }) {
+		return tasks
+	}
+	var out []streams.Task
+	for _, task := range tasks {
+		for _, typ := range task.ExportedTypes() {
+			one := task
+			one.Type, one.Types = typ, nil
+			out = append(out, one)
+		}
+	}
+	slices.SortStableFunc(out, func(a, b streams.Task) int {
+		return cmp.Or(cmp.Compare(slices.Index(typeOrder, a.Type), slices.Index(typeOrder, b.Type)), cmp.Compare(a.HashLo, b.HashLo))
+	})
+	return out
 }
 
 func TestPlannerSplit(t *testing.T) {
@@ -229,6 +256,7 @@ func TestPlannerSplitRandomCounts(t *testing.T) {
 		job := streams.Job{ExportRequest: streams.ExportRequest{JobID: "j"}}
 		tasks := planner.Split(job, until, counts, cfg)
 		checkPlan(t, job, until, counts, cfg, tasks)
+		checkPlan(t, job, until, counts, cfg, planner.Pack(tasks, cfg.TaskRows))
 		if t.Failed() {
 			t.Fatalf("case %d (TaskRows %d, %d shards) failed", i, cfg.TaskRows, cfg.Shards)
 		}
@@ -295,5 +323,93 @@ func TestPlannerBinaryTasksSayWhatTheyEmit(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// typeRange is one type over one hash range: what a plan must cover.
+type typeRange struct {
+	typ    string
+	lo, hi uint64
+}
+
+func covered(tasks []streams.Task) []typeRange {
+	var out []typeRange
+	for _, task := range tasks {
+		for _, typ := range task.ExportedTypes() {
+			out = append(out, typeRange{typ, task.HashLo, task.HashHi})
+		}
+	}
+	slices.SortFunc(out, func(a, b typeRange) int {
+		if a.typ != b.typ {
+			return strings.Compare(a.typ, b.typ)
+		}
+		return cmp.Compare(a.lo, b.lo)
+	})
+	return out
+}
+
+// TestPlannerPacksSmallTypes: small types over the same hash range share a
+// task of at most TaskRows rows; large types, Binary and associated tasks
+// stay alone; what the plan covers is unchanged, and task ids run in order.
+func TestPlannerPacksSmallTypes(t *testing.T) {
+	cfg := planner.DefaultConfig()
+	cfg.TaskRows, cfg.Shards = 1000, 1
+	counts := concat(
+		sparse("Binary", map[uint64]uint64{3: 5}),
+		sparse("Condition", map[uint64]uint64{1: 300, 9: 100}),
+		sparse("Encounter", map[uint64]uint64{2: 400}),
+		uniform("Observation", 10), // 10,240 rows: tasks of their own
+		sparse("Patient", map[uint64]uint64{4: 250}),
+		sparse("Procedure", map[uint64]uint64{5: 20}),
+		sparse("Provenance", map[uint64]uint64{6: 30}),
+	)
+	job := streams.Job{ExportRequest: streams.ExportRequest{JobID: "j", Level: streams.LevelSystem, IncludeAssociatedData: streams.AssociatedLatestProvenance}}
+	split := planner.Split(job, time.Unix(10, 0), counts, cfg)
+	tasks := planner.Pack(split, cfg.TaskRows)
+	if !slices.Equal(covered(tasks), covered(split)) {
+		t.Fatalf("packing changed what the plan covers:\n%v\n%v", covered(tasks), covered(split))
+	}
+	var packs [][]string
+	for i, task := range tasks {
+		if want := fmt.Sprintf("%05d", i); task.TaskID != want {
+			t.Errorf("task %d has id %s, want %s", i, task.TaskID, want)
+		}
+		if task.Rows > uint64(cfg.TaskRows) && len(task.Types) > 0 {
+			t.Errorf("task %s packs %v with %d rows, more than %d", task.TaskID, task.Types, task.Rows, cfg.TaskRows)
+		}
+		if len(task.Types) > 0 {
+			if task.Type != "" || task.HashLo != 0 || task.HashHi != chstore.HashSpace {
+				t.Errorf("packed task %s: type %q, range [%d, %d)", task.TaskID, task.Type, task.HashLo, task.HashHi)
+			}
+			packs = append(packs, task.Types)
+		}
+	}
+	// Condition (400) and Encounter (400) fill a pack: Patient (250) would
+	// pass 1,000 and starts the next, with Procedure. Provenance is only
+	// exported as associated data here: its task stays alone.
+	want := [][]string{{"Condition", "Encounter"}, {"Patient", "Procedure"}}
+	if !slices.EqualFunc(packs, want, slices.Equal) {
+		t.Errorf("packs %v, want %v", packs, want)
+	}
+	for _, task := range tasks {
+		if (task.Type == "Binary" || task.Associated != "" || task.Type == "Observation") && len(task.Types) > 0 {
+			t.Errorf("task %s of %s packed", task.TaskID, task.TypeLabel())
+		}
+	}
+	// With two shards every small type has a task per shard: packs form
+	// per shard, never across.
+	cfg.Shards = 2
+	split = planner.Split(job, time.Unix(10, 0), counts, cfg)
+	tasks = planner.Pack(split, cfg.TaskRows)
+	if !slices.Equal(covered(tasks), covered(split)) {
+		t.Fatal("packing changed what a two-shard plan covers")
+	}
+	for _, task := range tasks {
+		if len(task.Types) > 0 && task.HashLo != 0 && task.HashLo != chstore.ShardStart(1, 2) {
+			t.Errorf("packed task %s spans [%d, %d), not a shard", task.TaskID, task.HashLo, task.HashHi)
+		}
+	}
+	if len(tasks) >= len(split) {
+		t.Errorf("two shards: %d tasks packed from %d", len(tasks), len(split))
 	}
 }

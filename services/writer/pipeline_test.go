@@ -14,15 +14,15 @@ import (
 )
 
 // lines is a reader of fixed resources, standing in for a store read.
-func lines(bodies map[string]string) reader {
-	return func(_ context.Context, emit func(string, []byte) error) error {
+func lines(typ string, bodies map[string]string) reader {
+	return func(_ context.Context, emit func(string, string, []byte) error) error {
 		ids := make([]string, 0, len(bodies))
 		for id := range bodies {
 			ids = append(ids, id)
 		}
 		slices.Sort(ids)
 		for _, id := range ids {
-			if err := emit(id, []byte(bodies[id])); err != nil {
+			if err := emit(typ, id, []byte(bodies[id])); err != nil {
 				return err
 			}
 		}
@@ -46,12 +46,10 @@ func runPipeline(t *testing.T, task streams.Task, source, deleted reader) (map[s
 		t.Fatal(err)
 	}
 	att := newAttachments(task.BaseURL, task.AttachmentBase)
-	p := &taskPipeline{typ: task.Type, source: source, stages: stages(task, filter, elements, att), att: att}
-	if deleted != nil {
-		p.deleted, p.deletedAs = deleted, deletedAs(task)
-	}
+	p := newPipeline(source, &typeSteps{typ: task.Type, stages: stages(task, filter, elements, att), deletedAs: deletedAs(task)})
+	p.deleted = deleted
 	out := newFileSet(bus.Files, task, 1, true)
-	if err := p.writeTo(ctx, out); err != nil {
+	if err := writeAll(ctx, []*taskPipeline{p}, att, out); err != nil {
 		t.Fatalf("writeTo: %v", err)
 	}
 	got := map[string][]string{}
@@ -91,8 +89,8 @@ func binaryTask(emitAs string) streams.Task {
 // as the DocumentReferences the Binaries were.
 func TestPipelineBinaryTaskEmittingDocumentReferences(t *testing.T) {
 	got, index := runPipeline(t, binaryTask(docType),
-		lines(map[string]string{"b1": patientBinary, "b2": orphanBinary}),
-		lines(map[string]string{"gone": ""}))
+		lines("Binary", map[string]string{"b1": patientBinary, "b2": orphanBinary}),
+		lines("Binary", map[string]string{"gone": ""}))
 	want := map[string][]string{
 		"output/DocumentReference": {`{"resourceType":"DocumentReference","id":"bin-b1","status":"current","subject":{"reference":"Patient/p1"},"content":[{"attachment":{"contentType":"text/plain","data":"aGk=","url":"https://fhir.example/r4/files/j1/attachments/Binary/b1"}}]}`},
 		"deleted/Bundle":           {`{"resourceType":"Bundle","type":"transaction","entry":[{"request":{"method":"DELETE","url":"DocumentReference/bin-gone"}}]}`},
@@ -108,8 +106,8 @@ func TestPipelineBinaryTaskEmittingDocumentReferences(t *testing.T) {
 // as it is, and lists deletions as Binaries.
 func TestPipelineBinaryTaskAtSystemLevel(t *testing.T) {
 	got, _ := runPipeline(t, binaryTask(""),
-		lines(map[string]string{"b1": patientBinary, "b2": orphanBinary}),
-		lines(map[string]string{"gone": ""}))
+		lines("Binary", map[string]string{"b1": patientBinary, "b2": orphanBinary}),
+		lines("Binary", map[string]string{"gone": ""}))
 	if len(got["output/DocumentReference"]) != 1 || !slices.Equal(got["output/Binary"], []string{orphanBinary}) {
 		t.Errorf("files %v: want b1 as a DocumentReference and b2 as a Binary", got)
 	}
@@ -124,7 +122,7 @@ func TestPipelineFilterThenElements(t *testing.T) {
 	task := streams.Task{JobID: "j1", TaskID: "00002", Type: "Observation", Until: time.Unix(2, 0),
 		TypeFilter: []string{"Observation?status=final"}, Elements: []string{"status"},
 		MaxFileResources: 100, MaxFileBytes: 1 << 20}
-	got, index := runPipeline(t, task, lines(map[string]string{
+	got, index := runPipeline(t, task, lines(task.Type, map[string]string{
 		"o1": `{"resourceType":"Observation","id":"o1","status":"final","code":{"text":"x"},"valueString":"v"}`,
 		"o2": `{"resourceType":"Observation","id":"o2","status":"preliminary","code":{"text":"y"},"valueString":"w"}`,
 	}), nil)

@@ -131,7 +131,7 @@ func (w *Writer) failJob(ctx context.Context, task streams.Task, cause error) {
 			return false
 		}
 		j.Status = streams.JobFailed
-		j.Error = fmt.Sprintf("export of %s failed: %v", task.Type, cause)
+		j.Error = fmt.Sprintf("export of %s failed: %v", task.TypeLabel(), cause)
 		failed = true
 		return true
 	})

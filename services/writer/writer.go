@@ -151,7 +151,7 @@ func (w *Writer) handle(ctx context.Context, msg jetstream.Msg) {
 	ctx = streams.ExtractTrace(ctx, msg.Headers())
 	ctx, span := w.tracer.Start(ctx, "writer.task", trace.WithAttributes(
 		attribute.String("job", task.JobID), attribute.String("task", task.TaskID),
-		attribute.String("type", task.Type), attribute.Int64("attempt", int64(md.NumDelivered))))
+		attribute.String("type", task.TypeLabel()), attribute.Int64("attempt", int64(md.NumDelivered))))
 	defer span.End()
 	start := time.Now()
 	w.deps.Log.DebugContext(ctx, "task started", slog.String("task", task.TaskID), slog.Uint64("attempt", md.NumDelivered))
@@ -180,7 +180,7 @@ func (w *Writer) handle(ctx context.Context, msg jetstream.Msg) {
 			// resources would be a silent hole: a client that chains
 			// _since from its transactionTime would never receive them.
 			w.failJob(ctx, task, fmt.Errorf("the %s resources with id hash in [%d, %d) could not be exported after %d attempts: %w",
-				task.Type, task.HashLo, task.HashHi, md.NumDelivered, err))
+				task.TypeLabel(), task.HashLo, task.HashHi, md.NumDelivered, err))
 			_ = msg.Term()
 			return
 		}
@@ -226,12 +226,13 @@ func (w *Writer) run(ctx context.Context, msg jetstream.Msg, task streams.Task, 
 // write runs one attempt under the watch: it writes the files, records the
 // result and announces it.
 func (w *Writer) write(ctx context.Context, task streams.Task, attempt uint64) error {
-	p, err := w.pipeline(ctx, task)
+	att := newAttachments(task.BaseURL, task.AttachmentBase)
+	ps, err := w.pipelines(ctx, task, att)
 	if err != nil {
 		return err
 	}
 	out := newFileSet(w.files, task, attempt, w.cfg.CompressFiles)
-	if err := p.writeTo(ctx, out); err != nil {
+	if err := writeAll(ctx, ps, att, out); err != nil {
 		out.abort(context.WithoutCancel(ctx))
 		return err
 	}

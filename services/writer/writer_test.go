@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -766,5 +767,76 @@ func TestWriterPatientLevelProvenanceFollowsTargets(t *testing.T) {
 		if got := strings.Join(ids, " "); got != c.want {
 			t.Errorf("%s: Provenances %q, want %q", c.job, got, c.want)
 		}
+	}
+}
+
+// A task of several types (the planner packs small types) exports each
+// type exactly as a task of that type alone would: the same lines in
+// files of that type, its deletions included, and nothing for a type
+// without rows.
+func TestWriterPackedTaskExportsEachTypeAsItsOwnTaskWould(t *testing.T) {
+	e := newEnv(t)
+	seed(t, e)
+	until := base.Add(30 * time.Minute)
+	since := base.Add(30 * time.Second)
+	types := []string{"Observation", "Patient", "Condition"}
+	var alone []streams.Task
+	var packed []streams.Task
+	for _, s := range []struct {
+		name  string
+		since time.Time
+	}{{"full", time.Time{}}, {"since", since}} {
+		createJob(t, e, s.name+"-alone", streams.JobRunning, until)
+		createJob(t, e, s.name+"-packed", streams.JobRunning, until)
+		for i, typ := range types {
+			alone = append(alone, streams.Task{JobID: s.name + "-alone", TaskID: fmt.Sprintf("%05d", i), Type: typ,
+				HashHi: chstore.HashSpace, Since: s.since, Until: until, MaxFileResources: 400, MaxFileBytes: 1 << 30})
+		}
+		packed = append(packed, streams.Task{JobID: s.name + "-packed", TaskID: "00000", Types: types,
+			HashHi: chstore.HashSpace, Since: s.since, Until: until, MaxFileResources: 400, MaxFileBytes: 1 << 30})
+	}
+	publishTasks(t, e, alone)
+	publishTasks(t, e, packed)
+	runWriters(t, e, 2)
+	testenv.Eventually(t, 2*time.Minute, "every task done and acked", func() bool {
+		info, err := e.Tasks.Info(t.Context())
+		return err == nil && info.State.Msgs == 0
+	})
+	// byFile is each job's lines by kind and type, sorted.
+	byFile := func(tasks []streams.Task, job string) map[string][]string {
+		var mine []streams.Task
+		for _, task := range tasks {
+			if task.JobID == job {
+				mine = append(mine, task)
+			}
+		}
+		out := map[string][]string{}
+		for _, f := range readResults(t, e, mine) {
+			key := f.file.Kind + "/" + f.file.Type
+			for _, l := range f.lines {
+				out[key] = append(out[key], string(l))
+			}
+		}
+		for _, lines := range out {
+			sort.Strings(lines)
+		}
+		return out
+	}
+	for _, name := range []string{"full", "since"} {
+		want, got := byFile(alone, name+"-alone"), byFile(packed, name+"-packed")
+		if len(got) != len(want) {
+			t.Errorf("%s: the packed task wrote files of %d kinds and types, the tasks alone %d", name, len(got), len(want))
+		}
+		for key, lines := range want {
+			if !slices.Equal(got[key], lines) {
+				t.Errorf("%s: the packed task wrote %d lines to %s files, the task alone %d (or other lines)", name, len(got[key]), key, len(lines))
+			}
+		}
+	}
+	// The seed's Patients and both kinds of Observation lines are there.
+	full, since2 := byFile(packed, "full-packed"), byFile(packed, "since-packed")
+	if len(full["output/Patient"]) != 30 || len(full["output/Observation"]) != 2401 || len(since2["deleted/Bundle"]) != 99 {
+		t.Errorf("packed: %d Patients and %d Observations in full, %d deletions since; want 30, 2401 and 99",
+			len(full["output/Patient"]), len(full["output/Observation"]), len(since2["deleted/Bundle"]))
 	}
 }
