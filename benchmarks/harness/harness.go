@@ -1,6 +1,7 @@
 package harness
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -181,7 +182,7 @@ func (h *harness) setUp(ctx context.Context) error {
 			"FLATFHIR_CLICKHOUSE_DATABASE": s.Database,
 			"FLATFHIR_LISTEN":              listen,
 			"FLATFHIR_WRITERS":             strconv.Itoa(o.Writers),
-			"FLATFHIR_LOG_LEVEL":           "warn",
+			"FLATFHIR_LOG_LEVEL":           cmp.Or(o.LogLevel, "warn"),
 			// Polls every PollInterval to see completion within one
 			// interval: the per-export poll limit would answer 429.
 			"FLATFHIR_POLL_RATE": "0",

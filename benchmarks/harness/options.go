@@ -17,6 +17,10 @@ type Options struct {
 	Patients int
 	// Writers is FLATFHIR_WRITERS of the writer process.
 	Writers int
+	// LogLevel is FLATFHIR_LOG_LEVEL of the engine's processes ("warn"
+	// when empty); "debug" logs each task's start and end, a timeline of
+	// where an export's time goes. The logs are kept with -keep.
+	LogLevel string
 	// Runs is how many times the export (and the raw read) is repeated.
 	Runs int
 	// Gzip sends the ingest bodies gzip-compressed.

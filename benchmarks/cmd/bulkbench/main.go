@@ -18,6 +18,7 @@ func main() {
 	opts := harness.DefaultOptions()
 	flag.IntVar(&opts.Patients, "patients", opts.Patients, "synthetic patients to generate (about 50 resources each)")
 	flag.IntVar(&opts.Writers, "writers", opts.Writers, "writer instances in the writer process (FLATFHIR_WRITERS)")
+	flag.StringVar(&opts.LogLevel, "engine-log-level", "warn", "the engine processes' log level (FLATFHIR_LOG_LEVEL); debug times each export task, kept with -keep")
 	flag.IntVar(&opts.Runs, "runs", opts.Runs, "export runs; the median is reported")
 	flag.Float64Var(&opts.ChangeFraction, "change", opts.ChangeFraction, "fraction of the store changed, then exported with _since (0 skips it)")
 	flag.IntVar(&opts.ChainRounds, "chain-rounds", 0, "rounds of the chained-export check (DESIGN.md invariant 1) on the loaded store; 0 skips it")
