@@ -94,8 +94,10 @@ fmt: ## gofmt every file
 fmt-check: ## Fail when a file is not gofmt-clean
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "not gofmt-clean:"; echo "$$out"; exit 1; fi
 
-bench: deps ## Ingest and export about a million generated resources and report rates
-	cd benchmarks && go run ./cmd/bulkbench -patients 20000
+BENCH_FLAGS ?= -profile $(CURDIR)/var/bench/profiles -json $(CURDIR)/var/bench/bench.json
+bench: deps ## Ingest and export about a million generated resources and report every figure (BENCH_FLAGS adds or overrides flags)
+	mkdir -p var/bench/profiles
+	cd benchmarks && go run ./cmd/bulkbench -patients 20000 -runs 3 -client-runs 3 -kill-writer -chain-rounds 3 $(BENCH_FLAGS)
 
 clean: ## Remove build output and local data (var/)
 	rm -rf bin var
