@@ -63,11 +63,14 @@ func progressText(job streams.Job) string {
 	return fmt.Sprintf("%d%% complete (%d of %d tasks)", job.TasksDone*100/job.TasksTotal, job.TasksDone, job.TasksTotal)
 }
 
-// retryAfterSeconds suggests when to poll a running export again: when it
-// is expected to be complete, from the rate its tasks have completed at
-// since kick-off, between 1 s and longest. Until a task completes, the
-// export is expected to take as long again as it has taken so far.
-func retryAfterSeconds(job streams.Job, now time.Time, longest time.Duration) int {
+// retryAfterSeconds suggests when to poll a running export again: a hold
+// before it is expected to be complete, from the rate its tasks have
+// completed at since kick-off, between 1 s and longest. That poll then
+// waits out the export's end in its hold and answers at completion,
+// instead of the client learning of it up to a Retry-After late. Until a
+// task completes, the export is expected to take as long again as it has
+// taken so far.
+func retryAfterSeconds(job streams.Job, now time.Time, longest, hold time.Duration) int {
 	elapsed := now.Sub(job.SubmittedAt)
 	if elapsed < 0 || job.SubmittedAt.IsZero() {
 		elapsed = 0
@@ -77,6 +80,6 @@ func retryAfterSeconds(job streams.Job, now time.Time, longest time.Duration) in
 		left := float64(job.TasksTotal - job.TasksDone)
 		remaining = time.Duration(float64(elapsed) * left / float64(job.TasksDone))
 	}
-	secs := int(math.Ceil(remaining.Seconds()))
+	secs := int(math.Ceil((remaining - hold).Seconds()))
 	return max(1, min(secs, int(longest/time.Second)))
 }

@@ -73,7 +73,7 @@ func (s *Server) status(c *fiber.Ctx) error {
 	default:
 		// In progress: headers only, as the IG shapes it.
 		c.Set("X-Progress", progressText(job))
-		c.Set(fiber.HeaderRetryAfter, strconv.Itoa(retryAfterSeconds(job, s.deps.Now(), s.cfg.RetryAfter)))
+		c.Set(fiber.HeaderRetryAfter, strconv.Itoa(retryAfterSeconds(job, s.deps.Now(), s.cfg.RetryAfter, s.cfg.StatusHold)))
 		return empty(c, fiber.StatusAccepted)
 	}
 	obj, err := s.files.GetBytes(c.UserContext(), job.Manifest)
