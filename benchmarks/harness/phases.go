@@ -167,6 +167,7 @@ func (p *phase) end() Phase {
 		prof := p.workers[w].stop()
 		w++
 		role := strings.TrimPrefix(pr.name, "flatfhir ")
+		p.saveHeap(pr.debug, role)
 		if prof == nil {
 			p.h.warn("no CPU profile of the %s during %s", role, p.name)
 			continue
@@ -180,6 +181,21 @@ func (p *phase) end() Phase {
 	}
 	sort.SliceStable(out.CPU, func(i, j int) bool { return out.CPU[i].Seconds > out.CPU[j].Seconds })
 	return out
+}
+
+// saveHeap writes the heap profile of the engine process serving
+// profiles at addr, as it is at the phase's end, to
+// DIR/<phase>-<role>.heap.pprof: what it holds after the phase (in use),
+// and what the phase allocated, for go tool pprof -sample_index.
+func (p *phase) saveHeap(addr, role string) {
+	client := &http.Client{Timeout: 30 * time.Second}
+	prof, err := fetchProfile(client, "http://"+addr+"/debug/pprof/heap?gc=1")
+	if err == nil {
+		err = writeProfile(prof, filepath.Join(p.h.opts.ProfileDir, p.name+"-"+role+".heap.pprof"))
+	}
+	if err != nil {
+		p.h.warn("no heap profile of the %s after %s: %v", role, p.name, err)
+	}
 }
 
 // attach adds the profile at path, and its top functions, to process's
