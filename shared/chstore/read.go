@@ -165,8 +165,9 @@ func (s *Store) windowed(ctx context.Context, sh *shard, since uint64) bool {
 // window, since stamps grow with seqs.
 //
 // A read of several types (Range.Types) selects (type, id, body) and
-// groups by type and id: two types may share an id. A seq is one
-// version's, whatever its type.
+// keys every version by type, id and seq: two types may share an id, and
+// the entries of one transaction share its seq, so an id and a seq alone
+// could name an older version of one type by the latest of another.
 func (s *Store) latestSQL(r Range, deleted, windowed bool) string {
 	del := "0"
 	if deleted {
@@ -182,7 +183,7 @@ func (s *Store) latestSQL(r Range, deleted, windowed bool) string {
 		cols, key = "type, id, body", "type, id"
 	}
 	return "SELECT " + cols + " FROM " + table + " WHERE " + where +
-		" AND (id, seq) IN (SELECT id, max(seq) FROM " + table + " WHERE " + where +
+		" AND (" + key + ", seq) IN (SELECT " + key + ", max(seq) FROM " + table + " WHERE " + where +
 		" GROUP BY " + key + " HAVING argMax(deleted, seq) = " + del + " AND max(last_updated) > ?" +
 		" AND %s)" + s.onceBy(key)
 }

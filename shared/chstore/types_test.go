@@ -41,6 +41,14 @@ func TestStoreReadsOfSeveralTypesEqualTheirReadsOneByOne(t *testing.T) {
 			add(types[(i+1)%3], id, 900, false, p) // after Until
 		}
 	}
+	// One transaction's entries share its seq: Patient/tx and
+	// Observation/tx at one seq, then Patient/tx alone updated. The old
+	// Patient/tx must not come back by the Observation's (id, seq).
+	seq++
+	for _, typ := range []string{"Patient", "Observation"} {
+		rows = append(rows, chstore.Row{Type: typ, ID: "tx", Seq: seq, LastUpdated: 160, Patients: []string{"p0"}, Body: []byte(typ + "/tx@tx")})
+	}
+	add("Patient", "tx", 170, false, "p0")
 	if err := s.Insert(t.Context(), rows); err != nil {
 		t.Fatal(err)
 	}
