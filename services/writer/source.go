@@ -97,9 +97,9 @@ func (w *Writer) ownSource(task streams.Task, r chstore.Range, filter typefilter
 }
 
 // scope is the range a task reads: its type (empty when it has several)
-// and hash range as of Until,
-// narrowed at Patient and Group level to the compartments of the patients
-// the planner listed (any patient's when it listed none).
+// and hash range as of Until, narrowed at Patient and Group level to the
+// compartments of the patients the planner listed (any patient's when it
+// listed none). The patient list is loaded once for all the task's types.
 func (w *Writer) scope(ctx context.Context, task streams.Task) (chstore.Range, error) {
 	r := chstore.Range{Type: task.Type, HashLo: task.HashLo, HashHi: task.HashHi, Since: chstore.Micros(task.Since), Until: chstore.Micros(task.Until)}
 	r.InCompartment = task.Level == streams.LevelPatient || task.Level == streams.LevelGroup || onlyPatientsBinaries(task)
