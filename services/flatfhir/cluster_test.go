@@ -173,6 +173,12 @@ func TestCluster(t *testing.T) {
 // engineWarnings is what the engine's processes logged at WARN or ERROR
 // since start, the last 30 lines of each.
 func engineWarnings(c *flatfhir.Cluster, start time.Time) string {
+	return engineLog(c, start, false)
+}
+
+// engineLog is the last 30 lines each process logged since start: at
+// every level with all, else at WARN or ERROR only.
+func engineLog(c *flatfhir.Cluster, start time.Time, all bool) string {
 	var b strings.Builder
 	for _, name := range c.Processes() {
 		data, err := os.ReadFile(filepath.Join(c.LogDir(), name+".log"))
@@ -186,7 +192,7 @@ func engineWarnings(c *flatfhir.Cluster, start time.Time) string {
 				Time  time.Time
 				Level string
 			}
-			if json.Unmarshal([]byte(line), &e) != nil || e.Level != "WARN" && e.Level != "ERROR" || e.Time.Before(start) {
+			if json.Unmarshal([]byte(line), &e) != nil || !all && e.Level != "WARN" && e.Level != "ERROR" || e.Time.Before(start) {
 				continue
 			}
 			lines = append(lines, line)
@@ -263,7 +269,9 @@ func runChain(t *testing.T, c *flatfhir.Cluster, prefix string, k *chaos) (time.
 	cancel()
 	wg.Wait()
 	if err != nil {
-		t.Fatalf("%v\nwhat the engine warned of during the run:\n%s", err, engineWarnings(c, start))
+		// Everything logged, not only warnings: a run that stalls (an
+		// export that never completes) may warn of nothing.
+		t.Fatalf("%v\nwhat the engine logged during the run:\n%s", err, engineLog(c, start, true))
 	}
 	if rep.Rounds != 4 || rep.Compared == 0 {
 		t.Errorf("the run did not complete its rounds: %+v", rep)
