@@ -100,7 +100,7 @@ type Task struct {
 	Type  string   `json:"type"`
 	Types []string `json:"types,omitempty"`
 	// Rows is how many versions the planner counted in the task's range:
-	// an estimate, for packing and logs.
+	// an upper bound of what it exports, for packing.
 	Rows uint64 `json:"rows,omitempty"`
 	// Level selects whose resources the task exports: everything
 	// (system), or resources in patients' compartments (patient, group).

@@ -42,8 +42,7 @@ type taskPipeline struct {
 	// deleted yields the ids of the range's deletions (nil: the task lists
 	// none).
 	deleted reader
-	steps   map[string]*typeSteps
-	last    *typeSteps // the steps of the type read last: rows come in runs of one type
+	steps   map[string]*typeSteps // by type
 }
 
 func newPipeline(source reader, steps ...*typeSteps) *taskPipeline {
@@ -56,14 +55,10 @@ func newPipeline(source reader, steps ...*typeSteps) *taskPipeline {
 
 // stepsOf returns the steps of typ, which the source must read.
 func (p *taskPipeline) stepsOf(typ string) (*typeSteps, error) {
-	if p.last != nil && p.last.typ == typ {
-		return p.last, nil
-	}
 	s := p.steps[typ]
 	if s == nil {
 		return nil, fmt.Errorf("the store returned a %s, which the task does not read", typ)
 	}
-	p.last = s
 	return s, nil
 }
 
