@@ -431,8 +431,17 @@ func (c *claims) valid(ps []int) bool {
 	return true
 }
 
-// hold renews the partitions ps until ctx ends, they can no longer be held
-// (ErrLeaseLost), or they should change (errRebalance).
+// hold renews the partitions ps until ctx ends, one of them is taken over
+// (errClaimLost), or they should change (errRebalance).
+//
+// A claim whose renewals failed for TTL/2 (the ingest bucket unavailable
+// while its NATS leader moved) is not given up: it stops being valid, so
+// nothing is inserted, and renewing goes on. A renewal is a compare-and-set
+// of the key at the revision this ingester last wrote, so one that
+// succeeds late proves that nobody took the partition over meanwhile, and
+// the claim is valid again. Giving the claims up instead left every
+// ingester holding its partitions unrenewed for good: each still counted
+// them as its share, so none claimed them anew, and ingest stopped.
 func (c *claims) hold(ctx context.Context, ps []int) error {
 	tick := time.NewTicker(c.ttl / 8)
 	defer tick.Stop()
@@ -441,18 +450,51 @@ func (c *claims) hold(ctx context.Context, ps []int) error {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-tick.C:
-			if err := c.renew(ctx); errors.Is(err, errClaimLost) {
-				return err
-			}
 		case <-c.viewed:
 		}
-		if !c.valid(ps) {
-			return fmt.Errorf("%w: not renewed within %s", errClaimLost, c.ttl/2)
+		if err := c.renew(ctx); errors.Is(err, errClaimLost) {
+			return err
+		}
+		if p, ok := c.holdsAll(ps); !ok {
+			return fmt.Errorf("%w: partition %d was taken over", errClaimLost, p)
 		}
 		if c.unbalanced(len(ps)) {
 			return errRebalance
 		}
 	}
+}
+
+// holdsAll reports whether this ingester still holds every partition of
+// ps, renewed in time or not, and if not, one it lost.
+func (c *claims) holdsAll(ps []int) (int, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, p := range ps {
+		if _, ok := c.held[p]; !ok {
+			return p, false
+		}
+	}
+	return 0, true
+}
+
+// awaitValid waits until this ingester may insert the changes of
+// partitions ps (see valid): at once, unless their renewals lapsed, and
+// then until hold renews them. It fails when one was taken over, or when
+// ctx ends: the hold ends the follow's context when the claims are lost.
+func (c *claims) awaitValid(ctx context.Context, ps []int) error {
+	wait := time.NewTicker(c.ttl / 32)
+	defer wait.Stop()
+	for !c.valid(ps) {
+		if p, ok := c.holdsAll(ps); !ok {
+			return fmt.Errorf("%w: partition %d was taken over", errClaimLost, p)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w: not renewed (%w)", errClaimLost, context.Cause(ctx))
+		case <-wait.C:
+		}
+	}
+	return nil
 }
 
 // unbalanced: holding n partitions, this ingester holds more than its

@@ -629,10 +629,11 @@ func nextStamp(prev, accepted time.Time) time.Time {
 
 // commit inserts a batch and then moves the watermarks of partitions held
 // to the position after it, while this ingester's claims on them are
-// valid: a claim that lapsed may be another's by now.
+// valid: a claim that lapsed may be another's by now, so a lapsed claim
+// waits for its renewal first.
 func (in *Ingester) commit(ctx context.Context, c *claims, held []int, p pendingCommit, from uint64) error {
-	if !c.valid(held) {
-		return fmt.Errorf("insert up to change %d: %w", p.next.Seq, errClaimLost)
+	if err := c.awaitValid(ctx, held); err != nil {
+		return fmt.Errorf("insert up to change %d: %w", p.next.Seq, err)
 	}
 	if len(p.recovered) > 0 {
 		if err := in.deps.Store.CompleteChangeLog(ctx, p.recovered, from); err != nil {
