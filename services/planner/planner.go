@@ -227,7 +227,7 @@ func (p *Planner) planJob(ctx context.Context, id string) error {
 	}
 	var tasks []streams.Task
 	if job.Status == streams.JobAccepted {
-		t, err := p.waitWatermark(ctx, job.MinChangeSeq)
+		t, err := p.waitWatermark(ctx, id, job.MinChangeSeq)
 		if err != nil && ctx.Err() != nil {
 			return ctx.Err() // shutting down: another planner takes the kick-off over
 		}
@@ -316,15 +316,47 @@ func (p *Planner) failPlan(ctx context.Context, id string, err error) error {
 }
 
 // waitWatermark waits until every change up to minSeq is queryable and
-// returns the watermark's stamp: the transactionTime.
-func (p *Planner) waitWatermark(ctx context.Context, minSeq uint64) (time.Time, error) {
+// returns the watermark's stamp: the transactionTime. A wait that lasts
+// warns every slowWatermark of where the watermark stands, so that an
+// export held up by ingest says why in the planner's log.
+func (p *Planner) waitWatermark(ctx context.Context, job string, minSeq uint64) (time.Time, error) {
 	ctx, cancel := context.WithTimeout(ctx, p.cfg.WatermarkTimeout)
 	defer cancel()
+	done := make(chan struct{})
+	defer close(done)
+	go p.warnWhileWaiting(ctx, done, job, minSeq)
 	wm, err := streams.AwaitWatermark(ctx, p.deps.JS, minSeq)
 	if err != nil {
 		return time.Time{}, fmt.Errorf("waited %s: %w", p.cfg.WatermarkTimeout, err)
 	}
 	return wm.Stamp, nil
+}
+
+// slowWatermark is how long a kick-off waits for ingest before the planner
+// warns of it, and then how often it warns again.
+var slowWatermark = 30 * time.Second
+
+func (p *Planner) warnWhileWaiting(ctx context.Context, done <-chan struct{}, job string, minSeq uint64) {
+	start := time.Now()
+	tick := time.NewTicker(slowWatermark)
+	defer tick.Stop()
+	for {
+		select {
+		case <-done:
+			return
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		attrs := []any{slog.String("job", job), slog.Uint64("needs_seq", minSeq),
+			slog.Duration("waited", time.Since(start).Round(time.Second))}
+		if kv, err := p.deps.JS.KeyValue(ctx, streams.BucketIngest); err == nil {
+			if wm, _, err := streams.ReadWatermark(ctx, kv); err == nil {
+				attrs = append(attrs, slog.Uint64("ingested_seq", wm.Seq), slog.Time("ingested_stamp", wm.Stamp))
+			}
+		}
+		p.deps.Log.WarnContext(ctx, "export waits for its changes to be ingested", attrs...)
+	}
 }
 
 // split cuts the export into tasks: for each type, consecutive hash buckets

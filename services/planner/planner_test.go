@@ -400,6 +400,76 @@ func TestPlannerWatermark(t *testing.T) {
 	}
 }
 
+// waitWarnings records the planner's warnings of kick-offs waiting for
+// ingest, with their attributes.
+type waitWarnings struct {
+	mu  *sync.Mutex
+	got *[]map[string]string
+}
+
+func (h waitWarnings) Enabled(context.Context, slog.Level) bool { return true }
+func (h waitWarnings) WithAttrs([]slog.Attr) slog.Handler       { return h }
+func (h waitWarnings) WithGroup(string) slog.Handler            { return h }
+func (h waitWarnings) Handle(_ context.Context, r slog.Record) error {
+	if r.Level != slog.LevelWarn || r.Message != "export waits for its changes to be ingested" {
+		return nil
+	}
+	attrs := map[string]string{}
+	r.Attrs(func(a slog.Attr) bool {
+		attrs[a.Key] = a.Value.String()
+		return true
+	})
+	h.mu.Lock()
+	*h.got = append(*h.got, attrs)
+	h.mu.Unlock()
+	return nil
+}
+
+// TestPlannerWarnsOfAnExportWaitingForIngest: a kick-off whose changes are
+// not ingested yet does not wait in silence: the planner warns, while it
+// waits, which export waits, for which change, and where ingest stands.
+// (In the cluster test an export once waited five minutes for a stalled
+// ingester with nothing in any log.)
+func TestPlannerWarnsOfAnExportWaitingForIngest(t *testing.T) {
+	planner.SetSlowWatermark(t, 200*time.Millisecond)
+	e := newEnv(t)
+	cfg := testConfig()
+	cfg.WatermarkTimeout = 3 * time.Second
+	var mu sync.Mutex
+	var got []map[string]string
+	p, err := planner.New(cfg, planner.Deps{
+		JS: e.JS, Store: e.store, Log: slog.New(waitWarnings{mu: &mu, got: &got}),
+		Tracer: tracenoop.NewTracerProvider(), Meter: metricnoop.NewMeterProvider(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- p.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+
+	setWatermark(t, e, streams.Watermark{Seq: 4, Stamp: time.Unix(1000, 0).UTC()})
+	if err := e.Jobs.Create(t.Context(), newJob("job1", 7)); err != nil {
+		t.Fatal(err)
+	}
+	publish(t, e, streams.SubjectJobSubmit("job1"), nil)
+	testenv.Eventually(t, 10*time.Second, "a warning of the wait", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(got) > 0
+	})
+	mu.Lock()
+	w := got[0]
+	mu.Unlock()
+	if w["job"] != "job1" || w["needs_seq"] != "7" || w["ingested_seq"] != "4" || w["waited"] == "" {
+		t.Errorf("warning %v, want job1 waiting for change 7 with ingest at 4", w)
+	}
+	testenv.Eventually(t, 10*time.Second, "the export to fail when the wait times out", func() bool {
+		return getJob(t, e, "job1").Status == streams.JobFailed
+	})
+}
+
 // TestPlannerLetsGoOfAnExportRemovedWhileItWaits: an export cancelled and
 // removed while the planner waits for its changes to be ingested is let go
 // at once: no task, no error, no redelivered kick-off. Before, the plan
