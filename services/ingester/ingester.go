@@ -250,7 +250,7 @@ func (in *Ingester) follow(ctx context.Context, c *claims, held []int) error {
 	commits := in.startCommitter(ctx, cancel, c, held, chstore.Micros(from.Stamp))
 	defer commits.close()
 
-	f := &follower{in: in, cons: cons, bodies: bodies, commits: commits, assigned: from, marks: marks, stored: stored,
+	f := &follower{in: in, stream: stream, cons: cons, bodies: bodies, commits: commits, assigned: from, marks: marks, stored: stored,
 		// A share of the partitions gets a share of each fetch's changes:
 		// fetch more, so that a busy ingester's inserts keep their size.
 		scale: streams.ChangePartitions / len(held)}
@@ -304,8 +304,9 @@ func newBodyReader(cons jetstream.Consumer, batch int) (*bodyReader, error) {
 }
 
 // bodyWait bounds the wait for a body whose header arrived: the stream
-// holds it, so only a broken consumer delays it that long.
-const bodyWait = 30 * time.Second
+// holds it, so only a broken consumer delays it that long (one placed on a
+// server whose replica of the stream lags, see checkDelivering).
+const bodyWait = 10 * time.Second
 
 // next returns the body of change seq: the next message of the consumer.
 func (b *bodyReader) next(ctx context.Context, seq uint64) (jetstream.Msg, error) {
@@ -466,6 +467,7 @@ func (cm *committer) close() {
 // follower is the state of one follow between fetches.
 type follower struct {
 	in        *Ingester
+	stream    jetstream.Stream // CHANGES
 	cons      jetstream.Consumer
 	bodies    *bodyReader // nil when cons delivers bodies
 	commits   *committer
@@ -476,10 +478,14 @@ type follower struct {
 	marks     map[int]streams.Watermark   // the watermarks of the partitions held as the follow began
 	stored    map[chstore.VersionKey]bool // versions already stored after the watermark, to skip
 	recovered []uint64                    // changes of this batch some of whose versions were skipped
+	// undelivered is the stream's last change, seen after a long pull that
+	// brought nothing while it was beyond assigned; 0 when none.
+	undelivered uint64
 }
 
 // fetchOnce fetches the next changes and sends them to the committer.
 func (f *follower) fetchOnce(ctx context.Context) error {
+	waited := f.idle // this fetch is a long pull
 	batch, cancelFetch, err := f.fetch(ctx)
 	if err != nil {
 		return fmt.Errorf("fetch changes: %w", err)
@@ -496,9 +502,42 @@ func (f *follower) fetchOnce(ctx context.Context) error {
 	if !f.idle {
 		f.commits.send(pendingCommit{rows: rows, bytes: size, next: next, recovered: f.takeRecovered(), behind: f.in.pending.Load() > 0})
 		f.assigned = next
+		f.undelivered = 0
+		return nil
+	}
+	if waited {
+		return f.checkDelivering(ctx)
 	}
 	return nil
 }
+
+// checkDelivering follows a long pull that brought nothing. A change the
+// stream held one whole pull ago and the consumer has still not delivered
+// means the consumer stalled: a follow's consumers are single-replica,
+// placed at random among the stream's servers, and deliver only what
+// that server's replica holds, so one placed on a server whose replica
+// lags (or stopped catching up after a restart) delivers nothing new,
+// without an error. The follow then ends, and the next one creates its
+// consumers anew. Without this an export once waited five minutes for
+// the watermark after a NATS node was restarted.
+func (f *follower) checkDelivering(ctx context.Context) error {
+	if f.undelivered > f.assigned.Seq {
+		return fmt.Errorf("the consumer of %s delivered nothing for %s, while the stream held change %d: %w",
+			streams.StreamChanges, streams.PullWait, f.undelivered, errConsumerStalled)
+	}
+	f.undelivered = 0
+	info, err := f.stream.Info(ctx)
+	if err != nil {
+		return nil // its leader may be being elected: look again after the next pull
+	}
+	if st := info.State; st.Msgs > 0 && st.LastSeq > f.assigned.Seq && st.LastSeq >= st.FirstSeq {
+		f.undelivered = st.LastSeq
+	}
+	return nil
+}
+
+// errConsumerStalled ends a follow whose consumer stopped delivering.
+var errConsumerStalled = errors.New("consumer stalled")
 
 func (f *follower) takeRecovered() []uint64 {
 	r := f.recovered
