@@ -2,6 +2,7 @@ package ingester
 
 import (
 	"context"
+	"slices"
 	"testing"
 	"time"
 
@@ -94,5 +95,25 @@ func TestGathererDoesNotDelayACaughtUpIngester(t *testing.T) {
 	}
 	if d := time.Since(start); d > 30*time.Second {
 		t.Errorf("a caught-up ingester waited %v", d)
+	}
+}
+
+// TestResumeDelayBacksOff: while follows keep failing at once (a shard
+// that is down), the ingester waits longer between them, up to 2 s, and
+// does not log a warning every 200 ms for the whole outage; a follow that
+// ran for a while is resumed quickly again.
+func TestResumeDelayBacksOff(t *testing.T) {
+	var got []time.Duration
+	d := time.Duration(0)
+	for range 6 {
+		d = resumeDelay(d, 50*time.Millisecond)
+		got = append(got, d)
+	}
+	want := []time.Duration{200 * time.Millisecond, 400 * time.Millisecond, 800 * time.Millisecond, 1600 * time.Millisecond, 2 * time.Second, 2 * time.Second}
+	if !slices.Equal(got, want) {
+		t.Errorf("delays %v, want %v", got, want)
+	}
+	if d := resumeDelay(2*time.Second, time.Minute); d != 200*time.Millisecond {
+		t.Errorf("after a follow that ran a minute: %v, want 200ms", d)
 	}
 }

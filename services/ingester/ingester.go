@@ -182,20 +182,35 @@ func (in *Ingester) active(ctx context.Context, c *claims, held []int) error {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	go func() { cancel(c.hold(ctx, held)) }()
+	var delay time.Duration
 	for {
+		began := time.Now()
 		err := in.follow(ctx, c, held)
 		if ctx.Err() != nil {
 			return context.Cause(ctx)
 		}
 		// A broken consumer or a failed insert: reload the watermarks and
 		// resume from them.
-		in.deps.Log.WarnContext(ctx, "ingester resuming from watermark", slog.Any("error", err))
+		delay = resumeDelay(delay, time.Since(began))
+		in.deps.Log.WarnContext(ctx, "ingester resuming from watermark", slog.Any("error", err), slog.Duration("in", delay))
 		select {
 		case <-ctx.Done():
 			return context.Cause(ctx)
-		case <-time.After(200 * time.Millisecond):
+		case <-time.After(delay):
 		}
 	}
+}
+
+// resumeDelay is the wait before resuming a follow that failed after
+// running for ran, the last wait having been prev: 200 ms, doubled while
+// follows keep failing at once (a shard down for minutes), up to 2 s; a
+// follow that ran for a while starts again from 200 ms.
+func resumeDelay(prev, ran time.Duration) time.Duration {
+	const first, most = 200 * time.Millisecond, 2 * time.Second
+	if prev == 0 || ran > 10*most {
+		return first
+	}
+	return min(2*prev, most)
 }
 
 // follow reads CHANGES from the lowest watermark of the partitions held on,
