@@ -533,8 +533,9 @@ func (f *follower) fetchOnce(ctx context.Context) error {
 // that server's replica holds, so one placed on a server whose replica
 // lags (or stopped catching up after a restart) delivers nothing new,
 // without an error. The follow then ends, and the next one creates its
-// consumers anew. Without this an export once waited five minutes for
-// the watermark after a NATS node was restarted.
+// consumers anew. Such a consumer is the likely cause of an export in
+// the cluster test that once waited five minutes for the watermark, with
+// nothing logged, after a NATS node was restarted.
 func (f *follower) checkDelivering(ctx context.Context) error {
 	if f.undelivered > f.assigned.Seq {
 		return fmt.Errorf("the consumer of %s delivered nothing for %s, while the stream held change %d: %w",
