@@ -336,6 +336,8 @@ func (p *Planner) waitWatermark(ctx context.Context, job string, minSeq uint64) 
 // warns of it, and then how often it warns again.
 var slowWatermark = 30 * time.Second
 
+// warnWhileWaiting logs, every slowWatermark until done is closed or ctx
+// ends, that the job waits for change minSeq, and where ingest stands.
 func (p *Planner) warnWhileWaiting(ctx context.Context, done <-chan struct{}, job string, minSeq uint64) {
 	start := time.Now()
 	tick := time.NewTicker(slowWatermark)
