@@ -400,31 +400,6 @@ func TestPlannerWatermark(t *testing.T) {
 	}
 }
 
-// waitWarnings records the planner's warnings of kick-offs waiting for
-// ingest, with their attributes.
-type waitWarnings struct {
-	mu  *sync.Mutex
-	got *[]map[string]string
-}
-
-func (h waitWarnings) Enabled(context.Context, slog.Level) bool { return true }
-func (h waitWarnings) WithAttrs([]slog.Attr) slog.Handler       { return h }
-func (h waitWarnings) WithGroup(string) slog.Handler            { return h }
-func (h waitWarnings) Handle(_ context.Context, r slog.Record) error {
-	if r.Level != slog.LevelWarn || r.Message != "export waits for its changes to be ingested" {
-		return nil
-	}
-	attrs := map[string]string{}
-	r.Attrs(func(a slog.Attr) bool {
-		attrs[a.Key] = a.Value.String()
-		return true
-	})
-	h.mu.Lock()
-	*h.got = append(*h.got, attrs)
-	h.mu.Unlock()
-	return nil
-}
-
 // TestPlannerWarnsOfAnExportWaitingForIngest: a kick-off whose changes are
 // not ingested yet does not wait in silence: the planner warns, while it
 // waits, which export waits, for which change, and where ingest stands.
@@ -435,10 +410,9 @@ func TestPlannerWarnsOfAnExportWaitingForIngest(t *testing.T) {
 	e := newEnv(t)
 	cfg := testConfig()
 	cfg.WatermarkTimeout = 3 * time.Second
-	var mu sync.Mutex
-	var got []map[string]string
+	warnings := newLogged("export waits for its changes to be ingested")
 	p, err := planner.New(cfg, planner.Deps{
-		JS: e.JS, Store: e.store, Log: slog.New(waitWarnings{mu: &mu, got: &got}),
+		JS: e.JS, Store: e.store, Log: slog.New(warnings),
 		Tracer: tracenoop.NewTracerProvider(), Meter: metricnoop.NewMeterProvider(),
 	})
 	if err != nil {
@@ -455,14 +429,10 @@ func TestPlannerWarnsOfAnExportWaitingForIngest(t *testing.T) {
 	}
 	publish(t, e, streams.SubjectJobSubmit("job1"), nil)
 	testenv.Eventually(t, 10*time.Second, "a warning of the wait", func() bool {
-		mu.Lock()
-		defer mu.Unlock()
-		return len(got) > 0
+		return len(warnings.records()) > 0
 	})
-	mu.Lock()
-	w := got[0]
-	mu.Unlock()
-	if w["job"] != "job1" || w["needs_seq"] != "7" || w["ingested_seq"] != "4" || w["waited"] == "" {
+	w := warnings.records()[0]
+	if w["level"] != "WARN" || w["job"] != "job1" || w["needs_seq"] != "7" || w["ingested_seq"] != "4" || w["waited"] == "" {
 		t.Errorf("warning %v, want job1 waiting for change 7 with ingest at 4", w)
 	}
 	testenv.Eventually(t, 10*time.Second, "the export to fail when the wait times out", func() bool {
@@ -666,21 +636,40 @@ func TestPlannerCompletesJobWhoseTasksFinishedBeforeThePlanWasRecorded(t *testin
 	}
 }
 
-// completions counts the "export complete" records a planner logs.
-type completions struct {
-	mu *sync.Mutex
-	n  *int
+// logged records what a planner logs with one message: each record's
+// attributes, and its level as "level".
+type logged struct {
+	msg string
+	mu  *sync.Mutex
+	got *[]map[string]string
 }
 
-func (h completions) Enabled(context.Context, slog.Level) bool { return true }
-func (h completions) WithAttrs([]slog.Attr) slog.Handler       { return h }
-func (h completions) WithGroup(string) slog.Handler            { return h }
-func (h completions) Handle(_ context.Context, r slog.Record) error {
-	if r.Message == "export complete" {
-		h.mu.Lock()
-		*h.n++
-		h.mu.Unlock()
+func newLogged(msg string) logged {
+	return logged{msg: msg, mu: &sync.Mutex{}, got: &[]map[string]string{}}
+}
+
+// records are the records logged so far.
+func (h logged) records() []map[string]string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return slices.Clone(*h.got)
+}
+
+func (h logged) Enabled(context.Context, slog.Level) bool { return true }
+func (h logged) WithAttrs([]slog.Attr) slog.Handler       { return h }
+func (h logged) WithGroup(string) slog.Handler            { return h }
+func (h logged) Handle(_ context.Context, r slog.Record) error {
+	if r.Message != h.msg {
+		return nil
 	}
+	attrs := map[string]string{"level": r.Level.String()}
+	r.Attrs(func(a slog.Attr) bool {
+		attrs[a.Key] = a.Value.String()
+		return true
+	})
+	h.mu.Lock()
+	*h.got = append(*h.got, attrs)
+	h.mu.Unlock()
 	return nil
 }
 
@@ -702,10 +691,9 @@ func TestPlannerCompletesAnExportOnce(t *testing.T) {
 			Files: []streams.File{{Name: task + ".ndjson", Type: "Patient", Count: 1}}})
 		publish(t, e, streams.SubjectJobDone(id), []byte(task))
 	}
-	var mu sync.Mutex
-	var n int
+	completions := newLogged("export complete")
 	p, err := planner.New(testConfig(), planner.Deps{
-		JS: e.JS, Store: e.store, Log: slog.New(completions{&mu, &n}),
+		JS: e.JS, Store: e.store, Log: slog.New(completions),
 		Tracer: tracenoop.NewTracerProvider(), Meter: metricnoop.NewMeterProvider(),
 	})
 	if err != nil {
@@ -729,7 +717,7 @@ func TestPlannerCompletesAnExportOnce(t *testing.T) {
 	if j := getJob(t, e, id); j.Status != streams.JobComplete || j.TasksDone != tasks {
 		t.Fatalf("job %s with %d of %d tasks done, want complete", j.Status, j.TasksDone, tasks)
 	}
-	if n != 1 {
+	if n := len(completions.records()); n != 1 {
 		t.Errorf("the export was reported complete %d times, want once", n)
 	}
 	// Concurrent assemblies never rewrite one object (a status request
