@@ -38,8 +38,14 @@ func newEnv(t testing.TB) env {
 // runPlanner runs a planner until the test ends and checks it stops cleanly.
 func runPlanner(t testing.TB, e env, cfg planner.Config) {
 	t.Helper()
+	runPlannerLogging(t, e, cfg, testenv.Logger(t))
+}
+
+// runPlannerLogging is runPlanner, logging to log.
+func runPlannerLogging(t testing.TB, e env, cfg planner.Config, log *slog.Logger) {
+	t.Helper()
 	p, err := planner.New(cfg, planner.Deps{
-		JS: e.JS, Store: e.store, Log: testenv.Logger(t),
+		JS: e.JS, Store: e.store, Log: log,
 		Tracer: tracenoop.NewTracerProvider(), Meter: metricnoop.NewMeterProvider(),
 	})
 	if err != nil {
@@ -411,17 +417,7 @@ func TestPlannerWarnsOfAnExportWaitingForIngest(t *testing.T) {
 	cfg := testConfig()
 	cfg.WatermarkTimeout = 3 * time.Second
 	warnings := newLogged("export waits for its changes to be ingested")
-	p, err := planner.New(cfg, planner.Deps{
-		JS: e.JS, Store: e.store, Log: slog.New(warnings),
-		Tracer: tracenoop.NewTracerProvider(), Meter: metricnoop.NewMeterProvider(),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan error, 1)
-	go func() { done <- p.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	runPlannerLogging(t, e, cfg, slog.New(warnings))
 
 	setWatermark(t, e, streams.Watermark{Seq: 4, Stamp: time.Unix(1000, 0).UTC()})
 	if err := e.Jobs.Create(t.Context(), newJob("job1", 7)); err != nil {
