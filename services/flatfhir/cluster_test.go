@@ -151,7 +151,7 @@ func TestCluster(t *testing.T) {
 				// Not a failure (every round was verified), but the cause
 				// of a slow recovery is in what the engine logged.
 				t.Logf("%s: the run took %.0fs longer than without failures; what the engine warned of meanwhile:\n%s",
-					k.name, (d - baseline).Seconds(), engineWarnings(c, start))
+					k.name, (d - baseline).Seconds(), engineLog(c, start, false))
 			}
 			t.Logf("%s: the chained run took %.1fs, %.1fs more than without failures (the outage lasted %s); "+
 				"%d requests sent again after 503 or 429, %d transient status answers waited out; every round verified",
@@ -168,12 +168,6 @@ func TestCluster(t *testing.T) {
 			t.Errorf("an export after the restart holds %d resources, %d before", after, before)
 		}
 	})
-}
-
-// engineWarnings is what the engine's processes logged at WARN or ERROR
-// since start, the last 30 lines of each.
-func engineWarnings(c *flatfhir.Cluster, start time.Time) string {
-	return engineLog(c, start, false)
 }
 
 // engineLog is the last 30 lines each process logged since start: at

@@ -353,7 +353,7 @@ func (c *claims) record(p int, st streams.PartitionState, rev uint64, hold bool)
 
 // write sets held partition p's owner to owner ("" releases it) and, when
 // wm is not nil, its watermark. A lost compare-and-set means another
-// ingester took the partition over: ErrLeaseLost.
+// ingester took the partition over: errClaimLost.
 func (c *claims) write(ctx context.Context, p int, owner string, wm *streams.Watermark) error {
 	c.mu.Lock()
 	v := c.parts[p]
