@@ -26,6 +26,7 @@ type fileSet struct {
 	attempt uint64
 	// compress stores the files gzip-compressed (docs/adr/0009).
 	compress bool
+	chunk    uint32 // the objects' chunk size; 0 for the client's default
 	token    string
 	open     map[string]*file // by file prefix
 	parts    map[string]int
@@ -46,8 +47,8 @@ type file struct {
 	bytes int64
 }
 
-func newFileSet(store jetstream.ObjectStore, task streams.Task, attempt uint64, compress bool) *fileSet {
-	return &fileSet{store: store, task: task, attempt: attempt, compress: compress, token: attemptToken(),
+func newFileSet(store jetstream.ObjectStore, task streams.Task, attempt uint64, compress bool, chunk uint32) *fileSet {
+	return &fileSet{store: store, task: task, attempt: attempt, compress: compress, chunk: chunk, token: attemptToken(),
 		open: map[string]*file{}, parts: map[string]int{}}
 }
 
@@ -108,6 +109,9 @@ func (s *fileSet) start(ctx context.Context, name, kind, typ string) *file {
 	f := &file{name: name, kind: kind, typ: typ, pw: pw, done: make(chan error, 1)}
 	obj := streams.ObjectName(s.task.JobID, name)
 	meta := jetstream.ObjectMeta{Name: obj}
+	if s.chunk > 0 {
+		meta.Opts = &jetstream.ObjectMetaOptions{ChunkSize: s.chunk}
+	}
 	if s.compress {
 		f.gz, _ = gzip.NewWriterLevel(pw, gzipLevel) // a valid level never errs
 		f.buf = bufio.NewWriterSize(f.gz, 256<<10)
@@ -117,11 +121,25 @@ func (s *fileSet) start(ctx context.Context, name, kind, typ string) *file {
 	}
 	s.written = append(s.written, obj)
 	go func() {
-		_, err := s.store.Put(ctx, meta, pr)
+		_, err := s.store.Put(ctx, meta, fullReads{pr})
 		pr.CloseWithError(err) // unblocks the writer side if Put stopped early
 		f.done <- err
 	}()
 	return f
+}
+
+// fullReads fills each read whole, short only at the end: the object
+// store cuts a chunk per read, and a pipe's read returns one write, which
+// may be far smaller than a chunk (the gzip writer's are a few hundred
+// bytes).
+type fullReads struct{ r io.Reader }
+
+func (f fullReads) Read(p []byte) (int, error) {
+	n, err := io.ReadFull(f.r, p)
+	if err == io.ErrUnexpectedEOF {
+		err = io.EOF
+	}
+	return n, err
 }
 
 // finish ends a file and, when it is compressed, stores its decompressed

@@ -231,7 +231,7 @@ func (w *Writer) write(ctx context.Context, task streams.Task, attempt uint64) e
 	if err != nil {
 		return err
 	}
-	out := newFileSet(w.files, task, attempt, w.cfg.CompressFiles)
+	out := newFileSet(w.files, task, attempt, w.cfg.CompressFiles, streams.FileChunk(w.deps.JS.Conn().MaxPayload()))
 	if err := writeAll(ctx, ps, att, out); err != nil {
 		out.abort(context.WithoutCancel(ctx))
 		return err
