@@ -114,7 +114,7 @@ func (h *harness) setUp(ctx context.Context) error {
 		Patients: o.Patients, EstimatedResources: synth.Estimate(synth.Config{Patients: o.Patients, Seed: o.Seed}),
 		Writers: o.Writers, Ingesters: o.Ingesters, Runs: o.Runs, Gzip: o.Gzip, ChunkResources: o.ChunkResources,
 		DownloadParallel: o.DownloadParallel, PollIntervalMillis: o.PollInterval.Milliseconds(),
-		GoVersion: runtime.Version(), CPUs: runtime.NumCPU(), FileGzip: o.FileGzip,
+		GoVersion: runtime.Version(), CPUs: runtime.NumCPU(), FileGzip: !o.FilePlain,
 	}
 	root := o.RepoRoot
 	if root == "" {
@@ -191,7 +191,7 @@ func (h *harness) setUp(ctx context.Context) error {
 			"FLATFHIR_DATA_DIR":        filepath.Join(h.dir, "logs"),
 			"FLATFHIR_SAMPLE_PATIENTS": "0",
 		}
-		env["FLATFHIR_FILE_COMPRESSION"] = fileCompression(o.FileGzip)
+		env["FLATFHIR_FILE_COMPRESSION"] = fileCompression(o.FilePlain)
 		if o.Retention > 0 {
 			env["FLATFHIR_RETENTION"] = o.Retention.String()
 		}
@@ -228,7 +228,7 @@ func (h *harness) setUpCluster(ctx context.Context, bin string) error {
 		Writers: 2, Ingesters: max(2, h.opts.Ingesters),
 		Env: []string{
 			"FLATFHIR_WRITERS=" + strconv.Itoa(max(1, h.opts.Writers/2)), "FLATFHIR_LOG_LEVEL=warn",
-			"FLATFHIR_POLL_RATE=0", "FLATFHIR_SAMPLE_PATIENTS=0", "FLATFHIR_FILE_COMPRESSION=" + fileCompression(h.opts.FileGzip),
+			"FLATFHIR_POLL_RATE=0", "FLATFHIR_SAMPLE_PATIENTS=0", "FLATFHIR_FILE_COMPRESSION=" + fileCompression(h.opts.FilePlain),
 		},
 	}, h.log)
 	if err != nil {
@@ -574,9 +574,9 @@ func randomHex(n int) string {
 }
 
 // fileCompression is FLATFHIR_FILE_COMPRESSION for the option.
-func fileCompression(gz bool) string {
-	if gz {
-		return "gzip"
+func fileCompression(plain bool) string {
+	if plain {
+		return "none"
 	}
-	return "none"
+	return "gzip"
 }

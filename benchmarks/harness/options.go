@@ -76,9 +76,10 @@ type Options struct {
 	// as a supervisor would: the report gives the export's extra seconds
 	// over the median, and the export is verified like the others.
 	KillWriter bool
-	// FileGzip has the writers store export files gzip-compressed
-	// (FLATFHIR_FILE_COMPRESSION=gzip, docs/adr/0009).
-	FileGzip bool
+	// FilePlain has the writers store export files plain
+	// (FLATFHIR_FILE_COMPRESSION=none) instead of gzip-compressed, the
+	// engine's default (docs/adr/0009).
+	FilePlain bool
 	// Soak, when positive, replaces the timed exports with a soak of that
 	// length after the ingest (soak.go): ingest, FHIR writes, exports at
 	// all three levels, _since chains, pollers and cancellations at once,

@@ -13,8 +13,9 @@ import (
 )
 
 // TestE2EFilesStoredCompressed: with writers storing files gzip-compressed
-// (FLATFHIR_FILE_COMPRESSION=gzip), an export reads the same to every
-// client: plain, gzip-accepting (the stored bytes) and by byte ranges.
+// (FLATFHIR_FILE_COMPRESSION=gzip, the default), an export reads the same
+// to every client: plain, gzip-accepting (the stored bytes) and by byte
+// ranges.
 func TestE2EFilesStoredCompressed(t *testing.T) {
 	base := startEngineWith(t, func(tu *flatfhir.Tuning) { tu.Writer.CompressFiles = true })
 	want := ingestSample(t, base)

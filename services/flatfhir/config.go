@@ -81,8 +81,9 @@ type Config struct {
 	TLSKey  string
 	// OTLPEndpoint receives traces and metrics when set.
 	OTLPEndpoint string
-	// FileCompression is how writers store export files: "none" or
-	// "gzip" (FLATFHIR_FILE_COMPRESSION, docs/adr/0009).
+	// FileCompression is how writers store export files: "gzip" (the
+	// default) or "none" (FLATFHIR_FILE_COMPRESSION, docs/adr/0009); empty
+	// leaves the writer's Tuning as it is.
 	FileCompression string
 	// DiskReserve is the space, in bytes, the one-machine engine keeps free
 	// on the disk of its NATS server (FLATFHIR_NATS_DISK_RESERVE_MIB, 1024,
@@ -120,7 +121,7 @@ func FromLookup(lookup func(key string) (string, bool)) (Config, error) {
 		OTLPEndpoint:       l.str("FLATFHIR_OTLP_ENDPOINT", ""),
 		DebugListen:        l.str("FLATFHIR_DEBUG_LISTEN", ""),
 		MetricsListen:      l.str("FLATFHIR_METRICS_LISTEN", ""),
-		FileCompression:    l.str("FLATFHIR_FILE_COMPRESSION", "none"),
+		FileCompression:    l.str("FLATFHIR_FILE_COMPRESSION", "gzip"),
 		LogLevel:           l.str("FLATFHIR_LOG_LEVEL", "info"),
 	}
 	var errs []error

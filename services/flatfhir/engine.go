@@ -199,8 +199,11 @@ func (e *Engine) build(ctx context.Context, tune Tuning, sc streams.Config) erro
 		if tune.Writer.MaxDeliver == 0 {
 			cfg.MaxDeliver = sc.TaskMaxDeliver // the consumer's
 		}
-		if e.cfg.FileCompression == "gzip" {
+		switch e.cfg.FileCompression {
+		case "gzip":
 			cfg.CompressFiles = true
+		case "none":
+			cfg.CompressFiles = false
 		}
 		for i := range e.cfg.Writers {
 			w, err := writer.New(cfg, writer.Deps{JS: e.js, Store: e.store, Log: e.log.With("service", "writer", "writer", i), Tracer: tp, Meter: mp})

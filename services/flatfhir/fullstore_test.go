@@ -101,6 +101,9 @@ func startFullStoreEngine(t *testing.T, dataDir string, diskReserve int64) fullS
 	cfg := flatfhir.Config{
 		Role: flatfhir.RoleAll, DataDir: dataDir, Listen: "127.0.0.1:0", NATSPort: port, DiskReserve: diskReserve,
 		ClickHouseAddr: ch.Addr[0], ClickHouseDatabase: ch.Database, Writers: 1, Replicas: 1, PollRate: 0,
+		// Files stored plain: the export stores its 1 MB of NDJSON, which
+		// its repetitive Patients would shrink a hundredfold compressed.
+		FileCompression: "none",
 	}
 	pc := planner.DefaultConfig()
 	pc.TaskRows, pc.MaxFileResources = 1000, 500

@@ -39,12 +39,64 @@ type file struct {
 	name  string
 	kind  string // streams.KindOutput or KindDeleted
 	typ   string
-	pw    *io.PipeWriter
-	gz    *gzip.Writer // nil when stored plain
-	buf   *bufio.Writer
-	done  chan error
+	lines *bufio.Writer // the NDJSON, buffered
+	gz    *gzip.Writer  // nil when stored plain
+	out   *spool        // what is stored: the NDJSON or its gzip stream
 	count int
 	bytes int64
+}
+
+// spool holds the bytes of a file to store until they fill a chunk; a file
+// that ends before is stored in one message of its own size, with its
+// headers complete. A larger file is streamed to the object store, in
+// whole chunks, from then on. So an open file costs what it holds, and a
+// task of many small types (a packed _since task) many small buffers
+// rather than a chunk each.
+type spool struct {
+	chunk   int // the size that starts streaming
+	pending []byte
+	// Once streaming:
+	pw   *io.PipeWriter
+	out  *bufio.Writer // over pw: the gzip writer's writes are small
+	done chan error
+	// put stores a streamed file, on a goroutine of its own.
+	put func(r io.Reader) error
+}
+
+func (p *spool) Write(b []byte) (int, error) {
+	if p.pw != nil {
+		return p.out.Write(b)
+	}
+	p.pending = append(p.pending, b...)
+	if len(p.pending) >= p.chunk {
+		pr, pw := io.Pipe()
+		p.pw, p.out, p.done = pw, bufio.NewWriterSize(pw, 64<<10), make(chan error, 1)
+		held := p.pending
+		p.pending = nil
+		go func() {
+			err := p.put(fullReads{io.MultiReader(bytes.NewReader(held), pr)})
+			pr.CloseWithError(err) // unblocks the writer side if Put stopped early
+			p.done <- err
+		}()
+	}
+	return len(b), nil
+}
+
+// streaming tells whether the spool's bytes went to a Put already.
+func (p *spool) streaming() bool { return p.pw != nil }
+
+// end ends a streaming Put, with the error that stops it if err is not
+// nil, and returns the Put's error.
+func (p *spool) end(err error) error {
+	if err == nil {
+		err = p.out.Flush()
+	}
+	if err != nil {
+		p.pw.CloseWithError(err)
+	} else {
+		p.pw.Close()
+	}
+	return <-p.done
 }
 
 func newFileSet(store jetstream.ObjectStore, task streams.Task, attempt uint64, compress bool, chunk uint32) *fileSet {
@@ -76,10 +128,10 @@ func (s *fileSet) write(ctx context.Context, typ, kind string, line []byte) erro
 		f = s.start(ctx, name, kind, fileType)
 		s.open[key] = f
 	}
-	if _, err := f.buf.Write(line); err != nil {
+	if _, err := f.lines.Write(line); err != nil {
 		return fmt.Errorf("write %s: %w", f.name, err)
 	}
-	if err := f.buf.WriteByte('\n'); err != nil {
+	if err := f.lines.WriteByte('\n'); err != nil {
 		return fmt.Errorf("write %s: %w", f.name, err)
 	}
 	f.count++
@@ -104,34 +156,46 @@ func (s *fileSet) writeDeleted(ctx context.Context, typ, id string) error {
 // shrinks FHIR JSON several times over.
 const gzipLevel = gzip.BestSpeed
 
+// defaultChunk is the object store client's chunk size, used when the
+// server takes no larger (streams.FileChunk).
+const defaultChunk = 128 << 10
+
 func (s *fileSet) start(ctx context.Context, name, kind, typ string) *file {
-	pr, pw := io.Pipe()
-	f := &file{name: name, kind: kind, typ: typ, pw: pw, done: make(chan error, 1)}
-	obj := streams.ObjectName(s.task.JobID, name)
-	meta := jetstream.ObjectMeta{Name: obj}
+	f := &file{name: name, kind: kind, typ: typ, out: &spool{chunk: defaultChunk}}
+	if s.chunk > 0 {
+		f.out.chunk = int(s.chunk)
+	}
+	if s.compress {
+		f.gz, _ = gzip.NewWriterLevel(f.out, gzipLevel) // a valid level never errs
+		f.lines = bufio.NewWriterSize(f.gz, 64<<10)
+	} else {
+		f.lines = bufio.NewWriterSize(f.out, 64<<10)
+	}
+	meta := s.meta(f)
 	if s.chunk > 0 {
 		meta.Opts = &jetstream.ObjectMetaOptions{ChunkSize: s.chunk}
 	}
-	if s.compress {
-		f.gz, _ = gzip.NewWriterLevel(pw, gzipLevel) // a valid level never errs
-		f.buf = bufio.NewWriterSize(f.gz, 256<<10)
-		meta.Headers = nats.Header{streams.HeaderContentEncoding: []string{"gzip"}}
-	} else {
-		f.buf = bufio.NewWriterSize(pw, 256<<10)
+	f.out.put = func(r io.Reader) error {
+		_, err := s.store.Put(ctx, meta, r)
+		return err
 	}
-	s.written = append(s.written, obj)
-	go func() {
-		_, err := s.store.Put(ctx, meta, fullReads{pr})
-		pr.CloseWithError(err) // unblocks the writer side if Put stopped early
-		f.done <- err
-	}()
+	s.written = append(s.written, meta.Name) // abort deletes it, stored or not
 	return f
+}
+
+// meta is the object's metadata: its name and, when it is compressed, its
+// encoding, and once the file is complete its decompressed size.
+func (s *fileSet) meta(f *file) jetstream.ObjectMeta {
+	meta := jetstream.ObjectMeta{Name: streams.ObjectName(s.task.JobID, f.name)}
+	if f.gz != nil {
+		meta.Headers = nats.Header{streams.HeaderContentEncoding: []string{"gzip"}}
+	}
+	return meta
 }
 
 // fullReads fills each read whole, short only at the end: the object
 // store cuts a chunk per read, and a pipe's read returns one write, which
-// may be far smaller than a chunk (the gzip writer's are a few hundred
-// bytes).
+// may be far smaller than a chunk.
 type fullReads struct{ r io.Reader }
 
 func (f fullReads) Read(p []byte) (int, error) {
@@ -142,33 +206,41 @@ func (f fullReads) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// finish ends a file and, when it is compressed, stores its decompressed
-// size with it. Until then the object cannot be served (its size is
-// missing), but no result names it yet either.
+// finish ends a file and stores it: in one message when it never filled a
+// chunk, else by ending its stream and then storing its decompressed size
+// with it when it is compressed. Until then the object cannot be served
+// (its size is missing), but no result names it yet either.
 func (s *fileSet) finish(ctx context.Context, f *file) error {
-	err := f.buf.Flush()
+	err := f.lines.Flush()
 	if err == nil && f.gz != nil {
 		err = f.gz.Close()
 	}
-	if err != nil {
-		f.pw.CloseWithError(err)
+	if !f.out.streaming() {
+		if err != nil {
+			return fmt.Errorf("write %s: %w", f.name, err)
+		}
+		meta := s.meta(f)
+		if f.gz != nil {
+			meta.Headers.Set(streams.HeaderIdentityLength, strconv.FormatInt(f.bytes, 10))
+		}
+		meta.Opts = &jetstream.ObjectMetaOptions{ChunkSize: uint32(max(len(f.out.pending), 1))}
+		if _, err := s.store.Put(ctx, meta, bytes.NewReader(f.out.pending)); err != nil {
+			return fmt.Errorf("store %s: %w", f.name, err)
+		}
+		f.out.pending = nil
 	} else {
-		f.pw.Close()
-	}
-	if perr := <-f.done; perr != nil {
-		return fmt.Errorf("store %s: %w", f.name, perr)
-	}
-	if err != nil {
-		return fmt.Errorf("write %s: %w", f.name, err)
-	}
-	if f.gz != nil {
-		obj := streams.ObjectName(s.task.JobID, f.name)
-		meta := jetstream.ObjectMeta{Name: obj, Headers: nats.Header{
-			streams.HeaderContentEncoding: []string{"gzip"},
-			streams.HeaderIdentityLength:  []string{strconv.FormatInt(f.bytes, 10)},
-		}}
-		if err := s.store.UpdateMeta(ctx, obj, meta); err != nil {
-			return fmt.Errorf("store the size of %s: %w", f.name, err)
+		if perr := f.out.end(err); perr != nil {
+			return fmt.Errorf("store %s: %w", f.name, perr)
+		}
+		if err != nil {
+			return fmt.Errorf("write %s: %w", f.name, err)
+		}
+		if f.gz != nil {
+			meta := s.meta(f)
+			meta.Headers.Set(streams.HeaderIdentityLength, strconv.FormatInt(f.bytes, 10))
+			if err := s.store.UpdateMeta(ctx, meta.Name, meta); err != nil {
+				return fmt.Errorf("store the size of %s: %w", f.name, err)
+			}
 		}
 	}
 	s.files = append(s.files, streams.File{Name: f.name, Kind: f.kind, Type: f.typ, Count: f.count, Bytes: f.bytes})
@@ -214,8 +286,9 @@ func (s *fileSet) close(ctx context.Context) error {
 func (s *fileSet) abort(ctx context.Context) {
 	for key, f := range s.open {
 		delete(s.open, key)
-		f.pw.CloseWithError(context.Canceled)
-		<-f.done
+		if f.out.streaming() {
+			_ = f.out.end(context.Canceled)
+		}
 	}
 	for _, name := range s.written {
 		_ = s.store.Delete(ctx, name)

@@ -3,63 +3,134 @@ package writer
 import (
 	"bytes"
 	"fmt"
+	"math/rand/v2"
+	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/flatfhir/flatfhir/streams"
 	"github.com/flatfhir/flatfhir/streams/streamstest"
 )
 
-// TestFilesAreStoredInWholeLargeChunks: with a large chunk size, a file
-// written a line at a time is stored in chunks of that size, the last
-// one short, whatever the size of the buffered writes that carry it; and
-// it reads back as written, plain or compressed.
-func TestFilesAreStoredInWholeLargeChunks(t *testing.T) {
+// TestFilesAreStoredInWholeChunks: a file written a line at a time is
+// stored in chunks of the configured size (1 MiB where the server allows,
+// else the client's 128 KiB), the last one short, whatever the size of the
+// writes that carry it, compressed or not; a file smaller than a chunk is
+// one message, its headers complete. Each reads back as written.
+func TestFilesAreStoredInWholeChunks(t *testing.T) {
 	bus := streamstest.New(t)
 	ctx := t.Context()
-	chunk := streams.FileChunk(8 << 20)
-	if chunk != 1<<20 {
-		t.Fatalf("FileChunk(8 MiB) = %d, want 1 MiB", chunk)
+	if got := streams.FileChunk(8 << 20); got != 1<<20 {
+		t.Fatalf("FileChunk(8 MiB) = %d, want 1 MiB", got)
 	}
 	if got := streams.FileChunk(1 << 20); got != 0 {
 		t.Errorf("FileChunk(1 MiB) = %d, want the client's default (0): a 1 MiB chunk and its headers do not fit", got)
 	}
-	task := streams.Task{JobID: "j", TaskID: "00001", Type: "Observation", MaxFileResources: 1 << 30, MaxFileBytes: 1 << 30}
-	var want bytes.Buffer
-	for i := 0; want.Len() < 5<<19; i++ { // 2.5 MiB
-		fmt.Fprintf(&want, `{"resourceType":"Observation","id":"o%d","note":"%0200d"}`+"\n", i, i)
-	}
-	for _, compress := range []bool{false, true} {
-		s := newFileSet(bus.Files, task, 1, compress, chunk)
-		for _, line := range bytes.SplitAfter(want.Bytes(), []byte("\n")) {
-			if len(line) == 0 {
-				continue
+	ndjson := func(size int) []byte {
+		rnd := rand.New(rand.NewPCG(1, 2)) // notes that compress about twofold only
+		var b bytes.Buffer
+		for i := 0; b.Len() < size; i++ {
+			fmt.Fprintf(&b, `{"resourceType":"Observation","id":"o%d","note":"`, i)
+			for range 20 {
+				fmt.Fprintf(&b, "%016x", rnd.Uint64())
 			}
-			if err := s.write(ctx, "Observation", streams.KindOutput, line[:len(line)-1]); err != nil {
+			b.WriteString("\"}\n")
+		}
+		return b.Bytes()
+	}
+	task := streams.Task{JobID: "j", TaskID: "00001", Type: "Observation", MaxFileResources: 1 << 30, MaxFileBytes: 1 << 30}
+	for _, c := range []struct {
+		name     string
+		chunk    uint32 // the fileSet's
+		size     int    // of the NDJSON
+		compress bool
+		chunks   uint32 // 0: as many as the stored size needs, at least 2
+	}{
+		{"plain, 1 MiB chunks", 1 << 20, 5 << 19, false, 0},
+		{"plain, default chunks", 0, 5 << 19, false, 0},
+		{"plain, smaller than a chunk", 1 << 20, 10 << 10, false, 1},
+		{"gzip, 1 MiB chunks", 1 << 20, 5 << 20, true, 0},
+		{"gzip, smaller than a chunk", 1 << 20, 1 << 20, true, 1},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			want := ndjson(c.size)
+			s := newFileSet(bus.Files, task, 1, c.compress, c.chunk)
+			for _, line := range bytes.SplitAfter(want, []byte("\n")) {
+				if len(line) == 0 {
+					continue
+				}
+				if err := s.write(ctx, "Observation", streams.KindOutput, line[:len(line)-1]); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := s.close(ctx); err != nil {
 				t.Fatal(err)
 			}
-		}
-		if err := s.close(ctx); err != nil {
-			t.Fatal(err)
-		}
-		obj := streams.ObjectName("j", s.files[0].Name)
-		info, err := bus.Files.GetInfo(ctx, obj)
-		if err != nil {
-			t.Fatal(err)
-		}
-		wantChunks := uint32((info.Size + uint64(chunk) - 1) / uint64(chunk))
-		if compress {
-			if info.Chunks != wantChunks {
-				t.Errorf("compressed: %d bytes in %d chunks, want %d", info.Size, info.Chunks, wantChunks)
+			obj := streams.ObjectName("j", s.files[0].Name)
+			info, err := bus.Files.GetInfo(ctx, obj)
+			if err != nil {
+				t.Fatal(err)
 			}
-		} else if info.Size != uint64(want.Len()) || info.Chunks != 3 {
-			t.Errorf("plain: %d bytes in %d chunks, want %d in 3", info.Size, info.Chunks, want.Len())
-		}
-		got, err := streams.ReadFile(ctx, bus.Files, obj)
-		if err != nil {
+			chunk := uint64(c.chunk)
+			if chunk == 0 {
+				chunk = 128 << 10
+			}
+			wantChunks := c.chunks
+			if wantChunks == 0 {
+				wantChunks = uint32((info.Size + chunk - 1) / chunk)
+				if wantChunks < 2 {
+					t.Fatalf("%d bytes stored, not several chunks: the case tests nothing", info.Size)
+				}
+			}
+			if info.Chunks != wantChunks {
+				t.Errorf("%d bytes stored in %d chunks, want %d", info.Size, info.Chunks, wantChunks)
+			}
+			if !c.compress && info.Size != uint64(len(want)) {
+				t.Errorf("stored %d bytes, want %d", info.Size, len(want))
+			}
+			if c.compress && info.Headers.Get(streams.HeaderIdentityLength) != strconv.Itoa(len(want)) {
+				t.Errorf("identity length %q, want %d", info.Headers.Get(streams.HeaderIdentityLength), len(want))
+			}
+			got, err := streams.ReadFile(ctx, bus.Files, obj)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(got, want) {
+				t.Errorf("read back %d bytes, differing from the %d written", len(got), len(want))
+			}
+		})
+	}
+}
+
+// TestAbortStopsFilesBeingStored: an attempt aborted with a file streaming
+// into the object store and another still held in memory ends both, and
+// nothing it began stays stored.
+func TestAbortStopsFilesBeingStored(t *testing.T) {
+	bus := streamstest.New(t)
+	ctx := t.Context()
+	task := streams.Task{JobID: "j", TaskID: "00001", Type: "Observation", MaxFileResources: 1 << 30, MaxFileBytes: 1 << 30}
+	s := newFileSet(bus.Files, task, 1, false, 1<<20)
+	line := []byte(`{"resourceType":"Observation","id":"o","note":"` + strings.Repeat("x", 1000) + `"}`)
+	for range 3000 { // 3 MB: streaming
+		if err := s.write(ctx, "Observation", streams.KindOutput, line); err != nil {
 			t.Fatal(err)
 		}
-		if !bytes.Equal(got, want.Bytes()) {
-			t.Errorf("compress=%v: read back %d bytes, differing from the %d written", compress, len(got), want.Len())
-		}
+	}
+	if err := s.write(ctx, "Patient", streams.KindOutput, []byte(`{"resourceType":"Patient","id":"p"}`)); err != nil {
+		t.Fatal(err)
+	}
+	if !s.open[streams.KindOutput+"/Observation"].out.streaming() || s.open[streams.KindOutput+"/Patient"].out.streaming() {
+		t.Fatal("want the Observations streaming and the Patient held")
+	}
+	s.abort(ctx)
+	if names := bus.ObjectNames(t, "j/"); len(names) != 0 {
+		t.Errorf("stored after the abort: %v", names)
+	}
+	stream, err := bus.JS.Stream(ctx, "OBJ_"+streams.ObjectFiles)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info, err := stream.Info(ctx); err != nil || info.State.Msgs != 0 {
+		t.Errorf("the files' stream holds %d messages after the abort (%v), want none: chunks left behind", info.State.Msgs, err)
 	}
 }

@@ -24,11 +24,11 @@ type Config struct {
 	// tells JetStream it is alive five times per ack wait of the tasks'
 	// consumer (streams.Config.TaskAckWait), and at least this often.
 	CheckEvery time.Duration
-	// CompressFiles stores export files gzip-compressed (ADR 0009): the
-	// object store holds and moves a fraction of the bytes, and the API
-	// sends them as stored to clients that accept gzip. It costs the
-	// writers the compression; on one machine, where everything shares
-	// the CPUs, exports measured slower with it (benchmarks/README.md).
+	// CompressFiles stores export files gzip-compressed (ADR 0009), the
+	// default: the object store holds and moves about a seventh of the
+	// bytes, and the API sends them as stored to clients that accept gzip.
+	// It costs the writers the compression, about what NATS saves on one
+	// machine; the downloads gain the rest (benchmarks/README.md).
 	CompressFiles bool
 	// MaxDeliver must match the consumer's: the last attempt of a failing
 	// task fails the job (status 500 with an OperationOutcome naming the
@@ -38,7 +38,7 @@ type Config struct {
 
 // DefaultConfig returns the defaults.
 func DefaultConfig() Config {
-	return Config{Concurrency: 2, CheckEvery: 2 * time.Second, MaxDeliver: streams.DefaultConfig().TaskMaxDeliver}
+	return Config{Concurrency: 2, CheckEvery: 2 * time.Second, CompressFiles: true, MaxDeliver: streams.DefaultConfig().TaskMaxDeliver}
 }
 
 // Validate checks the configuration.

@@ -50,7 +50,6 @@ func runWriters(t testing.TB, e env, n int) {
 	t.Helper()
 	cfg := writer.DefaultConfig()
 	cfg.CheckEvery = 200 * time.Millisecond
-	cfg.CompressFiles = true // the engine's tests run with files plain
 	runWritersWith(t, e, n, cfg)
 }
 
