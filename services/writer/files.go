@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"strconv"
+	"sync"
 
 	"github.com/klauspost/compress/gzip"
 	"github.com/nats-io/nats.go"
@@ -33,7 +34,16 @@ type fileSet struct {
 	files    []streams.File
 	index    string   // the attachment index's name within the job, if any
 	written  []string // object names, for abort
+	// The files smaller than a chunk being stored (storeSmall).
+	puts   sync.WaitGroup
+	slots  chan struct{}
+	putMu  sync.Mutex
+	putErr error
 }
+
+// smallPuts bounds the files smaller than a chunk that one attempt stores
+// at once, and so the memory they hold.
+const smallPuts = 8
 
 type file struct {
 	name  string
@@ -101,7 +111,7 @@ func (p *spool) end(err error) error {
 
 func newFileSet(store jetstream.ObjectStore, task streams.Task, attempt uint64, compress bool, chunk uint32) *fileSet {
 	return &fileSet{store: store, task: task, attempt: attempt, compress: compress, chunk: chunk, token: attemptToken(),
-		open: map[string]*file{}, parts: map[string]int{}}
+		open: map[string]*file{}, parts: map[string]int{}, slots: make(chan struct{}, smallPuts)}
 }
 
 // attemptToken is a short random name for one attempt. Delivery counts
@@ -207,8 +217,8 @@ func (f fullReads) Read(p []byte) (int, error) {
 }
 
 // finish ends a file and stores it: in one message when it never filled a
-// chunk, else by ending its stream and then storing its decompressed size
-// with it when it is compressed. Until then the object cannot be served
+// chunk (storeSmall, which close waits for), else by ending its stream and
+// then storing its decompressed size with it when it is compressed. Until then the object cannot be served
 // (its size is missing), but no result names it yet either.
 func (s *fileSet) finish(ctx context.Context, f *file) error {
 	err := f.lines.Flush()
@@ -224,9 +234,7 @@ func (s *fileSet) finish(ctx context.Context, f *file) error {
 			meta.Headers.Set(streams.HeaderIdentityLength, strconv.FormatInt(f.bytes, 10))
 		}
 		meta.Opts = &jetstream.ObjectMetaOptions{ChunkSize: uint32(max(len(f.out.pending), 1))}
-		if _, err := s.store.Put(ctx, meta, bytes.NewReader(f.out.pending)); err != nil {
-			return fmt.Errorf("store %s: %w", f.name, err)
-		}
+		s.storeSmall(ctx, f.name, meta, f.out.pending)
 		f.out.pending = nil
 	} else {
 		if perr := f.out.end(err); perr != nil {
@@ -271,15 +279,43 @@ func (s *fileSet) writeIndex(ctx context.Context, ids []string) error {
 	return nil
 }
 
-// close finishes every open file.
+// storeSmall stores a file smaller than a chunk, in one message, on a
+// goroutine of its own: a task of many small files (a packed _since task,
+// a type per file) waits for their round trips to the object store once,
+// not once per file. At most smallPuts are in flight; close waits for all.
+func (s *fileSet) storeSmall(ctx context.Context, name string, meta jetstream.ObjectMeta, data []byte) {
+	s.slots <- struct{}{}
+	s.puts.Go(func() {
+		defer func() { <-s.slots }()
+		if _, err := s.store.Put(ctx, meta, bytes.NewReader(data)); err != nil {
+			s.putMu.Lock()
+			defer s.putMu.Unlock()
+			if s.putErr == nil {
+				s.putErr = fmt.Errorf("store %s: %w", name, err)
+			}
+		}
+	})
+}
+
+// stored waits for the small files being stored and returns the first
+// error of any.
+func (s *fileSet) stored() error {
+	s.puts.Wait()
+	s.putMu.Lock()
+	defer s.putMu.Unlock()
+	return s.putErr
+}
+
+// close finishes every open file and waits until every file is stored.
 func (s *fileSet) close(ctx context.Context) error {
 	for key, f := range s.open {
 		delete(s.open, key)
 		if err := s.finish(ctx, f); err != nil {
+			_ = s.stored()
 			return err
 		}
 	}
-	return nil
+	return s.stored()
 }
 
 // abort stops open files and deletes everything this attempt stored.
@@ -290,6 +326,7 @@ func (s *fileSet) abort(ctx context.Context) {
 			_ = f.out.end(context.Canceled)
 		}
 	}
+	_ = s.stored()
 	for _, name := range s.written {
 		_ = s.store.Delete(ctx, name)
 	}

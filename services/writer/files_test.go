@@ -2,11 +2,16 @@ package writer
 
 import (
 	"bytes"
+	"context"
+	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/flatfhir/flatfhir/streams"
 	"github.com/flatfhir/flatfhir/streams/streamstest"
@@ -132,5 +137,67 @@ func TestAbortStopsFilesBeingStored(t *testing.T) {
 	}
 	if info, err := stream.Info(ctx); err != nil || info.State.Msgs != 0 {
 		t.Errorf("the files' stream holds %d messages after the abort (%v), want none: chunks left behind", info.State.Msgs, err)
+	}
+}
+
+// failingPuts is an object store whose Put of one object fails.
+type failingPuts struct {
+	jetstream.ObjectStore
+	fail string
+}
+
+func (f failingPuts) Put(ctx context.Context, meta jetstream.ObjectMeta, r io.Reader) (*jetstream.ObjectInfo, error) {
+	if strings.Contains(meta.Name, f.fail) {
+		return nil, errors.New("no space left")
+	}
+	return f.ObjectStore.Put(ctx, meta, r)
+}
+
+// TestSmallFilesAreStoredTogether: a task of many small files (a packed
+// _since task) stores them all, each complete, and close returns only
+// once they are; the failure of one of them fails close, naming the file.
+func TestSmallFilesAreStoredTogether(t *testing.T) {
+	bus := streamstest.New(t)
+	ctx := t.Context()
+	task := streams.Task{JobID: "j", TaskID: "00001", MaxFileResources: 1 << 30, MaxFileBytes: 1 << 30}
+	types := make([]string, 30)
+	for i := range types {
+		types[i] = fmt.Sprintf("Type%02d", i)
+	}
+	write := func(s *fileSet) {
+		t.Helper()
+		for _, typ := range types {
+			for i := range 3 {
+				if err := s.write(ctx, typ, streams.KindOutput, fmt.Appendf(nil, `{"resourceType":%q,"id":"r%d"}`, typ, i)); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+	}
+	s := newFileSet(bus.Files, task, 1, true, 1<<20)
+	write(s)
+	if err := s.close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if len(s.files) != len(types) {
+		t.Fatalf("%d files, want %d", len(s.files), len(types))
+	}
+	for _, f := range s.files {
+		got, err := streams.ReadFile(ctx, bus.Files, streams.ObjectName("j", f.Name))
+		if err != nil || strings.Count(string(got), "\n") != 3 {
+			t.Errorf("%s: %q, %v; want its 3 lines", f.Name, got, err)
+		}
+	}
+
+	bad := newFileSet(failingPuts{ObjectStore: bus.Files, fail: "Type17-"}, task, 2, true, 1<<20)
+	write(bad)
+	if err := bad.close(ctx); err == nil || !strings.Contains(err.Error(), "Type17-") || !strings.Contains(err.Error(), "no space left") {
+		t.Errorf("close with a file that could not be stored: %v, want an error naming it", err)
+	}
+	bad.abort(ctx)
+	for _, name := range bus.ObjectNames(t, "j/") {
+		if strings.Contains(name, "-a2-") {
+			t.Errorf("%s of the failed attempt is still stored", name)
+		}
 	}
 }
