@@ -218,8 +218,9 @@ func (f fullReads) Read(p []byte) (int, error) {
 
 // finish ends a file and stores it: in one message when it never filled a
 // chunk (storeSmall, which close waits for), else by ending its stream and
-// then storing its decompressed size with it when it is compressed. Until then the object cannot be served
-// (its size is missing), but no result names it yet either.
+// then, when it is compressed, storing its decompressed size with it.
+// Until then a streamed object cannot be served (its size is missing),
+// but no result names it yet either.
 func (s *fileSet) finish(ctx context.Context, f *file) error {
 	err := f.lines.Flush()
 	if err == nil && f.gz != nil {
