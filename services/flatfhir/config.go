@@ -83,7 +83,7 @@ type Config struct {
 	OTLPEndpoint string
 	// FileCompression is how writers store export files: "gzip" (the
 	// default) or "none" (FLATFHIR_FILE_COMPRESSION, docs/adr/0009); empty
-	// leaves the writer's Tuning as it is.
+	// leaves it to the writer's Tuning (CompressFiles, true by default).
 	FileCompression string
 	// DiskReserve is the space, in bytes, the one-machine engine keeps free
 	// on the disk of its NATS server (FLATFHIR_NATS_DISK_RESERVE_MIB, 1024,

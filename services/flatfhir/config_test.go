@@ -17,6 +17,9 @@ func TestLauncherConfigFromEnv(t *testing.T) {
 	if c.ChangeLogRetention != 0 {
 		t.Errorf("FLATFHIR_CHANGE_LOG_RETENTION unset: %s, want 0 (keep the whole change log)", c.ChangeLogRetention)
 	}
+	if c.FileCompression != "gzip" {
+		t.Errorf("FLATFHIR_FILE_COMPRESSION unset: %q, want gzip (docs/adr/0009)", c.FileCompression)
+	}
 	t.Run("change log retention", func(t *testing.T) {
 		t.Setenv("FLATFHIR_CHANGE_LOG_RETENTION", "2160h")
 		if c, err := FromEnv(); err != nil || c.ChangeLogRetention != 90*24*time.Hour {
