@@ -85,14 +85,14 @@ func ReadFile(ctx context.Context, store jetstream.ObjectStore, name string) ([]
 
 // FileChunk is the chunk size of stored export files on a server that
 // takes messages of maxPayload bytes: 1 MiB where a chunk and its headers
-// fit twice over (the shipped configuration's 8 MiB), else the client's
-// default. Fewer, larger messages cost the writer and the server about a
-// quarter less CPU per byte stored than the default 128 KiB
+// fit twice over (the shipped configuration's 8 MiB), else the object
+// store client's default, 128 KiB. Fewer, larger messages cost the writer
+// and the server about a quarter less CPU per byte stored
 // (benchmarks/README.md); a reader gets chunks of any size alike.
 func FileChunk(maxPayload int64) uint32 {
 	const large = 1 << 20
 	if maxPayload >= 2*large {
 		return large
 	}
-	return 0 // the client's default
+	return 128 << 10
 }

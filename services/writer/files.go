@@ -27,7 +27,7 @@ type fileSet struct {
 	attempt uint64
 	// compress stores the files gzip-compressed (docs/adr/0009).
 	compress bool
-	chunk    uint32 // the objects' chunk size; 0 for the client's default
+	chunk    uint32 // the objects' chunk size (streams.FileChunk)
 	token    string
 	open     map[string]*file // by file prefix
 	parts    map[string]int
@@ -166,15 +166,8 @@ func (s *fileSet) writeDeleted(ctx context.Context, typ, id string) error {
 // shrinks FHIR JSON several times over.
 const gzipLevel = gzip.BestSpeed
 
-// defaultChunk is the object store client's chunk size, used when the
-// server takes no larger (streams.FileChunk).
-const defaultChunk = 128 << 10
-
 func (s *fileSet) start(ctx context.Context, name, kind, typ string) *file {
-	f := &file{name: name, kind: kind, typ: typ, out: &spool{chunk: defaultChunk}}
-	if s.chunk > 0 {
-		f.out.chunk = int(s.chunk)
-	}
+	f := &file{name: name, kind: kind, typ: typ, out: &spool{chunk: int(s.chunk)}}
 	if s.compress {
 		f.gz, _ = gzip.NewWriterLevel(f.out, gzipLevel) // a valid level never errs
 		f.lines = bufio.NewWriterSize(f.gz, 64<<10)
@@ -182,9 +175,7 @@ func (s *fileSet) start(ctx context.Context, name, kind, typ string) *file {
 		f.lines = bufio.NewWriterSize(f.out, 64<<10)
 	}
 	meta := s.meta(f)
-	if s.chunk > 0 {
-		meta.Opts = &jetstream.ObjectMetaOptions{ChunkSize: s.chunk}
-	}
+	meta.Opts = &jetstream.ObjectMetaOptions{ChunkSize: s.chunk}
 	f.out.put = func(r io.Reader) error {
 		_, err := s.store.Put(ctx, meta, r)
 		return err

@@ -28,8 +28,8 @@ func TestFilesAreStoredInWholeChunks(t *testing.T) {
 	if got := streams.FileChunk(8 << 20); got != 1<<20 {
 		t.Fatalf("FileChunk(8 MiB) = %d, want 1 MiB", got)
 	}
-	if got := streams.FileChunk(1 << 20); got != 0 {
-		t.Errorf("FileChunk(1 MiB) = %d, want the client's default (0): a 1 MiB chunk and its headers do not fit", got)
+	if got := streams.FileChunk(1 << 20); got != 128<<10 {
+		t.Errorf("FileChunk(1 MiB) = %d, want the client's default (128 KiB): a 1 MiB chunk and its headers do not fit", got)
 	}
 	ndjson := func(size int) []byte {
 		rnd := rand.New(rand.NewPCG(1, 2)) // notes that compress about twofold only
@@ -52,7 +52,7 @@ func TestFilesAreStoredInWholeChunks(t *testing.T) {
 		chunks   uint32 // 0: as many as the stored size needs, at least 2
 	}{
 		{"plain, 1 MiB chunks", 1 << 20, 5 << 19, false, 0},
-		{"plain, default chunks", 0, 5 << 19, false, 0},
+		{"plain, default chunks", 128 << 10, 5 << 19, false, 0},
 		{"plain, smaller than a chunk", 1 << 20, 10 << 10, false, 1},
 		{"gzip, 1 MiB chunks", 1 << 20, 5 << 20, true, 0},
 		{"gzip, smaller than a chunk", 1 << 20, 1 << 20, true, 1},
@@ -77,9 +77,6 @@ func TestFilesAreStoredInWholeChunks(t *testing.T) {
 				t.Fatal(err)
 			}
 			chunk := uint64(c.chunk)
-			if chunk == 0 {
-				chunk = 128 << 10
-			}
 			wantChunks := c.chunks
 			if wantChunks == 0 {
 				wantChunks = uint32((info.Size + chunk - 1) / chunk)

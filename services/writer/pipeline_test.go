@@ -48,7 +48,7 @@ func runPipeline(t *testing.T, task streams.Task, source, deleted reader) (map[s
 	att := newAttachments(task.BaseURL, task.AttachmentBase)
 	p := newPipeline(source, &typeSteps{typ: task.Type, stages: stages(task, filter, elements, att), deletedAs: deletedAs(task)})
 	p.deleted = deleted
-	out := newFileSet(bus.Files, task, 1, true, 0)
+	out := newFileSet(bus.Files, task, 1, true, 1<<20)
 	if err := writeAll(ctx, []*taskPipeline{p}, att, out); err != nil {
 		t.Fatalf("writeTo: %v", err)
 	}

@@ -57,12 +57,12 @@ func TestAttemptIndexGoesWithItsFiles(t *testing.T) {
 	task := streams.Task{JobID: "j", TaskID: "00001", Type: "DocumentReference", MaxFileResources: 10, MaxFileBytes: 1 << 20}
 	ctx := t.Context()
 
-	none := newFileSet(bus.Files, task, 1, false, 0)
+	none := newFileSet(bus.Files, task, 1, false, 1<<20)
 	if err := none.writeIndex(ctx, nil); err != nil || none.index != "" || len(none.written) != 0 {
 		t.Errorf("an attempt naming no Binary: index %q, %v, wrote %v", none.index, err, none.written)
 	}
 
-	a, b := newFileSet(bus.Files, task, 1, false, 0), newFileSet(bus.Files, task, 1, true, 0)
+	a, b := newFileSet(bus.Files, task, 1, false, 1<<20), newFileSet(bus.Files, task, 1, true, 1<<20)
 	for _, s := range []*fileSet{a, b} {
 		if err := s.write(ctx, "DocumentReference", "", []byte(`{"resourceType":"DocumentReference","id":"d1"}`)); err != nil {
 			t.Fatal(err)
