@@ -120,10 +120,9 @@ func (s *Store) ProvenanceTargeting(ctx context.Context, targets []Ref, until ui
 		" GROUP BY id HAVING argMax(deleted, seq) = 0"
 	q := "SELECT id, seq, body FROM " + s.table +
 		" WHERE type = 'Provenance' AND last_updated <= ? AND (id, seq) IN (" + latest + ")" + s.onceBy("id")
-	ctx = s.readCtx(ctx, clickhouse.Settings{
-		"max_block_size": s.cfg.ReadBlockRows,
-		"max_query_size": 2*size + 1<<20,
-	})
+	settings := s.BlockSettings()
+	settings["max_query_size"] = 2*size + 1<<20
+	ctx = s.readCtx(ctx, settings)
 	// A Provenance lives on the shard of its own id: every shard may hold
 	// some, and none twice.
 	for _, sh := range s.shards {

@@ -305,7 +305,7 @@ func (s *Store) readShard(ctx context.Context, sh *shard, r Range, deleted bool,
 // stream runs a read of r on sh that selects (id, body), or (type, id,
 // body) when r has several types, and hands each row to fn.
 func (s *Store) stream(ctx context.Context, sh *shard, r Range, q string, args []any, fn func(typ, id string, body []byte) error) error {
-	settings := clickhouse.Settings{"max_block_size": s.cfg.ReadBlockRows}
+	settings := s.BlockSettings()
 	if n := listSize(r.Patients); n > 0 {
 		// The patient list is inlined: let a large cohort's query through
 		// the parser's size limit (256 KiB by default).

@@ -121,6 +121,19 @@ func (s *Store) eachShard(fn func(sh *shard) error) error {
 	return errors.Join(errs...)
 }
 
+// BlockSettings are the settings of a read that streams rows: blocks of
+// at most ReadBlockRows rows and about ReadBlockBytes of bodies (a block
+// holds one body at least, however large). Smaller blocks than
+// ClickHouse's own cost no speed: a read of 200,000 bodies of 1.1 KB on
+// average took 0.97 s in blocks of 256 KiB, 1.09 s in blocks of 1,024 rows
+// (1.2 MB).
+func (s *Store) BlockSettings() clickhouse.Settings {
+	return clickhouse.Settings{
+		"max_block_size": s.cfg.ReadBlockRows,
+		"preferred_max_column_in_block_size_bytes": s.cfg.ReadBlockBytes,
+	}
+}
+
 // readCtx is ctx with the settings of a read, and with
 // select_sequential_consistency on replicated tables: a replica that lacks
 // a version an insert reported stored refuses the read instead of

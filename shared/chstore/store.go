@@ -55,11 +55,16 @@ type Config struct {
 	Database      string
 	Username      string
 	Password      string
-	// DialTimeout bounds connecting; ReadBlockRows bounds the rows
-	// ClickHouse sends per block on a read (and so a reader's memory).
-	DialTimeout   time.Duration
-	ReadBlockRows int
-	MaxOpenConns  int
+	// DialTimeout bounds connecting.
+	DialTimeout time.Duration
+	// ReadBlockRows and ReadBlockBytes bound the rows, and the bytes of
+	// the largest column (the bodies), that ClickHouse sends per block on
+	// a read: a reader holds a few blocks at a time (the one it scans and
+	// those the driver decoded ahead), so they bound its memory whatever
+	// the size of the resources.
+	ReadBlockRows  int
+	ReadBlockBytes int
+	MaxOpenConns   int
 	// Meter, when set, receives the operations' durations
 	// (db.client.operation.duration).
 	Meter metric.MeterProvider
@@ -101,6 +106,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.ReadBlockRows == 0 {
 		c.ReadBlockRows = 2048
+	}
+	if c.ReadBlockBytes == 0 {
+		c.ReadBlockBytes = 256 << 10
 	}
 	if c.MaxOpenConns == 0 {
 		c.MaxOpenConns = 16

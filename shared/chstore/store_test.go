@@ -328,3 +328,43 @@ func TestStoreInsertIsOnePartHoweverManyBlocks(t *testing.T) {
 		}
 	}
 }
+
+// TestStoreReadsLargeBodiesInSmallBlocks: a read of large resources comes
+// in blocks of about ReadBlockBytes of bodies, not of ReadBlockRows rows,
+// so a reader's memory does not grow with the size of the resources.
+func TestStoreReadsLargeBodiesInSmallBlocks(t *testing.T) {
+	cfg := testenv.ClickHouse(t)
+	cfg.ReadBlockBytes = 64 << 10
+	s, err := chstore.Open(t.Context(), cfg, testenv.Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	const n = 2000
+	body := `{"resourceType":"DocumentReference","description":"` + strings.Repeat("x", 8<<10) + `"}`
+	var rows []chstore.Row
+	for i := range n {
+		rows = append(rows, chstore.Row{Type: "DocumentReference", ID: fmt.Sprintf("d%d", i), Seq: uint64(i + 1), LastUpdated: 1, Body: []byte(body)})
+	}
+	if err := s.Insert(t.Context(), rows); err != nil {
+		t.Fatal(err)
+	}
+	var blocks, read uint64
+	ctx := clickhouse.Context(t.Context(), clickhouse.WithProfileInfo(func(p *clickhouse.ProfileInfo) { blocks += p.Blocks }))
+	err = s.ReadLatest(ctx, chstore.Range{Type: "DocumentReference", HashHi: chstore.HashSpace, Until: 1}, func(_ string, b []byte) error {
+		if string(b) == body {
+			read++
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 16 MiB of bodies: about 256 blocks of 64 KiB. ClickHouse sizes them
+	// from an estimate, so allow twice that size, but not a few blocks of
+	// megabytes (without the bound, 4 blocks of 512 rows).
+	total := uint64(n * len(body))
+	if read != n || blocks < total/(2*uint64(cfg.ReadBlockBytes)) {
+		t.Errorf("%d of %d resources read whole, in %d blocks: %d KiB a block, want at most %d", read, n, blocks, total/max(blocks, 1)>>10, 2*cfg.ReadBlockBytes>>10)
+	}
+}
