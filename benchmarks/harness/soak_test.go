@@ -3,11 +3,16 @@ package harness
 import (
 	"bytes"
 	"context"
+	"io"
+	"net/http/httptest"
+	"net/http/pprof"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/google/pprof/profile"
 
 	"github.com/flatfhir/flatfhir/shared/chserver"
 	"github.com/flatfhir/flatfhir/shared/synth"
@@ -181,5 +186,37 @@ func TestTrendsTellGrowthFromNoise(t *testing.T) {
 	}
 	if tr := trends(samples, 4); tr[0].Checked || !strings.Contains(tr[0].Why, "too few") {
 		t.Errorf("five samples: %+v", tr[0])
+	}
+}
+
+// TestSoakKeepsEachProcessHeapProfileAtItsPeak: with profiles kept, the
+// sampler saves an engine process's heap profile whenever its live heap is
+// the largest yet, and only then.
+func TestSoakKeepsEachProcessHeapProfileAtItsPeak(t *testing.T) {
+	srv := httptest.NewServer(pprof.Handler("heap"))
+	defer srv.Close()
+	dir := t.TempDir()
+	h := &harness{opts: Options{ProfileDir: dir, Progress: io.Discard}, report: &Report{}}
+	s := &sampler{h: h, client: srv.Client(), peaks: map[string]float64{}}
+	writer := proc{name: "flatfhir writer", debug: strings.TrimPrefix(srv.URL, "http://")}
+	path := filepath.Join(dir, "soak-writer.peak.heap.pprof")
+	for _, c := range []struct {
+		heapMiB float64
+		saved   bool
+	}{{10, true}, {8, false}, {10, false}, {12, true}} {
+		_ = os.Remove(path)
+		s.keepPeak(writer, c.heapMiB)
+		b, err := os.ReadFile(path)
+		if saved := err == nil; saved != c.saved {
+			t.Fatalf("live heap %.0f MiB (peak so far %.0f): profile saved %v, want %v", c.heapMiB, s.peaks[writer.name], saved, c.saved)
+		}
+		if c.saved {
+			if _, err := profile.ParseData(b); err != nil {
+				t.Fatalf("the saved profile does not parse: %v", err)
+			}
+		}
+	}
+	if len(h.report.Warnings) > 0 {
+		t.Errorf("warnings: %q", h.report.Warnings)
 	}
 }

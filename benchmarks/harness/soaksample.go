@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"path/filepath"
 	"runtime"
 	"sort"
 	"strconv"
@@ -53,11 +54,15 @@ type sampler struct {
 	ingested  *atomic.Int64
 	completed *atomic.Int64
 	client    *http.Client
+	// peaks is each engine process's largest live heap so far, when the
+	// run keeps profiles (Options.ProfileDir): the heap profile taken at
+	// it is in DIR/soak-<role>.peak.heap.pprof.
+	peaks map[string]float64
 }
 
 func (h *harness) startSampler(every time.Duration, ingested, completed *atomic.Int64) *sampler {
 	s := &sampler{h: h, start: time.Now(), done: make(chan struct{}), finished: make(chan struct{}),
-		ingested: ingested, completed: completed, client: &http.Client{Timeout: 10 * time.Second}}
+		ingested: ingested, completed: completed, client: &http.Client{Timeout: 10 * time.Second}, peaks: map[string]float64{}}
 	go func() {
 		defer close(s.finished)
 		t := time.NewTicker(every)
@@ -99,6 +104,7 @@ func (s *sampler) sample() {
 			ps.HeapMiB, ps.Goroutines = float64(ms.HeapAlloc)/MiB, runtime.NumGoroutine()
 		case p.debug != "":
 			ps.HeapMiB, ps.Goroutines = s.goStats(p.debug)
+			s.keepPeak(p, ps.HeapMiB)
 		}
 		smp.Procs = append(smp.Procs, ps)
 	}
@@ -110,6 +116,25 @@ func (s *sampler) sample() {
 	s.mu.Lock()
 	s.samples = append(s.samples, smp)
 	s.mu.Unlock()
+}
+
+// keepPeak saves the heap profile of an engine process whose live heap
+// is the largest it has been in the run, when the run keeps profiles: what
+// the process held then, by allocation site, tells growth from a burst.
+func (s *sampler) keepPeak(p proc, heapMiB float64) {
+	if s.h.opts.ProfileDir == "" || heapMiB <= s.peaks[p.name] {
+		return
+	}
+	prof, err := fetchProfile(s.client, "http://"+p.debug+"/debug/pprof/heap")
+	if err != nil {
+		return // the next sample tries again
+	}
+	role := strings.TrimPrefix(p.name, "flatfhir ")
+	if err := writeProfile(prof, filepath.Join(s.h.opts.ProfileDir, "soak-"+role+".peak.heap.pprof")); err != nil {
+		s.h.warn("no heap profile of the %s at its peak: %v", role, err)
+		return
+	}
+	s.peaks[p.name] = heapMiB
 }
 
 // goStats reads a Go process's live heap (after a collection) and its

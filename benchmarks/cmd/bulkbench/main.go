@@ -28,7 +28,7 @@ func main() {
 	flag.BoolVar(&opts.Keep, "keep", false, "keep the temporary directory (data, logs, binary)")
 	flag.IntVar(&opts.Ingesters, "ingesters", 1, "ingester processes (they share the 16 partitions of CHANGES and insert in parallel)")
 	flag.BoolVar(&opts.Cluster, "cluster", false, "run the engine on a local cluster as make run-cluster does (2x2 ClickHouse, 3 NATS nodes, a process per role)")
-	flag.StringVar(&opts.ProfileDir, "profile", "", "write CPU profiles of the ingest and the first export (the harness and every engine process) into this directory, and name each process's top functions")
+	flag.StringVar(&opts.ProfileDir, "profile", "", "write CPU profiles of the ingest and the first export (the harness and every engine process) into this directory, and name each process's top functions; in a soak, each engine process's heap profile at its largest live heap")
 	flag.BoolVar(&opts.KillWriter, "kill-writer", false, "after the timed exports, run one during which the writer process is killed (SIGKILL) and started again, and report its extra seconds")
 	flag.BoolVar(&opts.FilePlain, "file-plain", false, "writers store export files plain (FLATFHIR_FILE_COMPRESSION=none), not gzip-compressed")
 	flag.DurationVar(&opts.Soak, "soak", 0, "instead of the timed exports, a soak of this length (e.g. 15m) after the ingest: continuous ingest, FHIR writes, exports at all three levels, _since chains, pollers and cancellations, every export verified, every process sampled")
