@@ -23,7 +23,7 @@
 //     the manifest and the ingested total. A mismatch is an error, never a
 //     figure. After each run the export is deleted (untimed).
 //  4. After each export it reads SELECT id, body of the whole table with
-//     clickhouse-go (max_block_size 2048, the engine's own block size), and
+//     clickhouse-go (in the engine's own blocks, chstore's BlockSettings), and
 //     the bodies with clickhouse-client (FORMAT TSVRaw), the ceilings an
 //     export could reach, and reports export rate / raw rate for both.
 //  5. It records every process's CPU seconds during the ingest, the raw

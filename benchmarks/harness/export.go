@@ -337,7 +337,7 @@ func (h *harness) release(ctx context.Context, status string) error {
 // writers read (same driver, same block size), counting rows and bytes.
 // On a cluster every shard is read at once, each from one replica.
 func (h *harness) rawRead(ctx context.Context) (Rate, error) {
-	ctx = clickhouse.Context(ctx, clickhouse.WithSettings(clickhouse.Settings{"max_block_size": 2048}))
+	ctx = clickhouse.Context(ctx, clickhouse.WithSettings(h.store.BlockSettings()))
 	start := time.Now()
 	q := "SELECT id, body FROM " + h.store.TableName()
 	conns := h.store.ShardConns()
