@@ -51,9 +51,33 @@ type file struct {
 	typ   string
 	lines *bufio.Writer // the NDJSON, buffered
 	gz    *gzip.Writer  // nil when stored plain
-	out   *spool        // what is stored: the NDJSON or its gzip stream
-	count int
-	bytes int64
+	// gzipped: the file is stored gzip-compressed (gz is returned to
+	// its pool once the file is complete).
+	gzipped bool
+	out     *spool // what is stored: the NDJSON or its gzip stream
+	count   int
+	bytes   int64
+}
+
+// The gzip writers and line buffers of files, reused from one file to
+// the next: a gzip writer's state is about 800 KiB, which a task of many
+// small files (a packed _since task, two files per type) would otherwise
+// allocate and clear for each.
+var (
+	gzipWriters = sync.Pool{New: func() any {
+		gz, _ := gzip.NewWriterLevel(io.Discard, gzipLevel) // a valid level never errs
+		return gz
+	}}
+	lineBuffers = sync.Pool{New: func() any { return bufio.NewWriterSize(io.Discard, 64<<10) }}
+)
+
+// release returns a complete file's writers to their pools.
+func (f *file) release() {
+	lineBuffers.Put(f.lines)
+	if f.gz != nil {
+		gzipWriters.Put(f.gz)
+	}
+	f.lines, f.gz = nil, nil
 }
 
 // spool holds the bytes of a file to store until they fill a chunk; a file
@@ -167,12 +191,14 @@ func (s *fileSet) writeDeleted(ctx context.Context, typ, id string) error {
 const gzipLevel = gzip.BestSpeed
 
 func (s *fileSet) start(ctx context.Context, name, kind, typ string) *file {
-	f := &file{name: name, kind: kind, typ: typ, out: &spool{chunk: int(s.chunk)}}
+	f := &file{name: name, kind: kind, typ: typ, gzipped: s.compress, out: &spool{chunk: int(s.chunk)}}
+	f.lines = lineBuffers.Get().(*bufio.Writer)
 	if s.compress {
-		f.gz, _ = gzip.NewWriterLevel(f.out, gzipLevel) // a valid level never errs
-		f.lines = bufio.NewWriterSize(f.gz, 64<<10)
+		f.gz = gzipWriters.Get().(*gzip.Writer)
+		f.gz.Reset(f.out)
+		f.lines.Reset(f.gz)
 	} else {
-		f.lines = bufio.NewWriterSize(f.out, 64<<10)
+		f.lines.Reset(f.out)
 	}
 	meta := s.meta(f)
 	meta.Opts = &jetstream.ObjectMetaOptions{ChunkSize: s.chunk}
@@ -188,7 +214,7 @@ func (s *fileSet) start(ctx context.Context, name, kind, typ string) *file {
 // encoding, and once the file is complete its decompressed size.
 func (s *fileSet) meta(f *file) jetstream.ObjectMeta {
 	meta := jetstream.ObjectMeta{Name: streams.ObjectName(s.task.JobID, f.name)}
-	if f.gz != nil {
+	if f.gzipped {
 		meta.Headers = nats.Header{streams.HeaderContentEncoding: []string{"gzip"}}
 	}
 	return meta
@@ -217,12 +243,15 @@ func (s *fileSet) finish(ctx context.Context, f *file) error {
 	if err == nil && f.gz != nil {
 		err = f.gz.Close()
 	}
+	if err == nil {
+		f.release()
+	}
 	if !f.out.streaming() {
 		if err != nil {
 			return fmt.Errorf("write %s: %w", f.name, err)
 		}
 		meta := s.meta(f)
-		if f.gz != nil {
+		if f.gzipped {
 			meta.Headers.Set(streams.HeaderIdentityLength, strconv.FormatInt(f.bytes, 10))
 		}
 		meta.Opts = &jetstream.ObjectMetaOptions{ChunkSize: uint32(max(len(f.out.pending), 1))}
@@ -235,7 +264,7 @@ func (s *fileSet) finish(ctx context.Context, f *file) error {
 		if err != nil {
 			return fmt.Errorf("write %s: %w", f.name, err)
 		}
-		if f.gz != nil {
+		if f.gzipped {
 			meta := s.meta(f)
 			meta.Headers.Set(streams.HeaderIdentityLength, strconv.FormatInt(f.bytes, 10))
 			if err := s.store.UpdateMeta(ctx, meta.Name, meta); err != nil {
