@@ -71,13 +71,10 @@ var (
 	lineBuffers = sync.Pool{New: func() any { return bufio.NewWriterSize(io.Discard, 64<<10) }}
 )
 
-// release returns a complete file's writers to their pools, writing to
-// nothing meanwhile, so that they keep none of the file's buffers alive.
+// release returns a complete file's writers to their pools.
 func (f *file) release() {
-	f.lines.Reset(io.Discard)
 	lineBuffers.Put(f.lines)
 	if f.gz != nil {
-		f.gz.Reset(io.Discard)
 		gzipWriters.Put(f.gz)
 	}
 	f.lines, f.gz = nil, nil
