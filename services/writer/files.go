@@ -51,33 +51,9 @@ type file struct {
 	typ   string
 	lines *bufio.Writer // the NDJSON, buffered
 	gz    *gzip.Writer  // nil when stored plain
-	// gzipped: the file is stored gzip-compressed (gz is returned to
-	// its pool once the file is complete).
-	gzipped bool
-	out     *spool // what is stored: the NDJSON or its gzip stream
-	count   int
-	bytes   int64
-}
-
-// The gzip writers and line buffers of files, reused from one file to
-// the next: a gzip writer's state is about 800 KiB, which a task of many
-// small files (a packed _since task, two files per type) would otherwise
-// allocate and clear for each.
-var (
-	gzipWriters = sync.Pool{New: func() any {
-		gz, _ := gzip.NewWriterLevel(io.Discard, gzipLevel) // a valid level never errs
-		return gz
-	}}
-	lineBuffers = sync.Pool{New: func() any { return bufio.NewWriterSize(io.Discard, 64<<10) }}
-)
-
-// release returns a complete file's writers to their pools.
-func (f *file) release() {
-	lineBuffers.Put(f.lines)
-	if f.gz != nil {
-		gzipWriters.Put(f.gz)
-	}
-	f.lines, f.gz = nil, nil
+	out   *spool        // what is stored: the NDJSON or its gzip stream
+	count int
+	bytes int64
 }
 
 // spool holds the bytes of a file to store until they fill a chunk; a file
@@ -191,14 +167,12 @@ func (s *fileSet) writeDeleted(ctx context.Context, typ, id string) error {
 const gzipLevel = gzip.BestSpeed
 
 func (s *fileSet) start(ctx context.Context, name, kind, typ string) *file {
-	f := &file{name: name, kind: kind, typ: typ, gzipped: s.compress, out: &spool{chunk: int(s.chunk)}}
-	f.lines = lineBuffers.Get().(*bufio.Writer)
+	f := &file{name: name, kind: kind, typ: typ, out: &spool{chunk: int(s.chunk)}}
 	if s.compress {
-		f.gz = gzipWriters.Get().(*gzip.Writer)
-		f.gz.Reset(f.out)
-		f.lines.Reset(f.gz)
+		f.gz, _ = gzip.NewWriterLevel(f.out, gzipLevel) // a valid level never errs
+		f.lines = bufio.NewWriterSize(f.gz, 64<<10)
 	} else {
-		f.lines.Reset(f.out)
+		f.lines = bufio.NewWriterSize(f.out, 64<<10)
 	}
 	meta := s.meta(f)
 	meta.Opts = &jetstream.ObjectMetaOptions{ChunkSize: s.chunk}
@@ -214,7 +188,7 @@ func (s *fileSet) start(ctx context.Context, name, kind, typ string) *file {
 // encoding, and once the file is complete its decompressed size.
 func (s *fileSet) meta(f *file) jetstream.ObjectMeta {
 	meta := jetstream.ObjectMeta{Name: streams.ObjectName(s.task.JobID, f.name)}
-	if f.gzipped {
+	if f.gz != nil {
 		meta.Headers = nats.Header{streams.HeaderContentEncoding: []string{"gzip"}}
 	}
 	return meta
@@ -243,15 +217,12 @@ func (s *fileSet) finish(ctx context.Context, f *file) error {
 	if err == nil && f.gz != nil {
 		err = f.gz.Close()
 	}
-	if err == nil {
-		f.release()
-	}
 	if !f.out.streaming() {
 		if err != nil {
 			return fmt.Errorf("write %s: %w", f.name, err)
 		}
 		meta := s.meta(f)
-		if f.gzipped {
+		if f.gz != nil {
 			meta.Headers.Set(streams.HeaderIdentityLength, strconv.FormatInt(f.bytes, 10))
 		}
 		meta.Opts = &jetstream.ObjectMetaOptions{ChunkSize: uint32(max(len(f.out.pending), 1))}
@@ -264,7 +235,7 @@ func (s *fileSet) finish(ctx context.Context, f *file) error {
 		if err != nil {
 			return fmt.Errorf("write %s: %w", f.name, err)
 		}
-		if f.gzipped {
+		if f.gz != nil {
 			meta := s.meta(f)
 			meta.Headers.Set(streams.HeaderIdentityLength, strconv.FormatInt(f.bytes, 10))
 			if err := s.store.UpdateMeta(ctx, meta.Name, meta); err != nil {
