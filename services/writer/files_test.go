@@ -198,3 +198,44 @@ func TestSmallFilesAreStoredTogether(t *testing.T) {
 		}
 	}
 }
+
+// TestFilesRollOverHoldingExactlyTheirLines: files that roll over one
+// after the other, of two types at once, compressed or not, each hold
+// exactly their own lines, as many and as long as their records say.
+func TestFilesRollOverHoldingExactlyTheirLines(t *testing.T) {
+	bus := streamstest.New(t)
+	ctx := t.Context()
+	for _, compress := range []bool{true, false} {
+		task := streams.Task{JobID: fmt.Sprintf("reuse-%v", compress), TaskID: "00001", MaxFileResources: 3, MaxFileBytes: 1 << 30}
+		s := newFileSet(bus.Files, task, 1, compress, 1<<20)
+		want := map[string]string{}
+		for i := range 20 {
+			for _, typ := range []string{"Patient", "Observation"} {
+				line := fmt.Sprintf(`{"resourceType":%q,"id":"%s-%d"}`, typ, typ, i)
+				if err := s.write(ctx, typ, streams.KindOutput, []byte(line)); err != nil {
+					t.Fatal(err)
+				}
+				want[typ] += line + "\n"
+			}
+		}
+		if err := s.close(ctx); err != nil {
+			t.Fatal(err)
+		}
+		got := map[string]string{}
+		for _, f := range s.files { // in the order they were completed
+			b, err := streams.ReadFile(ctx, bus.Files, streams.ObjectName(task.JobID, f.Name))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if f.Count != strings.Count(string(b), "\n") || int64(len(b)) != f.Bytes {
+				t.Errorf("compressed %v: %s holds %d bytes, %d lines; its record says %d, %d", compress, f.Name, len(b), strings.Count(string(b), "\n"), f.Bytes, f.Count)
+			}
+			got[f.Type] += string(b)
+		}
+		for typ, lines := range want {
+			if got[typ] != lines {
+				t.Errorf("compressed %v: the %s files hold\n%s\nwant\n%s", compress, typ, got[typ], lines)
+			}
+		}
+	}
+}
