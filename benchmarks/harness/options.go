@@ -69,9 +69,9 @@ type Options struct {
 	// ProfileDir, when set, receives CPU profiles of the ingest and the
 	// first export run: the harness's own, and every engine process's
 	// (served on FLATFHIR_DEBUG_LISTEN), for go tool pprof; the report
-	// names each process's top functions. In a soak, it receives each
-	// engine process's heap profile at its largest live heap instead
-	// (soak-<role>.peak.heap.pprof).
+	// names each process's top functions. A soak (which has no timed
+	// export) also leaves there each engine process's heap profile at its
+	// largest live heap (soak-<role>.peak.heap.pprof).
 	ProfileDir string
 	// KillWriter runs one more export after the timed ones, during which
 	// the writer process is killed with SIGKILL and started again at once,
